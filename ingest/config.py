@@ -1,0 +1,262 @@
+"""The one typed configuration object, built once at start and passed down.
+
+Precedence, lowest first: defaults, the YAML file (`--config`), environment
+variables (`FLOWLOG_<SECTION>_<KEY>`, e.g. `FLOWLOG_STORE_DSN`; `FLOWLOG_STORE` is
+kept as a short alias of it), then command-line flags. Unknown keys and values of the
+wrong type are refused with an error naming the key. Nothing else in the package
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+DEFAULT_SOURCE = "unix:///var/run/cilium/hubble.sock"
+DEFAULT_STATE_DIR = "flowlog-data"
+SENSITIVE_HEADERS = ["Authorization", "Cookie", "Set-Cookie", "Proxy-Authorization"]
+MASK = "*****"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value has the wrong type."""
+
+
+@dataclass
+class TLSConfig:
+    enabled: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+
+
+@dataclass
+class SourceConfig:
+    address: str = DEFAULT_SOURCE
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    # Only flows from or to these namespaces ("ns/" pod-name prefixes in Hubble's filter).
+    namespaces: list[str] = field(default_factory=list)
+    # Only flows with these verdicts (FORWARDED, DROPPED, ...); empty means all.
+    verdicts: list[str] = field(default_factory=list)
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+@dataclass
+class StoreConfig:
+    # Empty means the embedded engine in <state_dir>/clickhouse.
+    dsn: str = ""
+    database: str = "flowlog"
+    password: str = ""
+    password_file: str = ""
+    # Rows older than this are dropped (whole daily partitions); 0 keeps them forever.
+    ttl_days: int = 0
+    migrate: bool = True
+
+
+@dataclass
+class BatchConfig:
+    # ClickHouse prefers few large inserts: flush at this many rows or this age.
+    max_rows: int = 20000
+    max_delay_ms: int = 1000
+    queue_size: int = 50000
+
+
+@dataclass
+class HTTPConfig:
+    # Headers stored in http_flows.headers; "*" keeps every header.
+    headers_allow: list[str] = field(default_factory=lambda: ["*"])
+    headers_redact: list[str] = field(default_factory=lambda: list(SENSITIVE_HEADERS))
+    strip_query: bool = False
+    strip_userinfo: bool = True
+
+
+@dataclass
+class LogConfig:
+    format: str = "plain"
+    level: str = "info"
+
+
+@dataclass
+class MetricsConfig:
+    address: str = "0.0.0.0:9970"
+
+
+@dataclass
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # Checkpoints and the dead-letter file live here, beside the embedded store.
+    state_dir: str = DEFAULT_STATE_DIR
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).resolve()
+
+    @property
+    def store_dsn(self) -> str:
+        return self.store.dsn or f"chdb://{self.state_path / 'clickhouse'}"
+
+    def store_password(self) -> str:
+        if self.store.password:
+            return self.store.password
+        if self.store.password_file:
+            try:
+                return Path(self.store.password_file).read_text().strip()
+            except OSError as err:
+                raise ConfigError(f"store.password_file: cannot read {self.store.password_file}: {err.strerror}") from None
+        return ""
+
+    def secrets(self) -> list[str]:
+        """Every secret value in this config, for log redaction."""
+        found = [self.store_password(), urlsplit(self.store_dsn).password or ""]
+        return [s for s in found if s]
+
+
+def _hints(cls) -> dict[str, typing.Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value, hint):
+    """Check or convert one value; strings (from env and flags) are parsed."""
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, str):
+            try:
+                return hint(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+            raise ConfigError(f"{key}: expected {'an integer' if hint is int else 'a number'}, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(hints))})")
+    return cls(**{k: _coerce(prefix + k, v, hints[k]) for k, v in data.items()})
+
+
+def leaf_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every settable dotted key, e.g. 'source.tls.ca_file'."""
+    keys = []
+    for name, hint in _hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            keys += leaf_keys(hint, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def env_name(dotted: str) -> str:
+    return "FLOWLOG_" + re.sub(r"[^A-Z0-9]", "_", dotted.upper())
+
+
+ENV_ALIASES = {"FLOWLOG_STORE": "store.dsn"}
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None,
+         overrides: dict[str, typing.Any] | None = None) -> Config:
+    """Build the config from file, environment and flag overrides (dotted keys)."""
+    tree: dict = {}
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"{path}: {err.strerror}") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    env = os.environ if env is None else env
+    known = set(leaf_keys())
+    for name, dotted in ENV_ALIASES.items():
+        if env.get(name):
+            _set_dotted(tree, dotted, env[name])
+    for dotted in known:
+        if env_name(dotted) in env:
+            _set_dotted(tree, dotted, env[env_name(dotted)])
+    for dotted, value in (overrides or {}).items():
+        if dotted not in known:
+            raise ConfigError(f"unknown key {dotted}")
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    config = _build(Config, tree)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", config.store.database):
+        raise ConfigError(f"store.database: {config.store.database!r} is not a plain identifier")
+    if config.log.format not in ("plain", "json"):
+        raise ConfigError(f"log.format: expected plain or json, got {config.log.format!r}")
+    return config
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with its password, if any, replaced by a mask."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def to_masked_dict(config: Config) -> dict:
+    """The effective config as plain data, with every secret masked."""
+    data = dataclasses.asdict(config)
+    data["store"]["dsn"] = mask_dsn(config.store_dsn)
+    if data["store"]["password"]:
+        data["store"]["password"] = MASK
+    return data
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_masked_dict(config), sort_keys=False)
+
+
+__all__ = ["Config", "ConfigError", "load", "dump_yaml", "mask_dsn", "leaf_keys", "env_name",
+           "SENSITIVE_HEADERS", "DEFAULT_SOURCE"]

@@ -1,0 +1,246 @@
+"""Decoding: one Hubble `GetFlowsResponse` into rows of the stored tables.
+
+Both sources (gRPC and files) end here, so a flow is turned into rows in exactly one
+way. Row layouts come from `schema`: the decoder fills a value for every column name
+and `operator.itemgetter` lays them out in the table's column order.
+
+It does not batch, deduplicate or write; it raises `DecodeError` on a flow that
+cannot be stored, and the caller decides what to do with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from operator import itemgetter
+from urllib.parse import urlsplit, urlunsplit
+
+from .api.flow import flow_pb2
+from .api.observer import observer_pb2
+from .api.relay import relay_pb2
+from .config import HTTPConfig
+from .schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, L7_AUDIT, Table
+
+L7_EVENT_TYPE = 129  # Cilium's MessageTypeAccessLog: what `hubble observe -t l7` asks for
+
+# DNS RCODEs by number (RFC 1035, 2136, 6895), the names dig prints.
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+               6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 11: "DSOTYPENI",
+               16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
+               22: "BADTRUNC", 23: "BADCOOKIE"}
+
+_VERDICT = {v.number: v.name for v in flow_pb2.Verdict.DESCRIPTOR.values}
+_L7_TYPE = {v.number: v.name for v in flow_pb2.L7FlowType.DESCRIPTOR.values}
+_DIRECTION = {v.number: v.name for v in flow_pb2.TrafficDirection.DESCRIPTOR.values}
+_LOST_SOURCE = {v.number: v.name for v in flow_pb2.LostEventSource.DESCRIPTOR.values}
+_NODE_STATE = {v.number: v.name for v in relay_pb2.NodeState.DESCRIPTOR.values}
+
+# Kubernetes pod-name suffixes use this alphabet (k8s.io/apimachinery rand.SafeEncodeString).
+_SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
+_POD_SUFFIXES = (
+    re.compile(rf"^(.+)-{_SAFE}{{6,10}}-{_SAFE}{{5}}$"),  # Deployment: <name>-<rs hash>-<pod>
+    re.compile(rf"^(.+)-{_SAFE}{{5}}$"),                  # DaemonSet, Job, ReplicaSet
+    re.compile(r"^(.+)-\d+$"),                            # StatefulSet
+)
+_WORKLOAD_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:app=", "k8s:k8s-app=")
+
+_http_row = itemgetter(*HTTP_FLOWS.column_names)
+_dns_row = itemgetter(*DNS_FLOWS.column_names)
+_audit_row = itemgetter(*L7_AUDIT.column_names)
+_gap_row = itemgetter(*INGEST_GAPS.column_names)
+
+
+class DecodeError(ValueError):
+    """A message that cannot be stored; the text names the offending field."""
+
+
+@dataclass(slots=True)
+class FlowRows:
+    """One stored L7 flow: its typed row (if HTTP or DNS) and its audit row."""
+    flow_id: str
+    time_ns: int
+    table: Table | None
+    row: tuple | None
+    audit_row: tuple
+
+
+@dataclass(slots=True)
+class GapRow:
+    gap_id: str
+    time_ns: int
+    row: tuple
+
+
+@dataclass(slots=True)
+class Filtered:
+    """A flow that is not L7 (trace, drop, policy-verdict events): counted, not stored."""
+    kind: str
+
+
+def timestamp_ns(ts) -> int:
+    return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+def content_id(message) -> str:
+    """A deterministic id for a message that carries none (flows from Cilium < 1.15)."""
+    return hashlib.blake2b(message.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+
+
+def workload_of(endpoint: flow_pb2.Endpoint) -> str:
+    if endpoint.workloads:
+        return endpoint.workloads[0].name
+    if endpoint.pod_name:
+        for pattern in _POD_SUFFIXES:
+            match = pattern.match(endpoint.pod_name)
+            if match:
+                return match.group(1)
+        return endpoint.pod_name
+    for label in endpoint.labels:
+        for prefix in _WORKLOAD_LABELS:
+            if label.startswith(prefix):
+                return label[len(prefix):]
+    return ""
+
+
+def _ports(l4: flow_pb2.Layer4) -> tuple[int, int]:
+    protocol = l4.WhichOneof("protocol")
+    if protocol in ("TCP", "UDP", "SCTP"):
+        ports = getattr(l4, protocol)
+        return ports.source_port, ports.destination_port
+    return 0, 0
+
+
+class Decoder:
+    """Turns responses into rows; holds the HTTP redaction settings."""
+
+    def __init__(self, http: HTTPConfig | None = None):
+        http = http or HTTPConfig()
+        self.keep_all_headers = "*" in http.headers_allow
+        self.allowed_headers = {h.lower() for h in http.headers_allow}
+        self.redacted_headers = {h.lower() for h in http.headers_redact}
+        self.strip_query = http.strip_query
+        self.strip_userinfo = http.strip_userinfo
+
+    def decode(self, response: observer_pb2.GetFlowsResponse):
+        """FlowRows, GapRow or Filtered for one response; a list of GapRow for node status."""
+        kind = response.WhichOneof("response_types")
+        if kind == "flow":
+            return self.decode_flow(response.flow, response)
+        if kind == "lost_events":
+            return lost_events_gap(response)
+        if kind == "node_status":
+            return node_status_gaps(response)
+        raise DecodeError("response_types: the message holds no flow, lost_events or node_status")
+
+    def decode_flow(self, flow: flow_pb2.Flow, response=None) -> FlowRows | Filtered:
+        if not flow.HasField("l7"):
+            if flow.Type == flow_pb2.L7:
+                raise DecodeError("flow.l7: an L7 flow (Type L7) without an l7 record")
+            return Filtered(flow_pb2.FlowType.Name(flow.Type) if flow.Type in (0, 1, 3) else "UNKNOWN_TYPE")
+        if flow.HasField("time"):
+            time_ns = timestamp_ns(flow.time)
+        elif response is not None and response.HasField("time"):
+            time_ns = timestamp_ns(response.time)
+        else:
+            raise DecodeError("flow.time: the flow has no time")
+        flow_id = flow.uuid or content_id(flow)
+        node = flow.node_name or (response.node_name if response is not None else "")
+        l7 = flow.l7
+        l7_type = _L7_TYPE.get(l7.type, str(l7.type))
+        record = l7.WhichOneof("record")
+        audit = {"time": time_ns, "node": node, "flow_id": flow_id, "type": (record or "unknown").upper(),
+                 "l7_type": l7_type, "flow": flow.SerializeToString()}
+        if record not in ("http", "dns"):
+            return FlowRows(flow_id, time_ns, None, None, _audit_row(audit))
+        values = self._common(flow, time_ns, node, flow_id, l7_type)
+        if record == "http":
+            self._http(l7.http, values)
+            values["latency_ns"] = l7.latency_ns
+            return FlowRows(flow_id, time_ns, HTTP_FLOWS, _http_row(values), _audit_row(audit))
+        dns = l7.dns
+        is_response = l7.type == flow_pb2.RESPONSE
+        values.update(query=dns.query, qtypes=list(dns.qtypes), rcode=dns.rcode,
+                      rcode_name=RCODE_NAMES.get(dns.rcode, f"RCODE{dns.rcode}") if is_response else "",
+                      ips=list(dns.ips), ttl=dns.ttl, cnames=list(dns.cnames), rrtypes=list(dns.rrtypes),
+                      observation_source=dns.observation_source, latency_ns=l7.latency_ns)
+        return FlowRows(flow_id, time_ns, DNS_FLOWS, _dns_row(values), _audit_row(audit))
+
+    @staticmethod
+    def _common(flow: flow_pb2.Flow, time_ns: int, node: str, flow_id: str, l7_type: str) -> dict:
+        src, dst = flow.source, flow.destination
+        src_port, dst_port = _ports(flow.l4)
+        return {
+            "time": time_ns, "node": node, "flow_id": flow_id,
+            "verdict": _VERDICT.get(flow.verdict, str(flow.verdict)), "l7_type": l7_type,
+            "traffic_direction": _DIRECTION.get(flow.traffic_direction, str(flow.traffic_direction)),
+            "is_reply": flow.is_reply.value if flow.HasField("is_reply") else None,
+            "src_namespace": src.namespace, "src_pod": src.pod_name, "src_workload": workload_of(src),
+            "src_identity": src.identity, "src_ip": flow.IP.source, "src_port": src_port,
+            "src_labels": list(src.labels), "src_names": list(flow.source_names),
+            "dst_namespace": dst.namespace, "dst_pod": dst.pod_name, "dst_workload": workload_of(dst),
+            "dst_identity": dst.identity, "dst_ip": flow.IP.destination, "dst_port": dst_port,
+            "dst_labels": list(dst.labels), "dst_names": list(flow.destination_names),
+        }
+
+    def _http(self, http: flow_pb2.HTTP, values: dict) -> None:
+        url = http.url
+        host = path = query = ""
+        if url:
+            try:
+                parts = urlsplit(url)
+                host = parts.hostname or ""
+                if parts.port:
+                    host = f"{host}:{parts.port}"
+            except ValueError:
+                raise DecodeError(f"l7.http.url: not a URL: {url[:200]!r}") from None
+            if self.strip_userinfo and "@" in parts.netloc:
+                parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+            if self.strip_query:
+                parts = parts._replace(query="")
+            url = urlunsplit(parts)
+            path, query = parts.path, parts.query
+        headers: dict[str, str] = {}
+        for header in http.headers:
+            name = header.key.lower()
+            if not self.keep_all_headers and name not in self.allowed_headers:
+                continue
+            value = "[REDACTED]" if name in self.redacted_headers else header.value
+            headers[header.key] = f"{headers[header.key]}, {value}" if header.key in headers else value
+        values.update(method=http.method, url=url, host=host, path=path, query=query,
+                      protocol=http.protocol, status_code=http.code, headers=headers)
+
+
+def lost_events_gap(response: observer_pb2.GetFlowsResponse) -> GapRow:
+    lost = response.lost_events
+    time_ns = timestamp_ns(response.time)
+    first = timestamp_ns(lost.first) if lost.HasField("first") else time_ns
+    last = timestamp_ns(lost.last) if lost.HasField("last") else time_ns
+    gap_id = content_id(response)
+    row = {"time": time_ns, "node": response.node_name, "gap_id": gap_id, "kind": "lost_events",
+           "source": _LOST_SOURCE.get(lost.source, str(lost.source)), "count": lost.num_events_lost,
+           "first": first, "last": last,
+           "message": f"cpu {lost.cpu.value}" if lost.HasField("cpu") else ""}
+    return GapRow(gap_id, time_ns, _gap_row(row))
+
+
+def node_status_gaps(response: observer_pb2.GetFlowsResponse) -> list[GapRow]:
+    status = response.node_status
+    time_ns = timestamp_ns(response.time)
+    gap_id = content_id(response)
+    gaps = []
+    for index, node in enumerate(status.node_names or [response.node_name]):
+        row_id = f"{gap_id}-{index}"
+        row = {"time": time_ns, "node": node, "gap_id": row_id, "kind": "node_status",
+               "source": _NODE_STATE.get(status.state_change, str(status.state_change)), "count": 0,
+               "first": time_ns, "last": time_ns, "message": status.message}
+        gaps.append(GapRow(row_id, time_ns, _gap_row(row)))
+    return gaps
+
+
+def interruption_gap(source: str, node: str, first_ns: int, last_ns: int, message: str) -> GapRow:
+    """A stream that broke between first_ns and last_ns; resuming may or may not cover it."""
+    gap_id = hashlib.blake2b(f"{source}|{node}|{first_ns}|{last_ns}".encode(), digest_size=16).hexdigest()
+    row = {"time": last_ns, "node": node, "gap_id": gap_id, "kind": "stream_interrupted", "source": source,
+           "count": 0, "first": first_ns, "last": last_ns, "message": message}
+    return GapRow(gap_id, last_ns, _gap_row(row))

@@ -1,0 +1,61 @@
+"""Logging set-up: plain or JSON lines on stderr, with secrets scrubbed from every record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+class _SecretFilter(logging.Filter):
+    def __init__(self, secrets: list[str]):
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            for secret in self.secrets:
+                message = message.replace(secret, "*****")
+            record.msg, record.args = message, None
+        return True
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure(fmt: str = "plain", level: str = "info", secrets: list[str] | None = None) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_SecretFilter(secrets or []))
+    handler.setFormatter(_JSONFormatter() if fmt == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class RateLimitedLog:
+    """Logs at most one message per interval for a noisy condition, with a count of the rest."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0):
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last = 0.0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" ({self._suppressed} similar messages suppressed)"
+        self._last, self._suppressed = now, 0
+        self.logger.warning(message, *args)

@@ -1,0 +1,36 @@
+"""The ingester's own Prometheus metrics, one definition each, in the default registry.
+
+Every stage imports what it updates from here; this module imports nothing of ours.
+Names follow Prometheus conventions: `flowlog_` prefix, units in the name, `_total`
+on counters.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+BUILD_INFO = Info("flowlog_build", "Version of the running hubble-flowlog")
+
+FLOWS_RECEIVED = Counter("flowlog_flows_received_total",
+                         "Flows received, by source kind and Hubble flow type", ["source", "type"])
+FLOWS_FILTERED = Counter("flowlog_flows_filtered_total",
+                         "Flows received but not stored because they are not L7, by flow type", ["type"])
+DECODE_ERRORS = Counter("flowlog_decode_errors_total",
+                        "Input that could not be decoded, by source kind", ["source"])
+DEAD_LETTERS = Counter("flowlog_dead_letters_total", "Entries written to the dead-letter file")
+DUPLICATES_DROPPED = Counter("flowlog_duplicates_dropped_total",
+                             "Rows not inserted because the same id was already stored or batched", ["table"])
+ROWS_INSERTED = Counter("flowlog_rows_inserted_total", "Rows inserted, by table", ["table"])
+BATCHES_INSERTED = Counter("flowlog_batches_inserted_total", "Insert statements acknowledged, by table", ["table"])
+INSERT_DURATION = Histogram("flowlog_insert_duration_seconds", "Time to insert one batch into one table",
+                            ["table"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+INSERT_ERRORS = Counter("flowlog_insert_errors_total", "Failed insert attempts, by table and error kind",
+                        ["table", "kind"])
+INSERT_RETRIES = Counter("flowlog_insert_retries_total", "Insert attempts repeated after a failure")
+LOST_EVENTS = Counter("flowlog_lost_events_total", "Events Hubble reported lost, by where they were lost",
+                      ["source"])
+RECONNECTS = Counter("flowlog_reconnects_total", "Times the Hubble stream was opened again after it broke")
+CONNECTED = Gauge("flowlog_hubble_connected", "1 while a Hubble stream is open")
+QUEUE_DEPTH = Gauge("flowlog_queue_depth", "Decoded items waiting to be batched")
+LAST_INSERT = Gauge("flowlog_last_insert_timestamp_seconds", "Wall-clock time of the last acknowledged insert")
+NEWEST_COMMITTED = Gauge("flowlog_newest_committed_flow_timestamp_seconds",
+                         "Time of the newest flow durably stored (ingest lag = now minus this)")
+CHECKPOINT_WRITTEN = Gauge("flowlog_checkpoint_timestamp_seconds", "Wall-clock time the checkpoint was last written")

@@ -1,0 +1,92 @@
+"""Schema migrations: applies the versions rendered by `schema`, once each, in order.
+
+Applied versions are recorded in `schema_migrations`. A database whose recorded
+version is newer than this build knows is refused rather than written to. After
+migrating, the columns the store reports (`system.columns`) are compared with the
+definitions, so a hand-edited table is reported instead of failing inserts later.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .schema import ALL_TABLES, MIGRATION_NAMES, SCHEMA_MIGRATIONS, SCHEMA_VERSION, migration_sql, migration_statements
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def migration_files() -> dict[str, str]:
+    """File name -> text of every migration, as committed under sql/migrations/."""
+    return {f"{v:04d}_{MIGRATION_NAMES[v]}.sql": migration_sql(v) for v in range(1, SCHEMA_VERSION + 1)}
+
+
+def write_sql(directory: Path = SQL_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in migration_files().items():
+        (directory / name).write_text(text)
+        written.append(directory / name)
+    return written
+
+
+def applied_version(client, database: str) -> int:
+    exists = client.query("SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                          parameters={"db": database, "t": SCHEMA_MIGRATIONS.name}).result_rows[0][0]
+    if not exists:
+        return 0
+    rows = client.query(f"SELECT max(version) FROM `{database}`.`{SCHEMA_MIGRATIONS.name}`").result_rows
+    return int(rows[0][0] or 0)
+
+
+TTL_LINE = "\nTTL toDateTime(time) + INTERVAL ${ttl_days} DAY"
+
+
+def render(version: int, database: str, ttl_days: int) -> list[str]:
+    """The statements of one migration for this database; ttl_days 0 keeps rows forever."""
+    ttl = TTL_LINE.replace("${ttl_days}", str(int(ttl_days))) if ttl_days > 0 else ""
+    return [s.replace(TTL_LINE, ttl) for s in migration_statements(version, database)]
+
+
+def migrate(client, database: str, ttl_days: int) -> int:
+    """Apply every missing migration; returns the number applied."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    current = applied_version(client, database)
+    if current > SCHEMA_VERSION:
+        raise MigrationError(f"database {database} has schema version {current}, newer than this "
+                             f"flowlog knows ({SCHEMA_VERSION}); upgrade flowlog")
+    applied = 0
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        for statement in render(version, database, ttl_days):
+            client.command(statement)
+        client.insert(f"`{database}`.`{SCHEMA_MIGRATIONS.name}`",
+                      [[version, datetime.now(timezone.utc), MIGRATION_NAMES[version]]],
+                      column_names=SCHEMA_MIGRATIONS.column_names)
+        log.info("applied schema migration %04d_%s to %s", version, MIGRATION_NAMES[version], database)
+        applied += 1
+    drift = column_drift(client, database)
+    if drift:
+        raise MigrationError("the tables differ from the schema definition: " + "; ".join(drift))
+    return applied
+
+
+def column_drift(client, database: str) -> list[str]:
+    """Differences between system.columns and the definitions, as readable lines."""
+    rows = client.query("SELECT table, name, type FROM system.columns WHERE database = {db:String} "
+                        "ORDER BY table, position", parameters={"db": database}).result_rows
+    actual: dict[str, list[tuple[str, str]]] = {}
+    for table, name, type_ in rows:
+        actual.setdefault(table, []).append((name, type_))
+    drift = []
+    for table in ALL_TABLES:
+        expected = [(c.name, c.type) for c in table.columns]
+        if actual.get(table.name) != expected:
+            drift.append(f"{table.name}: expected {expected}, found {actual.get(table.name)}")
+    return drift

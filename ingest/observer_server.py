@@ -1,0 +1,145 @@
+"""An in-process Hubble Observer gRPC server, for `flowlog demo` and the tests.
+
+It serves `/observer.Observer/GetFlows` and `/observer.Observer/ServerStatus` like a
+node's Hubble server: responses are kept in time order, as in Hubble's ring buffer;
+`since`, `follow` and the whitelist filters the ingester sends (event type,
+source/destination pod prefix, verdict) are honoured. It can also misbehave on
+purpose: end a stream after a number of messages, as a restarting agent does.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from .api.observer import observer_pb2, observer_pb2_grpc
+from .decode import timestamp_ns
+
+
+def response_time_ns(response: observer_pb2.GetFlowsResponse) -> int:
+    if response.HasField("flow") and response.flow.HasField("time"):
+        return timestamp_ns(response.flow.time)
+    return timestamp_ns(response.time)
+
+
+def _matches(flt, flow) -> bool:
+    if flt.event_type and not any(e.type == flow.event_type.type for e in flt.event_type):
+        return False
+    if flt.verdict and flow.verdict not in flt.verdict:
+        return False
+    if flt.source_pod and not any(f"{flow.source.namespace}/{flow.source.pod_name}".startswith(p)
+                                  for p in flt.source_pod):
+        return False
+    if flt.destination_pod and not any(f"{flow.destination.namespace}/{flow.destination.pod_name}".startswith(p)
+                                       for p in flt.destination_pod):
+        return False
+    return True
+
+
+def wanted(request: observer_pb2.GetFlowsRequest, response: observer_pb2.GetFlowsResponse) -> bool:
+    if not response.HasField("flow"):
+        return True  # lost events and node status are always sent
+    return not request.whitelist or any(_matches(f, response.flow) for f in request.whitelist)
+
+
+class FlowBuffer:
+    """The flows a node holds, in time order; appending wakes followers."""
+
+    def __init__(self, responses=()):
+        self._items: list[tuple[int, int, observer_pb2.GetFlowsResponse]] = []
+        self._seq = 0
+        self._changed = threading.Condition()
+        self.extend(responses)
+
+    def extend(self, responses) -> None:
+        with self._changed:
+            for response in responses:
+                self._seq += 1
+                bisect.insort(self._items, (response_time_ns(response), self._seq, response),
+                              key=lambda item: (item[0], item[1]))
+            self._changed.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def read_from(self, index: int) -> list[tuple[int, int, observer_pb2.GetFlowsResponse]]:
+        with self._changed:
+            return self._items[index:]
+
+    def first_index_since(self, since_ns: int) -> int:
+        with self._changed:
+            return bisect.bisect_left(self._items, since_ns, key=lambda item: item[0])
+
+    def wait_for_more(self, count: int, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._items) > count, timeout=timeout)
+
+
+class ObserverService(observer_pb2_grpc.ObserverServicer):
+    def __init__(self, buffer: FlowBuffer, drop_after: list[int] | None = None):
+        self.buffer = buffer
+        # Each entry ends one stream (in order of calls) after that many messages.
+        self.drop_after = list(drop_after or [])
+        self.requests: list[observer_pb2.GetFlowsRequest] = []
+        self.sent = 0
+        self._lock = threading.Lock()
+
+    def GetFlows(self, request, context):
+        with self._lock:
+            self.requests.append(request)
+            limit = self.drop_after.pop(0) if self.drop_after else None
+        since_ns = timestamp_ns(request.since) if request.HasField("since") else 0
+        index = self.buffer.first_index_since(since_ns)
+        sent_here = 0
+        while context.is_active():
+            for _, _, response in self.buffer.read_from(index):
+                index += 1
+                if not wanted(request, response):
+                    continue
+                if limit is not None and sent_here >= limit:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "stream dropped by the test server")
+                yield response
+                sent_here += 1
+                with self._lock:
+                    self.sent += 1
+            if not request.follow:
+                return
+            self.buffer.wait_for_more(index, timeout=0.2)
+
+    def ServerStatus(self, request, context):
+        return observer_pb2.ServerStatusResponse(num_flows=len(self.buffer), max_flows=4095,
+                                                 seen_flows=len(self.buffer), version="flowlog-stand-in")
+
+
+class ObserverServer:
+    """Serves a FlowBuffer on loopback; `address` is what the ingester connects to."""
+
+    def __init__(self, buffer: FlowBuffer, address: str = "127.0.0.1:0", drop_after: list[int] | None = None,
+                 server_credentials: grpc.ServerCredentials | None = None):
+        self.service = ObserverService(buffer, drop_after)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        observer_pb2_grpc.add_ObserverServicer_to_server(self.service, self.server)
+        if server_credentials is not None:
+            port = self.server.add_secure_port(address, server_credentials)
+        else:
+            port = self.server.add_insecure_port(address)
+        self.address = address if address.startswith("unix:") else f"{address.rsplit(':', 1)[0]}:{port}"
+
+    def __enter__(self) -> "ObserverServer":
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop(grace=None).wait()
+
+    def wait_until_sent(self, count: int, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.service.sent >= count:
+                return True
+            time.sleep(0.02)
+        return False

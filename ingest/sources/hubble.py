@@ -1,0 +1,198 @@
+"""Source `hubble`: follows `Observer.GetFlows` on a node's socket or on Hubble Relay.
+
+Asks only for L7 events (`event_type.type = 129`, what `hubble observe -t l7` asks),
+plus the configured namespace and verdict filters. Resumes with `since` = the newest
+flow already received (at start: the checkpoint, the newest flow durably stored), so
+a reconnect or a restart loses nothing; flows at or before that time are marked as
+possibly stored, and the sink checks them. Reconnects forever with exponential
+backoff and full jitter. Lost events and node status messages become gap rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+import grpc
+import grpc.experimental
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from .. import metrics
+from ..api.flow import flow_pb2
+from ..api.observer import observer_pb2, observer_pb2_grpc
+from ..config import SourceConfig
+from ..deadletter import DeadLetters
+from ..decode import L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap, timestamp_ns
+from ..logs import RateLimitedLog
+from ..pipeline import Entry
+
+log = logging.getLogger(__name__)
+
+# Measured here: grpcio's default client receives about 14,000 messages/s on a
+# server stream, with this option about 90,000.
+CHANNEL_OPTIONS = [
+    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+class SourceError(RuntimeError):
+    """The source is misconfigured (unreadable certificate files and the like)."""
+
+
+def open_channel(config: SourceConfig) -> grpc.Channel:
+    options = list(CHANNEL_OPTIONS)
+    target = config.address
+    tls = config.tls
+    if not tls.enabled:
+        return grpc.insecure_channel(target, options=options)
+
+    def read(key: str, path: str) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as err:
+            raise SourceError(f"source.tls.{key}: cannot read {path}: {err.strerror}") from None
+
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise SourceError("source.tls: cert_file and key_file go together (mTLS needs both)")
+    credentials = grpc.ssl_channel_credentials(root_certificates=read("ca_file", tls.ca_file),
+                                               private_key=read("key_file", tls.key_file),
+                                               certificate_chain=read("cert_file", tls.cert_file))
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def flows_request(config: SourceConfig, since_ns: int) -> observer_pb2.GetFlowsRequest:
+    base = dict(event_type=[flow_pb2.EventTypeFilter(type=L7_EVENT_TYPE)])
+    if config.verdicts:
+        try:
+            base["verdict"] = [flow_pb2.Verdict.Value(v.upper()) for v in config.verdicts]
+        except ValueError as err:
+            raise SourceError(f"source.verdicts: {err}") from None
+    prefixes = [ns.rstrip("/") + "/" for ns in config.namespaces]
+    if prefixes:
+        # Hubble has no namespace filter: whitelist filters are OR'ed, fields within one AND'ed.
+        whitelist = [flow_pb2.FlowFilter(source_pod=prefixes, **base),
+                     flow_pb2.FlowFilter(destination_pod=prefixes, **base)]
+    else:
+        whitelist = [flow_pb2.FlowFilter(**base)]
+    since = Timestamp(seconds=since_ns // 1_000_000_000, nanos=since_ns % 1_000_000_000)
+    return observer_pb2.GetFlowsRequest(follow=True, whitelist=whitelist, since=since)
+
+
+class HubbleSource:
+    def __init__(self, config: SourceConfig, decoder: Decoder, dead_letters: DeadLetters,
+                 emit, stop: threading.Event, resume_ns: int = 0, resume_ids: set[str] | None = None):
+        self.config = config
+        self.decoder = decoder
+        self.dead_letters = dead_letters
+        self.emit = emit
+        self.stop = stop
+        self.resume_ns = resume_ns
+        self.resume_ids = set(resume_ids or ())
+        self.newest_ns = resume_ns
+        self.connected = threading.Event()
+        self._call = None
+        self._lost_log = RateLimitedLog(log)
+        self.messages = 0
+
+    def cancel(self) -> None:
+        """Ends the current stream from another thread (shutdown)."""
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def run(self) -> None:
+        delay = self.config.reconnect_initial_s
+        attempt = 0
+        while not self.stop.is_set():
+            if attempt:
+                metrics.RECONNECTS.inc()
+            attempt += 1
+            received = self._stream_once()
+            if self.stop.is_set():
+                break
+            if received:
+                delay = self.config.reconnect_initial_s
+            wait = random.uniform(0, delay)
+            log.info("reconnecting to %s in %.1f s", self.config.address, wait)
+            self.stop.wait(wait)
+            delay = min(delay * 2, self.config.reconnect_max_s)
+
+    def _stream_once(self) -> int:
+        """One GetFlows call until it ends; returns how many messages it delivered."""
+        since_ns = self.newest_ns
+        received = 0
+        channel = open_channel(self.config)
+        try:
+            stub = observer_pb2_grpc.ObserverStub(channel)
+            self._call = stub.GetFlows(flows_request(self.config, since_ns))
+            if self.stop.is_set():
+                self._call.cancel()
+            for response in self._call:
+                if not received:
+                    self.connected.set()
+                    metrics.CONNECTED.set(1)
+                    log.info("streaming L7 flows from %s since %s", self.config.address, _iso(since_ns))
+                received += 1
+                self._handle(response, since_ns)
+        except grpc.RpcError as err:
+            if not self.stop.is_set():
+                code = err.code() if hasattr(err, "code") else None
+                details = err.details() if hasattr(err, "details") else str(err)
+                log.warning("Hubble stream %s ended: %s %s", self.config.address,
+                            code.name if code else "", details)
+                if received:
+                    now_ns = time.time_ns()
+                    self.emit(Entry(interruption_gap(self.config.address, "", self.newest_ns, now_ns,
+                                                     f"{code.name if code else 'ERROR'}: {details}"), False))
+        finally:
+            self._call = None
+            self.connected.clear()
+            metrics.CONNECTED.set(0)
+            channel.close()
+        return received
+
+    def _handle(self, response: observer_pb2.GetFlowsResponse, since_ns: int) -> None:
+        self.messages += 1
+        try:
+            decoded = self.decoder.decode(response)
+        except DecodeError as err:
+            metrics.DECODE_ERRORS.labels("hubble").inc()
+            self.dead_letters.add(f"{self.config.address}#message {self.messages}", str(err),
+                                  response.SerializeToString())
+            return
+        if isinstance(decoded, list):
+            for gap in decoded:
+                self.emit(Entry(gap, False))
+            return
+        if isinstance(decoded, GapRow):
+            lost = response.lost_events
+            metrics.LOST_EVENTS.labels(flow_pb2.LostEventSource.Name(lost.source)).inc(lost.num_events_lost)
+            self._lost_log.warning("Hubble lost %d events (%s) on %s", lost.num_events_lost,
+                                   flow_pb2.LostEventSource.Name(lost.source), response.node_name or "?")
+            self.emit(Entry(decoded, False))
+            return
+        flow_type = flow_pb2.FlowType.Name(response.flow.Type) if response.flow.Type in (0, 1, 2, 3) else "UNKNOWN"
+        metrics.FLOWS_RECEIVED.labels("hubble", flow_type).inc()
+        if not isinstance(decoded, FlowRows):
+            metrics.FLOWS_FILTERED.labels(decoded.kind).inc()
+            return
+        if decoded.time_ns == self.resume_ns and decoded.flow_id in self.resume_ids:
+            metrics.DUPLICATES_DROPPED.labels("l7_audit").inc()
+            return
+        self.newest_ns = max(self.newest_ns, decoded.time_ns)
+        self.emit(Entry(decoded, decoded.time_ns <= since_ns and since_ns > 0))
+
+
+def _iso(ns: int) -> str:
+    if not ns:
+        return "the oldest flow in Hubble's buffer"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}Z"

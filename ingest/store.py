@@ -1,0 +1,57 @@
+"""Opening the ClickHouse store: a server over HTTP(S) or the embedded chdb engine.
+
+Both are reached through clickhouse-connect, so every query and insert takes the same
+code path. This module only connects; it does not know the schema.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from .config import Config, mask_dsn
+
+
+class StoreError(RuntimeError):
+    """The store could not be reached or refused us; the message never holds a secret."""
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "*****")
+    return text
+
+
+def connect(config: Config) -> Client:
+    """A client for the configured store, with the database created if missing."""
+    dsn = config.store_dsn
+    scheme = urlsplit(dsn).scheme
+    secrets = config.secrets()
+    try:
+        if scheme == "chdb":
+            try:
+                import chdb  # noqa: F401  (registers the chdb backend with clickhouse-connect)
+            except ImportError:
+                raise StoreError(f"store {dsn}: the embedded engine needs the 'embedded' extra "
+                                 "(pip install 'hubble-flowlog[embedded]')") from None
+            path = urlsplit(dsn).path
+            if path and path != "memory":
+                from pathlib import Path
+                Path(path).mkdir(parents=True, exist_ok=True)
+            client = clickhouse_connect.get_client(dsn=dsn)
+        elif scheme in ("http", "https", "clickhouse", "clickhouses"):
+            password = config.store_password()
+            kwargs = {"password": password} if password else {}
+            client = clickhouse_connect.get_client(dsn=dsn, **kwargs)
+        else:
+            raise StoreError(f"store {mask_dsn(dsn)}: unsupported scheme {scheme!r} "
+                             "(use http(s)://user@host:8123 or chdb:///abs/dir)")
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{config.store.database}`")
+        return client
+    except StoreError:
+        raise
+    except Exception as err:  # clickhouse-connect and chdb raise many kinds
+        raise StoreError(f"cannot reach store {mask_dsn(dsn)}: {redact(str(err), secrets)}") from None
