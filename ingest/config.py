@@ -125,6 +125,10 @@ class Config:
         return [s for s in found if s]
 
 
+class _Text(str):
+    """A value typed on a command line or in the environment: parsed, where YAML values are checked."""
+
+
 def _hints(cls) -> dict[str, typing.Any]:
     return typing.get_type_hints(cls)
 
@@ -137,30 +141,31 @@ def _coerce(key: str, value, hint):
         return _build(hint, value, key + ".")
     origin = typing.get_origin(hint)
     if origin is list:
-        if isinstance(value, str):
+        if isinstance(value, _Text):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
         return value
     if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        if isinstance(value, _Text) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if hint in (int, float):
-        if isinstance(value, str):
+        expected = "an integer" if hint is int else "a number"
+        if isinstance(value, _Text):
             try:
                 return hint(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+                raise ConfigError(f"{key}: expected {expected}, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
-            raise ConfigError(f"{key}: expected {'an integer' if hint is int else 'a number'}, got {value!r}")
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
         return hint(value)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
+        return str(value)
     raise ConfigError(f"{key}: unsupported type {hint}")
 
 
@@ -202,7 +207,9 @@ ENV_ALIASES = {"FLOWLOG_STORE": "store.dsn"}
 
 def load(path: str | None = None, env: dict[str, str] | None = None,
          overrides: dict[str, typing.Any] | None = None) -> Config:
-    """Build the config from file, environment and flag overrides (dotted keys)."""
+    """Build the config from file, environment and flag overrides (dotted keys).
+
+    Override values that are strings are parsed like environment values."""
     tree: dict = {}
     if path:
         try:
@@ -219,15 +226,15 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
     known = set(leaf_keys())
     for name, dotted in ENV_ALIASES.items():
         if env.get(name):
-            _set_dotted(tree, dotted, env[name])
+            _set_dotted(tree, dotted, _Text(env[name]))
     for dotted in known:
         if env_name(dotted) in env:
-            _set_dotted(tree, dotted, env[env_name(dotted)])
+            _set_dotted(tree, dotted, _Text(env[env_name(dotted)]))
     for dotted, value in (overrides or {}).items():
         if dotted not in known:
             raise ConfigError(f"unknown key {dotted}")
         if value is not None:
-            _set_dotted(tree, dotted, value)
+            _set_dotted(tree, dotted, _Text(value) if isinstance(value, str) else value)
     config = _build(Config, tree)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", config.store.database):
         raise ConfigError(f"store.database: {config.store.database!r} is not a plain identifier")

@@ -149,7 +149,9 @@ class Decoder:
         l7 = flow.l7
         l7_type = _L7_TYPE.get(l7.type, str(l7.type))
         record = l7.WhichOneof("record")
-        audit = {"time": time_ns, "node": node, "flow_id": flow_id, "type": (record or "unknown").upper(),
+        if record is None:
+            raise DecodeError("flow.l7: the l7 record holds no http, dns or kafka part")
+        audit = {"time": time_ns, "node": node, "flow_id": flow_id, "type": record.upper(),
                  "l7_type": l7_type, "flow": flow.SerializeToString()}
         if record not in ("http", "dns"):
             return FlowRows(flow_id, time_ns, None, None, _audit_row(audit))

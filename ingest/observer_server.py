@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from concurrent import futures
 
 import grpc
@@ -86,6 +85,9 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         self.drop_after = list(drop_after or [])
         self.requests: list[observer_pb2.GetFlowsRequest] = []
         self.sent = 0
+        self.newest_sent_ns = 0
+        # Set whenever a stream has sent everything the buffer holds.
+        self.caught_up = threading.Event()
         self._lock = threading.Lock()
 
     def GetFlows(self, request, context):
@@ -96,7 +98,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         index = self.buffer.first_index_since(since_ns)
         sent_here = 0
         while context.is_active():
-            for _, _, response in self.buffer.read_from(index):
+            for time_ns, _, response in self.buffer.read_from(index):
                 index += 1
                 if not wanted(request, response):
                     continue
@@ -106,6 +108,10 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                 sent_here += 1
                 with self._lock:
                     self.sent += 1
+                    if response.HasField("flow"):
+                        self.newest_sent_ns = max(self.newest_sent_ns, time_ns)
+            if index >= len(self.buffer):
+                self.caught_up.set()
             if not request.follow:
                 return
             self.buffer.wait_for_more(index, timeout=0.2)
@@ -136,10 +142,3 @@ class ObserverServer:
     def __exit__(self, *exc) -> None:
         self.server.stop(grace=None).wait()
 
-    def wait_until_sent(self, count: int, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.service.sent >= count:
-                return True
-            time.sleep(0.02)
-        return False

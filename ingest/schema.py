@@ -135,7 +135,7 @@ L7_AUDIT = Table(
         Column("time", TIME, "Delta, ZSTD(1)"),
         Column("node", LC),
         Column("flow_id", "String", "ZSTD(1)"),
-        Column("type", LC, comment="HTTP, DNS, KAFKA or UNKNOWN: which L7 record the flow holds"),
+        Column("type", LC, comment="HTTP, DNS or KAFKA: which L7 record the flow holds"),
         Column("l7_type", LC),
         Column("flow", "String", "ZSTD(3)", comment="the flow.Flow message, protobuf wire format"),
     ),

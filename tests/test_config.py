@@ -1,0 +1,68 @@
+"""One config object from file, environment and flags; bad keys and types named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ingest.config import ConfigError, dump_yaml, load
+
+from .conftest import REPO
+
+
+def test_precedence_file_then_env_then_flags(tmp_path):
+    path = tmp_path / "flowlog.yaml"
+    path.write_text("source:\n  address: relay:4245\n  namespaces: [default]\nbatch:\n  max_rows: 5000\n")
+    config = load(str(path), env={"FLOWLOG_BATCH_MAX_ROWS": "7000", "FLOWLOG_STORE": "http://ch:8123"},
+                  overrides={"source.address": "unix:///tmp/hubble.sock"})
+    assert config.source.address == "unix:///tmp/hubble.sock"
+    assert config.source.namespaces == ["default"]
+    assert config.batch.max_rows == 7000
+    assert config.store.dsn == "http://ch:8123"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sorce:\n  address: x\n", "unknown key sorce"),
+    ("source:\n  adress: x\n", "unknown key source.adress"),
+    ("batch:\n  max_rows: many\n", "batch.max_rows: expected an integer"),
+    ("source:\n  tls:\n    enabled: 3\n", "source.tls.enabled: expected true or false"),
+    ("source:\n  namespaces: default\n", "source.namespaces: expected a list"),
+    ("store:\n  database: \"x; DROP\"\n", "store.database"),
+    ("- a\n- b\n", "top level must be a mapping"),
+])
+def test_bad_keys_and_types_are_refused_by_name(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load(str(path), env={})
+
+
+def test_env_values_are_typed_and_named_when_wrong():
+    assert load(env={"FLOWLOG_SOURCE_VERDICTS": "FORWARDED,DROPPED"}).source.verdicts == ["FORWARDED", "DROPPED"]
+    with pytest.raises(ConfigError, match="batch.max_delay_ms"):
+        load(env={"FLOWLOG_BATCH_MAX_DELAY_MS": "soon"})
+
+
+def test_config_show_masks_secrets(tmp_path):
+    env = {"FLOWLOG_STORE_DSN": "https://ingest:hunter2@ch.example:8443", "FLOWLOG_STORE_PASSWORD": "s3cret-pw"}
+    shown = dump_yaml(load(env=env))
+    assert "hunter2" not in shown and "s3cret-pw" not in shown
+    data = yaml.safe_load(shown)
+    assert data["store"]["dsn"] == "https://ingest:*****@ch.example:8443"
+    assert data["store"]["password"] == "*****"
+
+
+def test_config_show_cli_and_unknown_key_exit_code(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("store:\n  ttl_dayz: 3\n")
+    result = subprocess.run([sys.executable, "-m", "ingest", "config", "show", "--config", str(path)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("flowlog: error: unknown key store.ttl_dayz (known: database, dsn, migrate, "
+                                     "password, password_file, ttl_days)")
+    ok = subprocess.run([sys.executable, "-m", "ingest", "config", "show", "--set", "batch.max_rows=123"],
+                        capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0 and yaml.safe_load(ok.stdout)["batch"]["max_rows"] == 123

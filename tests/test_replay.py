@@ -1,0 +1,105 @@
+"""`flowlog replay`: files of `hubble observe -o jsonpb` output through the same decoder."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ingest import metrics
+from ingest.runner import replay
+
+from .conftest import ALL_FIXTURES, DNS_330, HTTP_348, REPO, fixture_lines
+from .test_hubble_source import assert_stored_equals_fixture
+
+
+def filtered_total() -> float:
+    return sum(s.value for m in metrics.FLOWS_FILTERED.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+@pytest.mark.parametrize("path", ALL_FIXTURES, ids=lambda p: p.name)
+def test_every_fixture_replayed_is_stored_value_for_value(config, client, path):
+    lines = fixture_lines(path)
+    before = filtered_total()
+    summary = replay(config, client, [str(path)])
+    assert_stored_equals_fixture(client, config, lines)
+    non_l7 = sum(1 for line in lines if "l7" not in line["flow"])
+    assert summary.counts.filtered == non_l7
+    assert filtered_total() - before == non_l7
+    assert summary.counts.bad_lines == 0
+
+
+def test_replaying_twice_stores_nothing_new(config, client):
+    first = replay(config, client, [str(HTTP_348), str(DNS_330)])
+    assert first.stored == {"http_flows": 348, "dns_flows": 330, "l7_audit": 678}
+    second = replay(config, client, [str(HTTP_348), str(DNS_330)])
+    assert second.stored == {}
+    assert second.duplicates == 678
+    assert_stored_equals_fixture(client, config, fixture_lines(HTTP_348) + fixture_lines(DNS_330))
+
+
+def test_gzip_and_bare_flow_objects(config, client, tmp_path):
+    lines = fixture_lines(DNS_330)
+    bare = tmp_path / "exporter.json.gz"
+    with gzip.open(bare, "wt") as handle:
+        for line in lines:
+            handle.write(json.dumps(line["flow"]) + "\n")
+    summary = replay(config, client, [str(bare)])
+    assert summary.counts.l7_flows == 330
+    assert_stored_equals_fixture(client, config, lines)
+
+
+MALFORMED = [
+    (b'{"flow": {"time": "2021-10-04T11:22:26.59', "not JSON"),
+    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "source": {"identity": "abc"}, "l7": {"dns": {}}}}', "identity"),
+    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "Type": "L7", "l7": {"type": "REQUEST"}}}', "no http, dns"),
+    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "verdict": "MAYBE"}}', "MAYBE"),
+    (b'\xff\xfe{"flow": {}}', "not UTF-8"),
+    (b"   ", "empty line"),
+    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "Type": "L7", "node_name": "n"}}', "flow.l7"),
+    (b'[1, 2]', "expected a JSON object"),
+    (b'{"flow": {"l7": {"http": {"url": "http://[::1"}}, "Type": "L7", "time": "2021-10-04T11:22:26Z"}}',
+     "l7.http.url"),
+]
+
+
+def test_malformed_lines_are_dead_lettered_with_line_numbers_and_the_rest_stored(config, client, tmp_path):
+    good = HTTP_348.read_bytes().splitlines()
+    mixed, bad_at = [], {}
+    for index, line in enumerate(good):
+        mixed.append(line)
+        if index % 40 == 0 and index // 40 < len(MALFORMED):
+            bad, reason = MALFORMED[index // 40]
+            mixed.append(bad)
+            bad_at[len(mixed)] = (bad, reason)
+    path = tmp_path / "mixed.json"
+    path.write_bytes(b"\n".join(mixed) + b"\n")
+    summary = replay(config, client, [str(path)])
+    assert summary.counts.bad_lines == len(MALFORMED)
+    assert_stored_equals_fixture(client, config, fixture_lines(HTTP_348))
+    entries = [json.loads(l) for l in (config.state_path / "dead-letter.jsonl").read_text().splitlines()]
+    assert [e["origin"] for e in entries] == [f"{path}:{n}" for n in sorted(bad_at)]
+    for entry, number in zip(entries, sorted(bad_at)):
+        bad, reason = bad_at[number]
+        assert reason in entry["error"], entry
+        kept = entry.get("raw", "").encode() if "raw" in entry else None
+        assert kept == bad or "raw_base64" in entry
+
+
+def test_replay_cli_reads_stdin_and_prints_one_summary_line(config, tmp_path):
+    # A subprocess: chdb serves one data directory per process.
+    store = tmp_path / "store"
+    result = subprocess.run(
+        [sys.executable, "-m", "ingest", "replay", "--store", f"chdb://{store}", "--state-dir", str(tmp_path), "-"],
+        input=DNS_330.read_bytes(), capture_output=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode().strip().splitlines()
+    assert len(out) == 1 and "330 L7 flows" in out[0] and "330 dns_flows" in out[0], out
+    query = subprocess.run(
+        [sys.executable, "-m", "ingest", "sql", "--store", f"chdb://{store}", "--format", "tsv",
+         "SELECT count() FROM dns_flows WHERE rcode_name = 'NXDOMAIN'"],
+        capture_output=True, cwd=REPO, timeout=120)
+    assert query.stdout.decode().splitlines() == ["count()", "102"], query.stderr.decode()
