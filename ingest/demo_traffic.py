@@ -69,13 +69,13 @@ _WEBPODS = (
     _pod("webpod-7d9c6b8d4f-x2k9q", "default", "app=webpod", "default", "10.244.1.37", "kind-worker", 2871, 9183),
     _pod("webpod-7d9c6b8d4f-m4v7r", "default", "app=webpod", "default", "10.244.2.41", "kind-worker2", 388, 9183),
 )
-_COREDNS = _pod("coredns-5d78c9869d-abcde", "kube-system", "k8s-app=kube-dns", "coredns", "10.244.2.5",
+_COREDNS = _pod("coredns-5d78c9869d-x8hm4", "kube-system", "k8s-app=kube-dns", "coredns", "10.244.2.5",
                "kind-worker2", 1907, 45627)
-_FRONTEND = _pod("frontend-6c8f9d7b5-q7w2e", "default", "app=frontend", "frontend", "10.244.1.58",
+_FRONTEND = _pod("frontend-6c8f9d7b5-q7w2z", "default", "app=frontend", "frontend", "10.244.1.58",
                 "kind-worker", 3120, 31874)
-_CHECKOUT = _pod("checkout-5b9c7d6f8-h3j4k", "default", "app=checkout", "checkout", "10.244.2.23",
+_CHECKOUT = _pod("checkout-5b9c7d6f8-h5j4k", "default", "app=checkout", "checkout", "10.244.2.23",
                 "kind-worker2", 742, 12655)
-_CATALOG = _pod("catalog-7f6d5c4b3-p9r8t", "default", "app=catalog", "catalog", "10.244.2.66",
+_CATALOG = _pod("catalog-7f6d5c4b8-p9r8t", "default", "app=catalog", "catalog", "10.244.2.66",
                "kind-worker2", 1255, 57002)
 _RATES_API = _Peer("203.0.113.10", 2, ("reserved:world",))  # identity 2 is Cilium's "world"
 

@@ -39,6 +39,9 @@ def configure(fmt: str = "plain", level: str = "info", secrets: list[str] | None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Their retries and reconnects are reported by our own state-change messages.
+    for noisy in ("urllib3", "urllib3.connectionpool", "clickhouse_connect"):
+        logging.getLogger(noisy).setLevel("DEBUG" if level == "debug" else "ERROR")
 
 
 class RateLimitedLog:
