@@ -27,6 +27,8 @@ INSERT_ERRORS = Counter("flowlog_insert_errors_total", "Failed insert attempts, 
 INSERT_RETRIES = Counter("flowlog_insert_retries_total", "Insert attempts repeated after a failure")
 LOST_EVENTS = Counter("flowlog_lost_events_total", "Events Hubble reported lost, by where they were lost",
                       ["source"])
+NODE_STATUS = Counter("flowlog_node_status_events_total", "Node status changes reported by Hubble Relay, by state",
+                      ["state"])
 RECONNECTS = Counter("flowlog_reconnects_total", "Times the Hubble stream was opened again after it broke")
 CONNECTED = Gauge("flowlog_hubble_connected", "1 while a Hubble stream is open")
 QUEUE_DEPTH = Gauge("flowlog_queue_depth", "Decoded items waiting to be batched")

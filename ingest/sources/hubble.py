@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from .. import metrics
 from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2, observer_pb2_grpc
+from ..api.relay import relay_pb2
 from ..config import SourceConfig
 from ..deadletter import DeadLetters
 from ..decode import L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap, timestamp_ns
@@ -170,6 +171,10 @@ class HubbleSource:
                                   response.SerializeToString())
             return
         if isinstance(decoded, list):
+            status = response.node_status
+            state = relay_pb2.NodeState.Name(status.state_change) if status.state_change in range(5) else "UNKNOWN"
+            metrics.NODE_STATUS.labels(state).inc()
+            log.info("Hubble Relay: nodes %s are %s: %s", ",".join(status.node_names), state, status.message)
             for gap in decoded:
                 self.emit(Entry(gap, False))
             return

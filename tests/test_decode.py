@@ -1,0 +1,68 @@
+"""Decoding details that the fixtures do not cover: redaction, workloads, gaps."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import json_format
+
+from ingest.api.flow import flow_pb2
+from ingest.api.observer import observer_pb2
+from ingest.config import HTTPConfig
+from ingest.decode import Decoder, FlowRows, GapRow, workload_of
+from ingest.schema import HTTP_FLOWS, INGEST_GAPS
+
+
+def http_flow(url: str, headers: dict[str, str]) -> observer_pb2.GetFlowsResponse:
+    return json_format.ParseDict({"flow": {
+        "time": "2026-11-26T10:00:00.123456789Z", "Type": "L7", "node_name": "n1", "verdict": "FORWARDED",
+        "l7": {"type": "REQUEST", "http": {"method": "GET", "url": url,
+                                           "headers": [{"key": k, "value": v} for k, v in headers.items()]}}}},
+        observer_pb2.GetFlowsResponse())
+
+
+def http_values(decoder: Decoder, response) -> dict:
+    rows = decoder.decode(response)
+    assert isinstance(rows, FlowRows) and rows.table is HTTP_FLOWS
+    return dict(zip(HTTP_FLOWS.column_names, rows.row))
+
+
+SECRETS = {"Authorization": "Bearer abc.def", "cookie": "session=1", "Set-Cookie": "id=2",
+           "Proxy-Authorization": "Basic Zm9v", "X-Request-Id": "r-1", "Accept": "*/*"}
+
+
+def test_sensitive_headers_are_redacted_by_default_whatever_their_case():
+    values = http_values(Decoder(), http_flow("http://user:pw@api:8080/v1/items?token=t0k#frag", SECRETS))
+    assert values["headers"] == {"Authorization": "[REDACTED]", "cookie": "[REDACTED]", "Set-Cookie": "[REDACTED]",
+                                 "Proxy-Authorization": "[REDACTED]", "X-Request-Id": "r-1", "Accept": "*/*"}
+    assert values["url"] == "http://api:8080/v1/items?token=t0k#frag"
+    assert (values["host"], values["path"], values["query"]) == ("api:8080", "/v1/items", "token=t0k")
+
+
+def test_allow_list_and_query_stripping():
+    decoder = Decoder(HTTPConfig(headers_allow=["X-Request-Id"], strip_query=True))
+    values = http_values(decoder, http_flow("http://api/v1?token=t0k", SECRETS))
+    assert values["headers"] == {"X-Request-Id": "r-1"}
+    assert values["url"] == "http://api/v1" and values["query"] == ""
+
+
+@pytest.mark.parametrize("endpoint, workload", [
+    ({"pod_name": "productpage-v1-6b746f74dc-ffh56"}, "productpage-v1"),
+    ({"pod_name": "node-local-dns-88zrp"}, "node-local-dns"),
+    ({"pod_name": "web-0"}, "web"),
+    ({"pod_name": "curl-pod"}, "curl-pod"),
+    ({"pod_name": "x-7d9c6b8d4f-x2k9q", "workloads": [{"name": "api", "kind": "Deployment"}]}, "api"),
+    ({"labels": ["k8s:k8s-app=kube-dns"]}, "kube-dns"),
+    ({"labels": ["reserved:world"]}, ""),
+])
+def test_workload_names(endpoint, workload):
+    assert workload_of(json_format.ParseDict(endpoint, flow_pb2.Endpoint())) == workload
+
+
+def test_node_status_from_relay_becomes_one_gap_row_per_node():
+    response = json_format.ParseDict({"node_status": {"state_change": "NODE_UNAVAILABLE", "node_names": ["a", "b"],
+                                                      "message": "connection refused"},
+                                      "time": "2026-11-26T10:00:00Z"}, observer_pb2.GetFlowsResponse())
+    gaps = Decoder().decode(response)
+    assert [dict(zip(INGEST_GAPS.column_names, g.row))["node"] for g in gaps] == ["a", "b"]
+    assert all(isinstance(g, GapRow) and g.row[3] == "node_status" and g.row[4] == "NODE_UNAVAILABLE" for g in gaps)
+    assert len({g.gap_id for g in gaps}) == 2
