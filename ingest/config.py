@@ -91,6 +91,30 @@ class MetricsConfig:
 
 
 @dataclass
+class VisibilityConfig:
+    """The L7 CiliumNetworkPolicy that makes Hubble see HTTP and DNS (`flowlog visibility`)."""
+    name: str = "flowlog-l7-visibility"
+    # Namespaces whose endpoints get visibility; one policy per namespace.
+    namespaces: list[str] = field(default_factory=lambda: ["default"])
+    # Instead of namespaces: endpoints matching these labels ("key=value").
+    endpoint_labels: list[str] = field(default_factory=list)
+    # One CiliumClusterwideNetworkPolicy instead of per-namespace policies.
+    cluster_wide: bool = False
+    http_ports: list[str] = field(default_factory=lambda: ["80", "8080"])
+    dns: bool = True
+    http_egress: bool = True
+    http_ingress: bool = False
+    # Peers whose HTTP traffic is made visible ("key=value" labels); empty means any peer.
+    peers: list[str] = field(default_factory=list)
+    # observe: see traffic without changing what is allowed; enforce: the restrictive shape.
+    mode: str = "observe"
+    # For Cilium < 1.16 (no enableDefaultDeny): add explicit allow-all rules instead.
+    legacy_allow_all: bool = False
+    # `visibility status`: how recent an L7 flow must be to count as "flows arriving".
+    status_window_minutes: int = 15
+
+
+@dataclass
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -98,6 +122,7 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
     # Checkpoints and the dead-letter file live here, beside the embedded store.
     state_dir: str = DEFAULT_STATE_DIR
 
@@ -238,6 +263,8 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
     config = _build(Config, tree)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", config.store.database):
         raise ConfigError(f"store.database: {config.store.database!r} is not a plain identifier")
+    if config.visibility.mode not in ("observe", "enforce"):
+        raise ConfigError(f"visibility.mode: expected observe or enforce, got {config.visibility.mode!r}")
     if config.log.format not in ("plain", "json"):
         raise ConfigError(f"log.format: expected plain or json, got {config.log.format!r}")
     return config
