@@ -160,7 +160,7 @@ def _migrate_offline(args, config) -> int:
             print(f"wrote {path}")
         return 0
     for version in range(1, SCHEMA_VERSION + 1):
-        for statement in render(version, config.store.database, config.store.ttl_days):
+        for statement in render(version, config.store):
             print(statement + ";\n")
     return 0
 

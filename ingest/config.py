@@ -59,6 +59,8 @@ class StoreConfig:
     password_file: str = ""
     # Rows older than this are dropped (whole daily partitions); 0 keeps them forever.
     ttl_days: int = 0
+    # The same for the 1-minute rollups, which dashboards read over long ranges.
+    rollup_ttl_days: int = 0
     migrate: bool = True
 
 

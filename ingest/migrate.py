@@ -12,6 +12,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .config import StoreConfig
 from .schema import ALL_TABLES, MIGRATION_NAMES, SCHEMA_MIGRATIONS, SCHEMA_VERSION, migration_sql, migration_statements
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,20 @@ def applied_version(client, database: str) -> int:
     return int(rows[0][0] or 0)
 
 
-TTL_LINE = "\nTTL toDateTime(time) + INTERVAL ${ttl_days} DAY"
+def render(version: int, store: StoreConfig) -> list[str]:
+    """The statements of one migration for the configured database; a TTL of 0 days keeps rows forever."""
+    statements = migration_statements(version, store.database)
+    for key in ("ttl_days", "rollup_ttl_days"):
+        days = int(getattr(store, key))
+        line = f"\nTTL toDateTime(time) + INTERVAL ${{{key}}} DAY"
+        statements = [s.replace(line, line.replace(f"${{{key}}}", str(days)) if days > 0 else "")
+                      for s in statements]
+    return statements
 
 
-def render(version: int, database: str, ttl_days: int) -> list[str]:
-    """The statements of one migration for this database; ttl_days 0 keeps rows forever."""
-    ttl = TTL_LINE.replace("${ttl_days}", str(int(ttl_days))) if ttl_days > 0 else ""
-    return [s.replace(TTL_LINE, ttl) for s in migration_statements(version, database)]
-
-
-def migrate(client, database: str, ttl_days: int) -> int:
+def migrate(client, store: StoreConfig) -> int:
     """Apply every missing migration; returns the number applied."""
+    database = store.database
     client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     current = applied_version(client, database)
     if current > SCHEMA_VERSION:
@@ -64,7 +68,7 @@ def migrate(client, database: str, ttl_days: int) -> int:
                              f"flowlog knows ({SCHEMA_VERSION}); upgrade flowlog")
     applied = 0
     for version in range(current + 1, SCHEMA_VERSION + 1):
-        for statement in render(version, database, ttl_days):
+        for statement in render(version, store):
             client.command(statement)
         client.insert(f"`{database}`.`{SCHEMA_MIGRATIONS.name}`",
                       [[version, datetime.now(timezone.utc), MIGRATION_NAMES[version]]],

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def open_store(config: Config):
     client = connect(config)
     if config.store.migrate:
-        migrate(client, config.store.database, config.store.ttl_days)
+        migrate(client, config.store)
     return client
 
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Bumped whenever a column or table is added; migrations 1..SCHEMA_VERSION exist.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TIME = "DateTime64(9, 'UTC')"
 LC = "LowCardinality(String)"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass(frozen=True)
@@ -26,11 +30,17 @@ class Column:
     codec: str = ""
     comment: str = ""
     since: int = 1
+    # Rollups only: the expression over the source table that fills this column.
+    expr: str = ""
 
     def ddl(self) -> str:
         codec = f" CODEC({self.codec})" if self.codec else ""
-        comment = f" COMMENT '{self.comment}'" if self.comment else ""
+        comment = f" COMMENT {_quote(self.comment)}" if self.comment else ""
         return f"`{self.name}` {self.type}{codec}{comment}"
+
+    @property
+    def is_aggregate(self) -> bool:
+        return self.type.startswith(("AggregateFunction", "SimpleAggregateFunction"))
 
 
 @dataclass(frozen=True)
@@ -40,10 +50,12 @@ class Table:
     columns: tuple[Column, ...]
     order_by: str
     # The column that identifies a stored row; used to drop rows stored before.
-    id_column: str
+    id_column: str = ""
     indexes: tuple[str, ...] = ()
     partition_by: str = "toDate(time)"
-    ttl: bool = True
+    # The config key whose value (days) becomes the TTL; "" for none.
+    ttl_key: str = "ttl_days"
+    engine: str = "MergeTree"
     since: int = 1
 
     @property
@@ -53,15 +65,32 @@ class Table:
     def columns_as_of(self, version: int) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.since <= version)
 
+    def ttl_clause(self) -> str:
+        return f"\nTTL toDateTime(time) + INTERVAL ${{{self.ttl_key}}} DAY" if self.ttl_key else ""
+
     def create_sql(self, database: str, version: int) -> str:
         body = ",\n    ".join([c.ddl() for c in self.columns_as_of(version)] + list(self.indexes))
-        ttl = "\nTTL toDateTime(time) + INTERVAL ${ttl_days} DAY" if self.ttl else ""
+        # Retried inserts with the same insert_deduplication_token are stored once.
         settings = "non_replicated_deduplication_window = 1000"
-        if self.ttl:
+        if self.ttl_key:
             settings += ", ttl_only_drop_parts = 1"
         return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}`\n(\n    {body}\n)\n"
-                f"ENGINE = MergeTree\nPARTITION BY {self.partition_by}\nORDER BY ({self.order_by}){ttl}\n"
-                f"SETTINGS {settings}\nCOMMENT '{self.comment}'")
+                f"ENGINE = {self.engine}\nPARTITION BY {self.partition_by}\nORDER BY ({self.order_by})"
+                f"{self.ttl_clause()}\nSETTINGS {settings}\nCOMMENT {_quote(self.comment)}")
+
+
+@dataclass(frozen=True)
+class Rollup(Table):
+    """An AggregatingMergeTree table filled by a materialized view over a raw table."""
+    source: Table | None = None
+    where: str = ""
+
+    def view_sql(self, database: str) -> str:
+        select = ",\n    ".join(f"{c.expr} AS `{c.name}`" for c in self.columns)
+        group_by = ", ".join(f"`{c.name}`" for c in self.columns if not c.is_aggregate)
+        where = f"\nWHERE {self.where}" if self.where else ""
+        return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{self.name}_mv` TO `{database}`.`{self.name}`\n"
+                f"AS SELECT\n    {select}\nFROM `{database}`.`{self.source.name}`{where}\nGROUP BY {group_by}")
 
 
 def _endpoint(side: str, what: str) -> tuple[Column, ...]:
@@ -161,6 +190,81 @@ INGEST_GAPS = Table(
     id_column="gap_id",
 )
 
+# Client and server of an exchange: on a response Hubble swaps the endpoints, so the
+# client is the destination. Names follow Hubble's metric labels.
+_CLIENT = "if(l7_type = 'RESPONSE', dst_{0}, src_{0})"
+_SERVER = "if(l7_type = 'RESPONSE', src_{0}, dst_{0})"
+_COUNT = "SimpleAggregateFunction(sum, UInt64)"
+_ROLLUP_TIME = Column("time", "DateTime('UTC')", "Delta, ZSTD(1)", comment="start of the minute",
+                      expr="toStartOfMinute(time)", since=2)
+
+
+def _rollup_endpoints() -> tuple[Column, ...]:
+    return (
+        Column("source_namespace", LC, expr=_CLIENT.format("namespace"), since=2),
+        Column("source_workload", LC, expr=_CLIENT.format("workload"), since=2),
+        Column("destination_namespace", LC, expr=_SERVER.format("namespace"), since=2),
+        Column("destination_workload", LC, expr=_SERVER.format("workload"), since=2),
+    )
+
+
+HTTP_ROLLUP = Rollup(
+    name="http_rollup_1m",
+    comment="HTTP responses per minute, client and server workload, method and status class",
+    columns=(
+        _ROLLUP_TIME,
+        Column("node", LC, expr="node", since=2),
+        *_rollup_endpoints(),
+        Column("reporter", LC, comment="client (seen on egress) or server (seen on ingress), as Hubble's httpV2",
+               expr="if(traffic_direction = 'INGRESS', 'server', 'client')", since=2),
+        Column("method", LC, expr="method", since=2),
+        Column("status_class", LC, comment="2xx, 3xx, 4xx, 5xx; 0xx when the proxy saw no status",
+               expr="concat(toString(intDiv(status_code, 100)), 'xx')", since=2),
+        Column("requests", _COUNT, expr="count()", since=2),
+        Column("errors", _COUNT, comment="responses with status 500 or more", expr="countIf(status_code >= 500)",
+               since=2),
+        Column("latency_sum_ns", _COUNT, expr="sum(latency_ns)", since=2),
+        Column("latency", "AggregateFunction(quantileTDigest, UInt64)",
+               comment="latency_ns t-digest: quantileTDigestMerge(0.99)(latency)",
+               expr="quantileTDigestState(latency_ns)", since=2),
+    ),
+    order_by="destination_namespace, destination_workload, time, source_namespace, source_workload, method, "
+             "status_class, node, reporter",
+    partition_by="toYYYYMM(time)",
+    ttl_key="rollup_ttl_days",
+    engine="AggregatingMergeTree",
+    source=HTTP_FLOWS,
+    where="l7_type = 'RESPONSE'",
+    since=2,
+)
+
+DNS_ROLLUP = Rollup(
+    name="dns_rollup_1m",
+    comment="DNS queries and responses per minute, asking workload, name, rcode and query types",
+    columns=(
+        _ROLLUP_TIME,
+        Column("node", LC, expr="node", since=2),
+        Column("source_namespace", LC, comment="namespace of the pod that asked", expr=_CLIENT.format("namespace"),
+               since=2),
+        Column("source_workload", LC, comment="workload of the pod that asked", expr=_CLIENT.format("workload"),
+               since=2),
+        Column("query", "String", "ZSTD(1)", expr="query", since=2),
+        Column("qtypes", LC, comment="comma-separated, as Hubble's qtypes label", expr="arrayStringConcat(qtypes, ',')",
+               since=2),
+        Column("rcode_name", LC, comment="empty for queries", expr="rcode_name", since=2),
+        Column("queries", _COUNT, expr="countIf(l7_type = 'REQUEST')", since=2),
+        Column("responses", _COUNT, expr="countIf(l7_type = 'RESPONSE')", since=2),
+        Column("responses_with_ips", _COUNT, expr="countIf(l7_type = 'RESPONSE' AND notEmpty(ips))", since=2),
+        Column("ips_returned", _COUNT, expr="sum(length(ips))", since=2),
+    ),
+    order_by="source_namespace, source_workload, time, query, qtypes, rcode_name, node",
+    partition_by="toYYYYMM(time)",
+    ttl_key="rollup_ttl_days",
+    engine="AggregatingMergeTree",
+    source=DNS_FLOWS,
+    since=2,
+)
+
 SCHEMA_MIGRATIONS = Table(
     name="schema_migrations",
     comment="Versions of the hubble-flowlog schema applied to this database",
@@ -172,12 +276,13 @@ SCHEMA_MIGRATIONS = Table(
     order_by="version",
     id_column="version",
     partition_by="tuple()",
-    ttl=False,
+    ttl_key="",
 )
 
 DATA_TABLES = (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS)
-ALL_TABLES = DATA_TABLES + (SCHEMA_MIGRATIONS,)
-MIGRATION_NAMES = {1: "core_tables"}
+ROLLUPS = (HTTP_ROLLUP, DNS_ROLLUP)
+ALL_TABLES = DATA_TABLES + ROLLUPS + (SCHEMA_MIGRATIONS,)
+MIGRATION_NAMES = {1: "core_tables", 2: "rollups_1m"}
 
 
 def migration_statements(version: int, database: str) -> list[str]:
@@ -186,6 +291,8 @@ def migration_statements(version: int, database: str) -> list[str]:
     for table in ALL_TABLES:
         if table.since == version:
             statements.append(table.create_sql(database, version))
+            if isinstance(table, Rollup):
+                statements.append(table.view_sql(database))
             continue
         for column in table.columns:
             if column.since == version and table.since < version:
@@ -196,6 +303,6 @@ def migration_statements(version: int, database: str) -> list[str]:
 def migration_sql(version: int) -> str:
     """A migration file's text: the statements with ${database} left as a placeholder."""
     header = (f"-- Migration {version:04d}_{MIGRATION_NAMES[version]}: generated from ingest/schema.py by\n"
-              "-- `flowlog migrate --write-sql`; do not edit. ${database} and ${ttl_days} are\n"
-              "-- filled in from the config when `flowlog migrate` applies it.\n\n")
+              "-- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and\n"
+              "-- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.\n\n")
     return header + ";\n\n".join(migration_statements(version, "${database}")) + ";\n"

@@ -77,7 +77,9 @@ class Sink:
         def insert():
             started = time.perf_counter()
             self.client.insert(f"`{self.database}`.`{table.name}`", rows, column_names=table.column_names,
-                               settings={"insert_deduplication_token": token})
+                               settings={"insert_deduplication_token": token,
+                                         # so the rollups' views also drop a retried block
+                                         "deduplicate_blocks_in_dependent_materialized_views": 1})
             metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
 
         self._retrying(table, "insert", insert)

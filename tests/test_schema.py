@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ingest.migrate import MigrationError, SQL_DIR, column_drift, migrate, migration_files, render
-from ingest.schema import DATA_TABLES, SCHEMA_MIGRATIONS, SCHEMA_VERSION
+from ingest.config import StoreConfig
+from ingest.schema import DATA_TABLES, ROLLUPS, SCHEMA_MIGRATIONS, SCHEMA_VERSION
 
 
 def test_committed_sql_migrations_are_current():
@@ -15,7 +16,7 @@ def test_committed_sql_migrations_are_current():
 
 def test_migrate_is_idempotent_and_tables_match_the_definitions(config, client):
     db = config.store.database
-    assert migrate(client, db, 0) == 0
+    assert migrate(client, config.store) == 0
     assert column_drift(client, db) == []
     versions = client.query(f"SELECT version FROM `{db}`.{SCHEMA_MIGRATIONS.name}").result_rows
     assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
@@ -26,16 +27,48 @@ def test_a_newer_schema_is_refused(config, client):
     client.insert(f"`{db}`.{SCHEMA_MIGRATIONS.name}", [[SCHEMA_VERSION + 1, 0, "from the future"]],
                   column_names=SCHEMA_MIGRATIONS.column_names)
     with pytest.raises(MigrationError, match="newer than this flowlog knows"):
-        migrate(client, db, 0)
+        migrate(client, config.store)
 
 
 def test_ttl_is_rendered_only_when_set():
-    with_ttl = "\n".join(render(1, "flowlog", 30))
-    assert with_ttl.count("TTL toDateTime(time) + INTERVAL 30 DAY") == len(DATA_TABLES)
-    assert "\nTTL " not in "\n".join(render(1, "flowlog", 0))
+    store = StoreConfig(ttl_days=30, rollup_ttl_days=400)
+    rendered = "\n".join(render(1, store) + render(2, store))
+    assert rendered.count("TTL toDateTime(time) + INTERVAL 30 DAY") == len(DATA_TABLES)
+    assert rendered.count("TTL toDateTime(time) + INTERVAL 400 DAY") == len(ROLLUPS)
+    assert "\nTTL " not in "\n".join(render(1, StoreConfig()) + render(2, StoreConfig()))
 
 
 def test_hand_edited_table_is_reported(config, client):
     db = config.store.database
     client.command(f"ALTER TABLE `{db}`.http_flows DROP COLUMN query")
     assert any(line.startswith("http_flows:") for line in column_drift(client, db))
+
+
+def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client):
+    from ingest.runner import replay
+    from ingest.sink import Sink
+    from ingest.schema import HTTP_FLOWS
+
+    from .conftest import DNS_330, HTTP_348
+
+    replay(config, client, [str(HTTP_348), str(DNS_330)])
+    db = config.store.database
+    http = client.query(f"SELECT sum(requests), sum(errors), destination_workload FROM `{db}`.http_rollup_1m "
+                        "GROUP BY destination_workload ORDER BY 1 DESC LIMIT 1").result_rows
+    raw = client.query(f"SELECT count(), countIf(status_code >= 500), src_workload FROM `{db}`.http_flows "
+                       "WHERE l7_type = 'RESPONSE' GROUP BY src_workload ORDER BY 1 DESC LIMIT 1").result_rows
+    assert http == raw
+    dns = client.query(f"SELECT sum(queries), sum(responses), sumIf(responses, rcode_name = 'NXDOMAIN') "
+                       f"FROM `{db}`.dns_rollup_1m").result_rows
+    assert dns == [(165, 165, 102)]
+    # An insert retried with the same token (its first attempt landed) counts once in the rollup too.
+    rows = client.query(f"SELECT * FROM `{db}`.http_flows WHERE l7_type = 'RESPONSE' ORDER BY time LIMIT 3")
+    copies = [tuple(r) for r in rows.result_rows]
+    sink = Sink(client, db)
+    client.command(f"ALTER TABLE `{db}`.http_flows DELETE WHERE flow_id IN {{ids:Array(String)}}",
+                   parameters={"ids": [r[2] for r in copies]}, settings={"mutations_sync": 2})
+    before = client.query(f"SELECT sum(requests) FROM `{db}`.http_rollup_1m").result_rows[0][0]
+    sink.write({HTTP_FLOWS: copies}, {})
+    sink.write({HTTP_FLOWS: copies}, {})
+    after = client.query(f"SELECT sum(requests) FROM `{db}`.http_rollup_1m").result_rows[0][0]
+    assert after - before == 3

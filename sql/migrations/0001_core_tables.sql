@@ -1,6 +1,6 @@
 -- Migration 0001_core_tables: generated from ingest/schema.py by
--- `flowlog migrate --write-sql`; do not edit. ${database} and ${ttl_days} are
--- filled in from the config when `flowlog migrate` applies it.
+-- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
+-- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
 
 CREATE TABLE IF NOT EXISTS `${database}`.`http_flows`
 (
