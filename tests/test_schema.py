@@ -18,7 +18,7 @@ def test_migrate_is_idempotent_and_tables_match_the_definitions(config, client):
     db = config.store.database
     assert migrate(client, config.store) == 0
     assert column_drift(client, db) == []
-    versions = client.query(f"SELECT version FROM `{db}`.{SCHEMA_MIGRATIONS.name}").result_rows
+    versions = client.query(f"SELECT version FROM `{db}`.{SCHEMA_MIGRATIONS.name} ORDER BY version").result_rows
     assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 
