@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 from . import metrics
@@ -54,4 +53,4 @@ class Checkpoint:
             os.fsync(directory)
         finally:
             os.close(directory)
-        metrics.CHECKPOINT_WRITTEN.set(time.time())
+        metrics.record_checkpoint()

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from . import __version__, logs, metrics
+from . import __version__, logs
 from .config import ConfigError, dump_yaml, load
 
 log = logging.getLogger("flowlog")
@@ -184,20 +184,9 @@ def _replay(args, config, client) -> int:
     return 0
 
 
-def serve_metrics(address: str) -> None:
-    if not address:
-        return
-    from prometheus_client import start_http_server
-    host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0")
-    metrics.BUILD_INFO.info({"version": __version__})
-    log.info("metrics on http://%s/metrics", address)
-
-
 def _run(config, client) -> int:
     from .runner import Ingester
     ingester = Ingester(config, client)
-    serve_metrics(config.metrics.address)
 
     def on_signal(signum, frame):
         log.info("received %s: flushing and stopping", signal.Signals(signum).name)

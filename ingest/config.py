@@ -89,7 +89,12 @@ class LogConfig:
 
 @dataclass
 class MetricsConfig:
+    # Serves /metrics, /healthz and /readyz; clear of Cilium's and Hubble's 4244, 4245, 9962-9966.
     address: str = "0.0.0.0:9970"
+    # Series per derived L7 metric; past it, new workloads are counted under "other".
+    max_series: int = 2000
+    # Derived L7 series not updated for this long are dropped.
+    series_ttl_s: float = 600.0
 
 
 @dataclass

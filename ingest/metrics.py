@@ -5,6 +5,8 @@ Names follow Prometheus conventions: `flowlog_` prefix, units in the name, `_tot
 on counters.
 """
 
+import time
+
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 BUILD_INFO = Info("flowlog_build", "Version of the running hubble-flowlog")
@@ -33,6 +35,26 @@ RECONNECTS = Counter("flowlog_reconnects_total", "Times the Hubble stream was op
 CONNECTED = Gauge("flowlog_hubble_connected", "1 while a Hubble stream is open")
 QUEUE_DEPTH = Gauge("flowlog_queue_depth", "Decoded items waiting to be batched")
 LAST_INSERT = Gauge("flowlog_last_insert_timestamp_seconds", "Wall-clock time of the last acknowledged insert")
-NEWEST_COMMITTED = Gauge("flowlog_newest_committed_flow_timestamp_seconds",
-                         "Time of the newest flow durably stored (ingest lag = now minus this)")
+NEWEST_COMMITTED = Gauge("flowlog_newest_committed_flow_timestamp_seconds", "Time of the newest flow durably stored")
 CHECKPOINT_WRITTEN = Gauge("flowlog_checkpoint_timestamp_seconds", "Wall-clock time the checkpoint was last written")
+INGEST_LAG = Gauge("flowlog_ingest_lag_seconds", "Now minus the time of the newest flow durably stored "
+                   "(0 before the first commit)")
+CHECKPOINT_AGE = Gauge("flowlog_checkpoint_age_seconds", "Seconds since the checkpoint was last written "
+                       "(0 before the first write)")
+SPOOL_BYTES = Gauge("flowlog_spool_bytes", "Bytes of batches waiting on disk for the store")
+SPOOL_BATCHES = Gauge("flowlog_spool_batches", "Batches waiting on disk for the store")
+STORE_UP = Gauge("flowlog_store_up", "1 while the last store operation succeeded")
+
+_last = {"committed": 0.0, "checkpoint": 0.0}
+INGEST_LAG.set_function(lambda: time.time() - _last["committed"] if _last["committed"] else 0.0)
+CHECKPOINT_AGE.set_function(lambda: time.time() - _last["checkpoint"] if _last["checkpoint"] else 0.0)
+
+
+def record_commit(newest_flow_s: float) -> None:
+    _last["committed"] = max(_last["committed"], newest_flow_s)
+    NEWEST_COMMITTED.set(_last["committed"])
+
+
+def record_checkpoint() -> None:
+    _last["checkpoint"] = time.time()
+    CHECKPOINT_WRITTEN.set(_last["checkpoint"])

@@ -72,8 +72,11 @@ class Batch:
 class Pipeline:
     """Runs the batching loop in the calling thread until a source puts END."""
 
-    def __init__(self, sink: Sink, batch: BatchConfig, checkpoint: Checkpoint | None = None):
+    def __init__(self, sink: Sink, batch: BatchConfig, checkpoint: Checkpoint | None = None,
+                 on_commit=None):
         self.sink = sink
+        # Called with (table name, rows) for every table's rows once they are stored.
+        self.on_commit = on_commit
         self.max_rows = batch.max_rows
         self.max_delay_s = batch.max_delay_ms / 1000
         self.queue: queue.Queue = queue.Queue(maxsize=batch.queue_size)
@@ -113,13 +116,15 @@ class Pipeline:
         if not batch.size:
             return
         inserted = self.sink.write(batch.rows, batch.check_stored)
-        for table, count in inserted.items():
-            self.stored[table] = self.stored.get(table, 0) + count
+        for table, rows in inserted.items():
+            self.stored[table] = self.stored.get(table, 0) + len(rows)
+            if self.on_commit is not None:
+                self.on_commit(table, rows)
         if batch.newest_ns:
             if self.checkpoint is not None:
                 self.checkpoint.advance(batch.newest_ns, batch.ids_at_newest)
-            metrics.NEWEST_COMMITTED.set(batch.newest_ns / 1e9)
+            metrics.record_commit(batch.newest_ns / 1e9)
             with self.committed:
                 self.committed_ns = max(self.committed_ns, batch.newest_ns)
                 self.committed.notify_all()
-        log.debug("flushed %d rows: %s", batch.size, inserted)
+        log.debug("flushed %d rows: %s", batch.size, {t: len(r) for t, r in inserted.items()})

@@ -12,12 +12,18 @@ import threading
 import time
 from dataclasses import dataclass
 
+from prometheus_client import REGISTRY
+
+from . import __version__, metrics
 from .checkpoint import Checkpoint
 from .config import Config
 from .deadletter import DeadLetters
 from .decode import Decoder
-from .migrate import migrate
+from .endpoint import Endpoint
+from .l7metrics import L7Metrics
+from .migrate import applied_version, migrate
 from .pipeline import Pipeline
+from .schema import SCHEMA_VERSION
 from .sink import Sink
 from .sources.files import FileSource, ReplayCounts
 from .sources.hubble import HubbleSource
@@ -58,11 +64,34 @@ class Ingester:
         state.mkdir(parents=True, exist_ok=True)
         self.checkpoint = Checkpoint(state, config.source.address)
         self.dead_letters = DeadLetters(state)
-        self.pipeline = Pipeline(Sink(client, config.store.database, self.stop), config.batch, self.checkpoint)
+        self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
+        self.sink = Sink(client, config.store.database, self.stop)
+        self.pipeline = Pipeline(self.sink, config.batch, self.checkpoint, self.l7_metrics.observe)
         self.source = HubbleSource(config.source, Decoder(config.http), self.dead_letters, self.pipeline.put,
                                    self.stop, self.checkpoint.time_ns, self.checkpoint.ids_at_time)
+        schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
+        self.endpoint = None
+        if config.metrics.address:
+            self.endpoint = Endpoint(config.metrics.address, {
+                "hubble": self.source.connected.is_set,
+                "store": lambda: self.sink.healthy,
+                "schema": lambda: schema_current,
+            })
 
     def run(self) -> None:
+        REGISTRY.register(self.l7_metrics)
+        metrics.BUILD_INFO.info({"version": __version__})
+        if self.endpoint is not None:
+            self.endpoint.start()
+            log.info("metrics, /healthz and /readyz on http://%s", self.endpoint.address)
+        try:
+            self._run()
+        finally:
+            if self.endpoint is not None:
+                self.endpoint.stop()
+            REGISTRY.unregister(self.l7_metrics)
+
+    def _run(self) -> None:
         def follow():
             try:
                 self.source.run()

@@ -34,10 +34,13 @@ class Sink:
         self.stop = stop or threading.Event()
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        # False from a failed store operation until the next one succeeds.
+        self.healthy = True
 
-    def write(self, rows_by_table: dict[Table, list[tuple]], check_stored: dict[Table, set[str]]) -> dict[str, int]:
+    def write(self, rows_by_table: dict[Table, list[tuple]],
+              check_stored: dict[Table, set[str]]) -> dict[str, list[tuple]]:
         """Insert every table's rows; rows whose id is in check_stored[table] are first
-        looked up and skipped if already stored. Returns rows inserted per table."""
+        looked up and skipped if already stored. Returns the rows inserted, per table name."""
         inserted = {}
         for table in WRITE_ORDER:
             rows = rows_by_table.get(table)
@@ -49,7 +52,7 @@ class Sink:
                 if not rows:
                     continue
             self._insert(table, rows)
-            inserted[table.name] = len(rows)
+            inserted[table.name] = rows
         return inserted
 
     def _drop_stored(self, table: Table, rows: list[tuple], candidates: set[str]) -> list[tuple]:
@@ -97,6 +100,8 @@ class Sink:
                 result = call()
             except Exception as err:  # any failure of the store is retried, none is fatal
                 metrics.INSERT_ERRORS.labels(table.name, type(err).__name__).inc()
+                metrics.STORE_UP.set(0)
+                self.healthy = False
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.warning("%s into %s failed, retrying until it succeeds: %s", what, table.name, err)
@@ -106,6 +111,8 @@ class Sink:
                 time.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, self.retry_max_s)
                 continue
+            metrics.STORE_UP.set(1)
+            self.healthy = True
             if failing_since is not None:
                 log.warning("%s into %s succeeded again after %.1f s", what, table.name,
                             time.monotonic() - failing_since)

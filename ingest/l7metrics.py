@@ -1,0 +1,160 @@
+"""L7 metrics derived from the stored flows, named and labelled like Hubble's own.
+
+`flowlog_http_requests_total` and `flowlog_http_request_duration_seconds` (counted on
+responses, as Hubble's httpV2), `flowlog_dns_queries_total` and
+`flowlog_dns_responses_total`. Fed once per committed batch with the rows actually
+inserted, so a flow stored once is counted once.
+
+Cardinality is bounded, where Hubble's metrics are not (cilium/cilium#23162, #31889):
+each metric holds at most `max_series` series; past that, new series have their
+namespace and workload labels folded into `other`; series not updated for
+`series_ttl_s` are dropped at the next scrape.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from operator import itemgetter
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from .schema import DNS_FLOWS, HTTP_FLOWS
+
+# Hubble's httpV2 buckets (Prometheus' defaults).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+OTHER = "other"
+ENDPOINT_LABELS = ("source_namespace", "source_workload", "destination_namespace", "destination_workload")
+
+
+class _Series:
+    """Label tuples -> values, capped and expiring."""
+
+    def __init__(self, max_series: int, folded_positions: tuple[int, ...]):
+        self.max_series = max_series
+        self.folded_positions = folded_positions
+        self.values: dict[tuple, list] = {}
+        self.seen: dict[tuple, float] = {}
+        self.folded = 0
+
+    def slot(self, labels: tuple, new_value, now: float) -> list:
+        value = self.values.get(labels)
+        if value is None:
+            if len(self.values) >= self.max_series:
+                self.folded += 1
+                labels = tuple(OTHER if i in self.folded_positions else v for i, v in enumerate(labels))
+                value = self.values.get(labels)
+            if value is None:
+                value = self.values[labels] = new_value()
+        self.seen[labels] = now
+        return value
+
+    def expire(self, older_than: float) -> None:
+        for labels in [k for k, seen in self.seen.items() if seen < older_than]:
+            del self.values[labels], self.seen[labels]
+
+
+def _http_fields():
+    names = HTTP_FLOWS.column_names
+    return itemgetter(*(names.index(c) for c in (
+        "l7_type", "src_namespace", "src_workload", "dst_namespace", "dst_workload", "method", "status_code",
+        "traffic_direction", "latency_ns")))
+
+
+def _dns_fields():
+    names = DNS_FLOWS.column_names
+    return itemgetter(*(names.index(c) for c in (
+        "l7_type", "src_namespace", "src_workload", "dst_namespace", "dst_workload", "qtypes", "rcode_name", "ips")))
+
+
+class L7Metrics(Collector):
+    def __init__(self, max_series: int = 2000, series_ttl_s: float = 600.0, clock=time.monotonic):
+        self.clock = clock
+        self.series_ttl_s = series_ttl_s
+        endpoints = (0, 1, 2, 3)
+        self.http_requests = _Series(max_series, endpoints)
+        self.http_durations = _Series(max_series, endpoints)
+        self.dns_queries = _Series(max_series, (0, 1))
+        self.dns_responses = _Series(max_series, (0, 1))
+        self._lock = threading.Lock()
+        self._http = _http_fields()
+        self._dns = _dns_fields()
+
+    def observe(self, table_name: str, rows: list[tuple]) -> None:
+        if table_name == HTTP_FLOWS.name:
+            self._observe_http(rows)
+        elif table_name == DNS_FLOWS.name:
+            self._observe_dns(rows)
+
+    def _observe_http(self, rows: list[tuple]) -> None:
+        now = self.clock()
+        buckets = len(DURATION_BUCKETS) + 1
+        with self._lock:
+            for row in rows:
+                l7_type, src_ns, src_wl, dst_ns, dst_wl, method, status, direction, latency_ns = self._http(row)
+                if l7_type != "RESPONSE":
+                    continue
+                # A response travels server -> client: the client is its destination.
+                reporter = "server" if direction == "INGRESS" else "client"
+                endpoints = (dst_ns, dst_wl, src_ns, src_wl)
+                self.http_requests.slot(endpoints + (method, str(status), reporter), lambda: [0], now)[0] += 1
+                histogram = self.http_durations.slot(endpoints + (method, reporter), lambda: [0] * buckets + [0.0],
+                                                     now)
+                seconds = latency_ns / 1e9
+                histogram[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+                histogram[-1] += seconds
+
+    def _observe_dns(self, rows: list[tuple]) -> None:
+        now = self.clock()
+        with self._lock:
+            for row in rows:
+                l7_type, src_ns, src_wl, dst_ns, dst_wl, qtypes, rcode_name, ips = self._dns(row)
+                qtypes = ",".join(qtypes)
+                if l7_type == "RESPONSE":
+                    # The asking pod is the destination of a response.
+                    self.dns_responses.slot((dst_ns, dst_wl, rcode_name, qtypes, str(len(ips))), lambda: [0],
+                                            now)[0] += 1
+                elif l7_type == "REQUEST":
+                    self.dns_queries.slot((src_ns, src_wl, qtypes), lambda: [0], now)[0] += 1
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        with self._lock:
+            oldest = self.clock() - self.series_ttl_s
+            for series in (self.http_requests, self.http_durations, self.dns_queries, self.dns_responses):
+                series.expire(oldest)
+            requests = CounterMetricFamily(
+                "flowlog_http_requests", "HTTP responses seen, by client, server, method, status and reporter",
+                labels=ENDPOINT_LABELS + ("method", "status", "reporter"))
+            for labels, (value,) in self.http_requests.values.items():
+                requests.add_metric(labels, value)
+            durations = HistogramMetricFamily(
+                "flowlog_http_request_duration_seconds", "Time from request to response, as Hubble's proxy saw it",
+                labels=ENDPOINT_LABELS + ("method", "reporter"))
+            for labels, histogram in self.http_durations.values.items():
+                cumulative, running = [], 0
+                for bound, count in zip(DURATION_BUCKETS + (float("inf"),), histogram[:-1]):
+                    running += count
+                    cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+                durations.add_metric(labels, cumulative, histogram[-1])
+            queries = CounterMetricFamily("flowlog_dns_queries", "DNS queries seen, by asking workload and types",
+                                          labels=("source_namespace", "source_workload", "qtypes"))
+            for labels, (value,) in self.dns_queries.values.items():
+                queries.add_metric(labels, value)
+            responses = CounterMetricFamily(
+                "flowlog_dns_responses", "DNS responses seen, by asking workload, rcode, types and answer count",
+                labels=("source_namespace", "source_workload", "rcode", "qtypes", "ips_returned"))
+            for labels, (value,) in self.dns_responses.values.items():
+                responses.add_metric(labels, value)
+            folded = CounterMetricFamily(
+                "flowlog_metric_series_folded", "Observations whose workload labels were folded into 'other' "
+                "because the metric reached its series cap", labels=("metric",))
+            folded.add_metric(("flowlog_http_requests_total",), self.http_requests.folded)
+            folded.add_metric(("flowlog_http_request_duration_seconds",), self.http_durations.folded)
+            folded.add_metric(("flowlog_dns_queries_total",), self.dns_queries.folded)
+            folded.add_metric(("flowlog_dns_responses_total",), self.dns_responses.folded)
+        return [requests, durations, queries, responses, folded]

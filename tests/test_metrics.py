@@ -1,0 +1,135 @@
+"""The ingester's /metrics, /healthz and /readyz, and the derived L7 metrics' values and bounds."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections import Counter
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingest.l7metrics import L7Metrics
+from ingest.observer_server import FlowBuffer, ObserverServer
+from ingest.schema import HTTP_FLOWS
+
+from .conftest import DNS_330, HTTP_348, fixture_lines
+from .test_hubble_source import RunningIngester, responses_of, wait_for
+from ingest.decode import workload_of
+
+
+def scrape(address: str, path: str = "/metrics", accept: str | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(f"http://{address}{path}", headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def samples(text: str, name: str) -> list[tuple[dict, float]]:
+    return [(s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name]
+
+
+def test_endpoint_serves_metrics_health_and_readiness_while_ingesting(config, client):
+    config.metrics.address = "127.0.0.1:0"
+    lines = fixture_lines(HTTP_348) + fixture_lines(DNS_330)
+    with ObserverServer(FlowBuffer(responses_of(lines))) as server:
+        config.source.address = server.address
+        with RunningIngester(config, client) as ingester:
+            service = server.service
+            wait_for(lambda: service.caught_up.is_set() and ingester.pipeline.committed_ns >= service.newest_sent_ns)
+            address = ingester.endpoint.address
+            assert scrape(address, "/healthz")[0] == 200
+            assert scrape(address, "/readyz")[:1] == (200,)
+            status, content_type, text = scrape(address)
+            assert status == 200 and content_type.startswith("text/plain")
+            _, openmetrics_type, openmetrics = scrape(address, accept="application/openmetrics-text")
+            assert openmetrics_type.startswith("application/openmetrics-text") and openmetrics.endswith("# EOF\n")
+
+    # flowlog_http_requests_total: 503 responses per server workload, as the fixture implies.
+    expected = Counter()
+    for line in fixture_lines(HTTP_348):
+        flow = line["flow"]
+        if flow["l7"]["type"] == "RESPONSE" and flow["l7"]["http"].get("code") == 503:
+            expected[flow["source"].get("namespace", ""), workload_of_json(flow["source"])] += 1
+    got = Counter()
+    for labels, value in samples(text, "flowlog_http_requests_total"):
+        if labels["status"] == "503":
+            got[labels["destination_namespace"], labels["destination_workload"]] += value
+    assert got == expected and sum(got.values()) == 151
+    durations = samples(text, "flowlog_http_request_duration_seconds_count")
+    assert sum(v for _, v in durations) == 173
+    responses = samples(text, "flowlog_dns_responses_total")
+    assert sum(v for labels, v in responses if labels["rcode"] == "NXDOMAIN") == 102
+    assert sum(v for _, v in samples(text, "flowlog_dns_queries_total")) == 165
+    assert samples(text, "flowlog_rows_inserted_total")
+    lag = samples(text, "flowlog_ingest_lag_seconds")
+    assert lag and lag[0][1] > 0  # the fixtures are from 2021
+
+
+def test_not_ready_while_hubble_is_unreachable(config, client):
+    config.metrics.address = "127.0.0.1:0"
+    config.source.address = "127.0.0.1:1"
+    with RunningIngester(config, client) as ingester:
+        status, _, body = scrape(ingester.endpoint.address, "/readyz")
+        assert (status, body) == (503, "not ready: hubble\n")
+        assert scrape(ingester.endpoint.address, "/healthz")[0] == 200
+
+
+def workload_of_json(endpoint: dict) -> str:
+    from google.protobuf import json_format
+    from ingest.api.flow import flow_pb2
+    return workload_of(json_format.ParseDict(endpoint, flow_pb2.Endpoint()))
+
+
+def http_response_row(**values) -> tuple:
+    row = dict.fromkeys(HTTP_FLOWS.column_names, "")
+    row.update(l7_type="RESPONSE", method="GET", status_code=200, traffic_direction="EGRESS", latency_ns=5_000_000)
+    row.update(values)
+    return tuple(row[c] for c in HTTP_FLOWS.column_names)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_ten_thousand_pods_cannot_blow_up_the_series_count():
+    clock = FakeClock()
+    l7 = L7Metrics(max_series=500, series_ttl_s=600, clock=clock)
+    rows = [http_response_row(src_namespace="ns", src_workload=f"api-{i}", dst_namespace="ns",
+                              dst_workload=f"client-{i}") for i in range(10_000)]
+    l7.observe("http_flows", rows)
+    families = {f.name: f for f in l7.collect()}
+    requests = families["flowlog_http_requests"].samples
+    assert len(requests) <= 501
+    assert sum(s.value for s in requests) == 10_000  # nothing dropped: the overflow is counted under "other"
+    other = [s for s in requests if s.labels["destination_workload"] == "other"]
+    assert len(other) == 1 and other[0].value == 10_000 - 500
+    folded = {s.labels["metric"]: s.value for s in families["flowlog_metric_series_folded"].samples}
+    assert folded["flowlog_http_requests_total"] == 9_500
+
+
+def test_series_of_workloads_gone_quiet_are_removed():
+    clock = FakeClock()
+    l7 = L7Metrics(max_series=500, series_ttl_s=600, clock=clock)
+    l7.observe("http_flows", [http_response_row(src_workload="old", dst_workload="a")])
+    clock.now += 300
+    l7.observe("http_flows", [http_response_row(src_workload="new", dst_workload="a")])
+    clock.now += 400
+    families = {f.name: f for f in l7.collect()}
+    workloads = {s.labels["destination_workload"] for s in families["flowlog_http_requests"].samples}
+    assert workloads == {"new"}
+
+
+def test_histogram_buckets_are_hubbles_and_cumulative():
+    l7 = L7Metrics()
+    l7.observe("http_flows", [http_response_row(latency_ns=ns) for ns in (1_000_000, 30_000_000, 20_000_000_000)])
+    histogram = {f.name: f for f in l7.collect()}["flowlog_http_request_duration_seconds"]
+    buckets = {s.labels["le"]: s.value for s in histogram.samples if s.name.endswith("_bucket")}
+    assert list(buckets) == ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0",
+                             "+Inf"]
+    assert (buckets["0.005"], buckets["0.05"], buckets["10.0"], buckets["+Inf"]) == (1, 2, 2, 3)
