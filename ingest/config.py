@@ -73,6 +73,13 @@ class BatchConfig:
 
 
 @dataclass
+class SpoolConfig:
+    # Batches wait here (beside the checkpoint) while the store is down; when it is
+    # full, reading from Hubble pauses. 512 MiB holds about a million flows.
+    max_mb: int = 512
+
+
+@dataclass
 class HTTPConfig:
     # Headers stored in http_flows.headers; "*" keeps every header.
     headers_allow: list[str] = field(default_factory=lambda: ["*"])
@@ -126,12 +133,16 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
-    # Checkpoints and the dead-letter file live here, beside the embedded store.
+    # Checkpoints, the spool and the dead-letter file live here, beside the embedded store.
     state_dir: str = DEFAULT_STATE_DIR
+    # On SIGTERM, how long to keep trying the store before leaving batches in the spool;
+    # the DaemonSet's terminationGracePeriodSeconds must exceed it.
+    shutdown_timeout_s: float = 20.0
 
     @property
     def state_path(self) -> Path:

@@ -60,6 +60,7 @@ class FlowRows:
     """One stored L7 flow: its typed row (if HTTP or DNS) and its audit row."""
     flow_id: str
     time_ns: int
+    node: str
     table: Table | None
     row: tuple | None
     audit_row: tuple
@@ -76,6 +77,8 @@ class GapRow:
 class Filtered:
     """A flow that is not L7 (trace, drop, policy-verdict events): counted, not stored."""
     kind: str
+    node: str
+    time_ns: int
 
 
 def timestamp_ns(ts) -> int:
@@ -137,7 +140,9 @@ class Decoder:
         if not flow.HasField("l7"):
             if flow.Type == flow_pb2.L7:
                 raise DecodeError("flow.l7: an L7 flow (Type L7) without an l7 record")
-            return Filtered(flow_pb2.FlowType.Name(flow.Type) if flow.Type in (0, 1, 3) else "UNKNOWN_TYPE")
+            kind = flow_pb2.FlowType.Name(flow.Type) if flow.Type in (0, 1, 3) else "UNKNOWN_TYPE"
+            return Filtered(kind, flow.node_name or (response.node_name if response is not None else ""),
+                            timestamp_ns(flow.time))
         if flow.HasField("time"):
             time_ns = timestamp_ns(flow.time)
         elif response is not None and response.HasField("time"):
@@ -154,19 +159,19 @@ class Decoder:
         audit = {"time": time_ns, "node": node, "flow_id": flow_id, "type": record.upper(),
                  "l7_type": l7_type, "flow": flow.SerializeToString()}
         if record not in ("http", "dns"):
-            return FlowRows(flow_id, time_ns, None, None, _audit_row(audit))
+            return FlowRows(flow_id, time_ns, node, None, None, _audit_row(audit))
         values = self._common(flow, time_ns, node, flow_id, l7_type)
         if record == "http":
             self._http(l7.http, values)
             values["latency_ns"] = l7.latency_ns
-            return FlowRows(flow_id, time_ns, HTTP_FLOWS, _http_row(values), _audit_row(audit))
+            return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, _http_row(values), _audit_row(audit))
         dns = l7.dns
         is_response = l7.type == flow_pb2.RESPONSE
         values.update(query=dns.query, qtypes=list(dns.qtypes), rcode=dns.rcode,
                       rcode_name=RCODE_NAMES.get(dns.rcode, f"RCODE{dns.rcode}") if is_response else "",
                       ips=list(dns.ips), ttl=dns.ttl, cnames=list(dns.cnames), rrtypes=list(dns.rrtypes),
                       observation_source=dns.observation_source, latency_ns=l7.latency_ns)
-        return FlowRows(flow_id, time_ns, DNS_FLOWS, _dns_row(values), _audit_row(audit))
+        return FlowRows(flow_id, time_ns, node, DNS_FLOWS, _dns_row(values), _audit_row(audit))
 
     @staticmethod
     def _common(flow: flow_pb2.Flow, time_ns: int, node: str, flow_id: str, l7_type: str) -> dict:

@@ -1,9 +1,11 @@
-"""The pipeline: decoded rows from a source, gathered into batches, handed to the sink.
+"""The pipeline: decoded items from a source, gathered into batches, made durable, stored.
 
 A source thread puts `Entry`s on a bounded queue (a full queue blocks the source:
-backpressure, never a drop). The batching loop flushes at `batch.max_rows` rows or
-`batch.max_delay_ms` after the first row, drops ids repeated within a batch, and
-after each acknowledged flush advances the source's checkpoint.
+backpressure, never a drop in memory). The batching loop closes a batch at
+`batch.max_rows` rows, `batch.max_delay_ms` after its first row, or when the source
+changes; drops ids repeated within it; writes it to the spool; advances the source's
+checkpoint (the batch is durable now); and has the sink drain the spool into the
+store. When the spool is full the loop waits for the store before taking more input.
 """
 
 from __future__ import annotations
@@ -12,23 +14,38 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from . import metrics
 from .checkpoint import Checkpoint
 from .config import BatchConfig
 from .decode import FlowRows, GapRow
-from .schema import INGEST_GAPS, L7_AUDIT, Table
+from .schema import INGEST_GAPS, INGEST_LEDGER, L7_AUDIT, Table
 from .sink import Sink
+from .spool import Spool, SpooledBatch
 
 log = logging.getLogger(__name__)
+
+_GAP_KIND = INGEST_GAPS.column_names.index("kind")
+_GAP_COUNT = INGEST_GAPS.column_names.index("count")
+
+
+@dataclass(slots=True)
+class Tally:
+    """Input that is counted in the ledger but not stored: non-L7 flows, dead letters."""
+    node: str
+    time_ns: int = 0
+    filtered: int = 0
+    quarantined: int = 0
 
 
 @dataclass(slots=True)
 class Entry:
-    """One decoded item; maybe_stored marks rows that an earlier run or connection may have stored."""
-    item: FlowRows | GapRow
+    """One decoded item from `source`; maybe_stored marks rows an earlier run or connection may have stored."""
+    item: FlowRows | GapRow | Tally
     maybe_stored: bool
+    source: str
 
 
 END = object()  # put on the queue by a source that has no more input
@@ -36,9 +53,11 @@ END = object()  # put on the queue by a source that has no more input
 
 @dataclass
 class Batch:
+    source: str = ""
     rows: dict[Table, list[tuple]] = field(default_factory=dict)
     check_stored: dict[Table, set[str]] = field(default_factory=dict)
     seen: set[tuple[str, str]] = field(default_factory=set)
+    tallies: dict[str, dict[str, int]] = field(default_factory=dict)
     size: int = 0
     newest_ns: int = 0
     ids_at_newest: set[str] = field(default_factory=set)
@@ -52,38 +71,73 @@ class Batch:
         self.rows.setdefault(table, []).append(row)
         if maybe_stored:
             self.check_stored.setdefault(table, set()).add(row_id)
-        self.size += 1
         return True
 
+    def _tally(self, node: str, time_ns: int) -> dict[str, int]:
+        tally = self.tallies.get(node)
+        if tally is None:
+            tally = self.tallies[node] = {}
+        if time_ns:
+            if time_ns < tally.get("oldest_ns", time_ns + 1):
+                tally["oldest_ns"] = time_ns
+            if time_ns > tally.get("newest_ns", 0):
+                tally["newest_ns"] = time_ns
+        return tally
+
     def add(self, entry: Entry) -> None:
+        self.source = entry.source
+        self.size += 1
         item = entry.item
-        if isinstance(item, GapRow):
+        if isinstance(item, FlowRows):
+            tally = self._tally(item.node, item.time_ns)
+            tally["received"] = tally.get("received", 0) + 1
+            if item.table is not None:
+                self._add_row(item.table, item.flow_id, item.row, entry.maybe_stored)
+            if self._add_row(L7_AUDIT, item.flow_id, item.audit_row, entry.maybe_stored):
+                if item.time_ns > self.newest_ns:
+                    self.newest_ns, self.ids_at_newest = item.time_ns, {item.flow_id}
+                elif item.time_ns == self.newest_ns:
+                    self.ids_at_newest.add(item.flow_id)
+        elif isinstance(item, GapRow):
+            tally = self._tally(item.row[1], item.time_ns)
+            if item.row[_GAP_KIND] == "lost_events":
+                tally["lost"] = tally.get("lost", 0) + item.row[_GAP_COUNT]
             self._add_row(INGEST_GAPS, item.gap_id, item.row, entry.maybe_stored)
-            return
-        if item.table is not None:
-            self._add_row(item.table, item.flow_id, item.row, entry.maybe_stored)
-        if self._add_row(L7_AUDIT, item.flow_id, item.audit_row, entry.maybe_stored):
-            if item.time_ns > self.newest_ns:
-                self.newest_ns, self.ids_at_newest = item.time_ns, {item.flow_id}
-            elif item.time_ns == self.newest_ns:
-                self.ids_at_newest.add(item.flow_id)
+        else:
+            tally = self._tally(item.node, item.time_ns)
+            tally["filtered"] = tally.get("filtered", 0) + item.filtered
+            tally["quarantined"] = tally.get("quarantined", 0) + item.quarantined
+
+    def seal(self) -> SpooledBatch:
+        return SpooledBatch(
+            batch_id=uuid.uuid4().hex, source=self.source,
+            rows={table.name: rows for table, rows in self.rows.items()},
+            check_stored={table.name: ids for table, ids in self.check_stored.items()},
+            newest_ns=self.newest_ns, ids_at_newest=self.ids_at_newest,
+            tallies={(self.source, node): tally for node, tally in self.tallies.items()},
+            created_ns=time.time_ns())
 
 
 class Pipeline:
-    """Runs the batching loop in the calling thread until a source puts END."""
+    """Runs the batching loop in the calling thread until a source puts END (or `stop`)."""
 
-    def __init__(self, sink: Sink, batch: BatchConfig, checkpoint: Checkpoint | None = None,
-                 on_commit=None):
+    def __init__(self, sink: Sink, spool: Spool, batch: BatchConfig, checkpoint: Checkpoint | None = None,
+                 on_commit=None, stop: threading.Event | None = None, shutdown_timeout_s: float | None = None):
         self.sink = sink
-        # Called with (table name, rows) for every table's rows once they are stored.
-        self.on_commit = on_commit
+        self.spool = spool
         self.max_rows = batch.max_rows
         self.max_delay_s = batch.max_delay_ms / 1000
         self.queue: queue.Queue = queue.Queue(maxsize=batch.queue_size)
         self.checkpoint = checkpoint
+        # Called with (table name, rows) for every table's rows once they are stored.
+        self.on_commit = on_commit
+        self.stop = stop or threading.Event()
+        # None: wait for the store as long as it takes (a replay); else the SIGTERM bound.
+        self.shutdown_timeout_s = shutdown_timeout_s
         self.stored: dict[str, int] = {}
         self.committed = threading.Condition()
         self.committed_ns = checkpoint.time_ns if checkpoint else 0
+        self.durable_ns = self.committed_ns
 
     def put(self, entry: Entry) -> None:
         self.queue.put(entry)
@@ -92,10 +146,13 @@ class Pipeline:
         self.queue.put(END)
 
     def run(self) -> None:
+        self.sink.drain(self.spool, self._committed, force=True)  # what a previous run left
         batch = Batch()
         deadline = None
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if len(self.spool):
+                timeout = min(timeout, 0.2) if timeout is not None else 0.2
             try:
                 entry = self.queue.get(timeout=timeout)
             except queue.Empty:
@@ -103,28 +160,58 @@ class Pipeline:
             metrics.QUEUE_DEPTH.set(self.queue.qsize())
             if entry is END:
                 self._flush(batch)
+                self._finish_draining()
                 return
             if entry is not None:
+                if batch.size and entry.source != batch.source:
+                    self._flush(batch)
+                    batch, deadline = Batch(), None
                 if deadline is None:
                     deadline = time.monotonic() + self.max_delay_s
                 batch.add(entry)
             if batch.size >= self.max_rows or (deadline is not None and time.monotonic() >= deadline):
                 self._flush(batch)
                 batch, deadline = Batch(), None
+            elif len(self.spool):
+                self.sink.drain(self.spool, self._committed)
 
     def _flush(self, batch: Batch) -> None:
         if not batch.size:
             return
-        inserted = self.sink.write(batch.rows, batch.check_stored)
+        while not self.spool.has_room():
+            # Backpressure: no more input until the store takes some of the spool.
+            if self.sink.drain(self.spool, self._committed):
+                break
+            if self.stop.is_set():
+                log.warning("stopping with the spool full and the store failing: %d items not made durable; "
+                            "they are read from Hubble again after the restart", batch.size)
+                return
+            time.sleep(0.05)
+        sealed = batch.seal()
+        self.spool.append(sealed)
+        if sealed.newest_ns and self.checkpoint is not None:
+            self.checkpoint.advance(sealed.newest_ns, sealed.ids_at_newest)
+        self.durable_ns = max(self.durable_ns, sealed.newest_ns)
+        self.sink.drain(self.spool, self._committed)
+
+    def _finish_draining(self) -> None:
+        started = time.monotonic()
+        while not self.sink.drain(self.spool, self._committed):
+            if self.shutdown_timeout_s is not None and time.monotonic() - started > self.shutdown_timeout_s:
+                log.warning("store still failing at shutdown: %d batches stay in the spool for the next start",
+                            len(self.spool))
+                return
+            time.sleep(0.05)
+
+    def _committed(self, batch: SpooledBatch, inserted: dict[str, list[tuple]]) -> None:
         for table, rows in inserted.items():
+            if table == INGEST_LEDGER.name:
+                continue  # bookkeeping about the rows, not rows of flows
             self.stored[table] = self.stored.get(table, 0) + len(rows)
             if self.on_commit is not None:
                 self.on_commit(table, rows)
         if batch.newest_ns:
-            if self.checkpoint is not None:
-                self.checkpoint.advance(batch.newest_ns, batch.ids_at_newest)
             metrics.record_commit(batch.newest_ns / 1e9)
             with self.committed:
                 self.committed_ns = max(self.committed_ns, batch.newest_ns)
                 self.committed.notify_all()
-        log.debug("flushed %d rows: %s", batch.size, {t: len(r) for t, r in inserted.items()})

@@ -25,6 +25,7 @@ from .migrate import applied_version, migrate
 from .pipeline import Pipeline
 from .schema import SCHEMA_VERSION
 from .sink import Sink
+from .spool import Spool
 from .sources.files import FileSource, ReplayCounts
 from .sources.hubble import HubbleSource
 from .store import connect
@@ -63,10 +64,16 @@ class Ingester:
         state = config.state_path
         state.mkdir(parents=True, exist_ok=True)
         self.checkpoint = Checkpoint(state, config.source.address)
+        self.spool = Spool(state / "spool", config.spool.max_mb * 1024 * 1024)
+        newest_spooled = self.spool.newest()
+        if newest_spooled is not None and newest_spooled.newest_ns:
+            # Spooled before a crash but not yet in the checkpoint: durable all the same.
+            self.checkpoint.advance(newest_spooled.newest_ns, newest_spooled.ids_at_newest)
         self.dead_letters = DeadLetters(state)
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
-        self.sink = Sink(client, config.store.database, self.stop)
-        self.pipeline = Pipeline(self.sink, config.batch, self.checkpoint, self.l7_metrics.observe)
+        self.sink = Sink(client, config.store.database)
+        self.pipeline = Pipeline(self.sink, self.spool, config.batch, self.checkpoint, self.l7_metrics.observe,
+                                 self.stop, config.shutdown_timeout_s)
         self.source = HubbleSource(config.source, Decoder(config.http), self.dead_letters, self.pipeline.put,
                                    self.stop, self.checkpoint.time_ns, self.checkpoint.ids_at_time)
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
@@ -144,7 +151,7 @@ def replay(config: Config, client, paths: list[str], progress=None) -> ReplaySum
     state.mkdir(parents=True, exist_ok=True)
     dead_letters = DeadLetters(state)
     sink = Sink(client, config.store.database)
-    pipeline = Pipeline(sink, config.batch)
+    pipeline = Pipeline(sink, Spool(state / "spool", config.spool.max_mb * 1024 * 1024), config.batch)
     source = FileSource(paths, Decoder(config.http), dead_letters, pipeline.put, progress)
     started = time.monotonic()
 

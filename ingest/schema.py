@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Bumped whenever a column or table is added; migrations 1..SCHEMA_VERSION exist.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TIME = "DateTime64(9, 'UTC')"
 LC = "LowCardinality(String)"
@@ -265,6 +265,34 @@ DNS_ROLLUP = Rollup(
     since=2,
 )
 
+_LEDGER_COUNT = "UInt64"
+INGEST_LEDGER = Table(
+    name="ingest_ledger",
+    comment="What each committed batch received and did with it, per source and node: the books that must balance",
+    columns=(
+        Column("time", TIME, "Delta, ZSTD(1)", comment="oldest flow of the batch from this node (commit time if none)",
+               since=3),
+        Column("window_end", TIME, "Delta, ZSTD(1)", comment="newest flow of the batch from this node", since=3),
+        Column("committed_at", "DateTime64(3, 'UTC')", "Delta, ZSTD(1)", comment="when the batch was made durable",
+               since=3),
+        Column("node", LC, since=3),
+        Column("source", LC, comment="the Hubble address or the replayed file", since=3),
+        Column("ledger_id", "String", "ZSTD(1)", comment="batch id and node", since=3),
+        Column("received", _LEDGER_COUNT, comment="L7 flows received", since=3),
+        Column("filtered", _LEDGER_COUNT, comment="non-L7 flows received and not stored", since=3),
+        Column("stored_http", _LEDGER_COUNT, since=3),
+        Column("stored_dns", _LEDGER_COUNT, since=3),
+        Column("stored_audit", _LEDGER_COUNT, comment="L7 flows stored (every stored flow has an audit row)", since=3),
+        Column("stored_gaps", _LEDGER_COUNT, since=3),
+        Column("duplicates", _LEDGER_COUNT, comment="L7 flows received that were already stored", since=3),
+        Column("quarantined", _LEDGER_COUNT, comment="input written to the dead-letter file", since=3),
+        Column("lost", _LEDGER_COUNT, comment="events Hubble reported lost", since=3),
+    ),
+    order_by="node, time",
+    id_column="ledger_id",
+    since=3,
+)
+
 SCHEMA_MIGRATIONS = Table(
     name="schema_migrations",
     comment="Versions of the hubble-flowlog schema applied to this database",
@@ -279,10 +307,10 @@ SCHEMA_MIGRATIONS = Table(
     ttl_key="",
 )
 
-DATA_TABLES = (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS)
+DATA_TABLES = (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS, INGEST_LEDGER)
 ROLLUPS = (HTTP_ROLLUP, DNS_ROLLUP)
 ALL_TABLES = DATA_TABLES + ROLLUPS + (SCHEMA_MIGRATIONS,)
-MIGRATION_NAMES = {1: "core_tables", 2: "rollups_1m"}
+MIGRATION_NAMES = {1: "core_tables", 2: "rollups_1m", 3: "ingest_ledger"}
 
 
 def migration_statements(version: int, database: str) -> list[str]:

@@ -1,10 +1,15 @@
-"""The sink: inserts a batch into ClickHouse, retrying until it is acknowledged.
+"""The sink: takes spooled batches to ClickHouse, oldest first, and retries until they land.
 
-Each table's rows go in one column-named insert carrying a deterministic
-`insert_deduplication_token`, so a retried insert whose first attempt did in fact
-land is stored once (the tables set `non_replicated_deduplication_window`). Rows that
-may have been stored before (a replayed file, the overlap after a reconnect) are
-first checked against the table by id. The audit table is written last.
+For each batch: `resolve` looks up the rows that may be stored already (a replayed file,
+the overlap after a reconnect), drops those, and writes the ledger rows; the resolved
+batch is saved back to the spool, so what gets inserted never changes afterwards.
+Then each table's rows go in one insert carrying a deterministic
+`insert_deduplication_token` (the tables set `non_replicated_deduplication_window`),
+so re-inserting a batch after a timeout or a crash stores nothing twice. The ledger
+is written last. Only then is the batch removed from the spool.
+
+A store that fails is retried with capped exponential backoff and full jitter, with
+one log line when failing starts and one when it recovers.
 
 The sink does not know whether the store is a server or the embedded engine.
 """
@@ -14,55 +19,109 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import threading
 import time
 
 from . import metrics
-from .schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, L7_AUDIT, Table
+from .schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, INGEST_LEDGER, L7_AUDIT, Table
+from .spool import Spool, SpooledBatch
 
 log = logging.getLogger(__name__)
 
-# Typed tables first and the audit table last: a flow in l7_audit is fully stored.
-WRITE_ORDER = (HTTP_FLOWS, DNS_FLOWS, INGEST_GAPS, L7_AUDIT)
+# Typed tables first, then the audit table, then the ledger that accounts for them.
+WRITE_ORDER = (HTTP_FLOWS, DNS_FLOWS, INGEST_GAPS, L7_AUDIT, INGEST_LEDGER)
+TABLES = {t.name: t for t in WRITE_ORDER}
+_NODE = 1  # every stored table has `node` as its second column
+_STORED_COLUMNS = {HTTP_FLOWS.name: "stored_http", DNS_FLOWS.name: "stored_dns", L7_AUDIT.name: "stored_audit",
+                   INGEST_GAPS.name: "stored_gaps"}
+
+
+class StoreUnavailable(RuntimeError):
+    """The store failed; the batch stays in the spool and is tried again later."""
+
+
+def insert_token(batch_id: str, table: Table, rows: list[tuple]) -> str:
+    id_index = table.column_names.index(table.id_column)
+    content = f"{batch_id}|{table.name}|{rows[0][_NODE]}|{rows[0][id_index]}|{rows[-1][id_index]}|{len(rows)}"
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 class Sink:
-    def __init__(self, client, database: str, stop: threading.Event | None = None,
-                 retry_initial_s: float = 0.2, retry_max_s: float = 30.0):
+    def __init__(self, client, database: str, retry_initial_s: float = 0.2, retry_max_s: float = 30.0):
         self.client = client
         self.database = database
-        self.stop = stop or threading.Event()
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
-        # False from a failed store operation until the next one succeeds.
-        self.healthy = True
+        self._delay = retry_initial_s
+        self._next_try = 0.0
+        self._failing_since: float | None = None
 
-    def write(self, rows_by_table: dict[Table, list[tuple]],
-              check_stored: dict[Table, set[str]]) -> dict[str, list[tuple]]:
-        """Insert every table's rows; rows whose id is in check_stored[table] are first
-        looked up and skipped if already stored. Returns the rows inserted, per table name."""
-        inserted = {}
-        for table in WRITE_ORDER:
-            rows = rows_by_table.get(table)
-            if not rows:
+    @property
+    def healthy(self) -> bool:
+        return self._failing_since is None
+
+    def drain(self, spool: Spool, on_commit=None, force: bool = False) -> bool:
+        """Insert spooled batches, oldest first, until the spool is empty (True) or the
+        store fails (False; the next call before the backoff has passed does nothing)."""
+        if not force and time.monotonic() < self._next_try:
+            return False
+        while True:
+            oldest = spool.oldest()
+            if oldest is None:
+                return True
+            path, batch = oldest
+            try:
+                if not batch.resolved:
+                    self._resolve(batch)
+                    spool.replace(path, batch)
+                inserted = self._insert(batch)
+            except StoreUnavailable as err:
+                self._failed(err)
+                return False
+            self._recovered()
+            spool.remove(path)
+            if on_commit is not None:
+                on_commit(batch, inserted)
+
+    def _failed(self, err: StoreUnavailable) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            log.warning("store failing, batches wait in the spool and are retried: %s", err)
+        metrics.STORE_UP.set(0)
+        metrics.INSERT_RETRIES.inc()
+        self._next_try = now + random.uniform(0, self._delay)
+        self._delay = min(self._delay * 2, self.retry_max_s)
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            log.warning("store back after %.1f s", time.monotonic() - self._failing_since)
+        self._failing_since = None
+        self._delay = self.retry_initial_s
+        self._next_try = 0.0
+        metrics.STORE_UP.set(1)
+
+    def _call(self, table: Table, call):
+        try:
+            return call()
+        except Exception as err:  # any failure of the store is retried later, none is fatal
+            metrics.INSERT_ERRORS.labels(table.name, type(err).__name__).inc()
+            raise StoreUnavailable(f"{table.name}: {type(err).__name__}: {err}") from err
+
+    def _resolve(self, batch: SpooledBatch) -> None:
+        for name, candidates in batch.check_stored.items():
+            table = TABLES[name]
+            rows = batch.rows.get(name, [])
+            id_index = table.column_names.index(table.id_column)
+            times = [row[0] for row in rows if row[id_index] in candidates]
+            if not times:
                 continue
-            candidates = check_stored.get(table)
-            if candidates:
-                rows = self._drop_stored(table, rows, candidates)
-                if not rows:
-                    continue
-            self._insert(table, rows)
-            inserted[table.name] = rows
-        return inserted
-
-    def _drop_stored(self, table: Table, rows: list[tuple], candidates: set[str]) -> list[tuple]:
-        id_index = table.column_names.index(table.id_column)
-        times = [row[0] for row in rows if row[id_index] in candidates]
-        stored = self._retrying(table, "lookup", lambda: self.stored_ids(table, candidates, min(times), max(times)))
-        if not stored:
-            return rows
-        metrics.DUPLICATES_DROPPED.labels(table.name).inc(len(stored))
-        return [row for row in rows if row[id_index] not in stored]
+            stored = self._call(table, lambda: self.stored_ids(table, candidates, min(times), max(times)))
+            if stored:
+                metrics.DUPLICATES_DROPPED.labels(name).inc(len(stored))
+                batch.rows[name] = [row for row in rows if row[id_index] not in stored]
+        batch.check_stored = {}
+        batch.rows[INGEST_LEDGER.name] = ledger_rows(batch)
+        batch.resolved = True
 
     def stored_ids(self, table: Table, ids: set[str], min_ns: int, max_ns: int) -> set[str]:
         result = self.client.query(
@@ -72,48 +131,50 @@ class Sink:
             parameters={"lo": min_ns, "hi": max_ns, "ids": sorted(ids)})
         return {row[0] for row in result.result_rows}
 
-    def _insert(self, table: Table, rows: list[tuple]) -> None:
-        id_index = table.column_names.index(table.id_column)
-        token = hashlib.sha256(
-            f"{table.name}|{rows[0][1]}|{rows[0][id_index]}|{rows[-1][id_index]}|{len(rows)}".encode()).hexdigest()
-
-        def insert():
-            started = time.perf_counter()
-            self.client.insert(f"`{self.database}`.`{table.name}`", rows, column_names=table.column_names,
-                               settings={"insert_deduplication_token": token,
-                                         # so the rollups' views also drop a retried block
-                                         "deduplicate_blocks_in_dependent_materialized_views": 1})
-            metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
-
-        self._retrying(table, "insert", insert)
-        metrics.ROWS_INSERTED.labels(table.name).inc(len(rows))
-        metrics.BATCHES_INSERTED.labels(table.name).inc()
-        metrics.LAST_INSERT.set(time.time())
-
-    def _retrying(self, table: Table, what: str, call):
-        """Run call until it succeeds, with capped exponential backoff and full jitter.
-        Logs once when failing starts and once when it recovers, not per attempt."""
-        delay = self.retry_initial_s
-        failing_since = None
-        while True:
-            try:
-                result = call()
-            except Exception as err:  # any failure of the store is retried, none is fatal
-                metrics.INSERT_ERRORS.labels(table.name, type(err).__name__).inc()
-                metrics.STORE_UP.set(0)
-                self.healthy = False
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    log.warning("%s into %s failed, retrying until it succeeds: %s", what, table.name, err)
-                if self.stop.is_set() and time.monotonic() - failing_since > self.retry_max_s:
-                    raise
-                metrics.INSERT_RETRIES.inc()
-                time.sleep(random.uniform(0, delay))
-                delay = min(delay * 2, self.retry_max_s)
+    def _insert(self, batch: SpooledBatch) -> dict[str, list[tuple]]:
+        inserted = {}
+        for table in WRITE_ORDER:
+            rows = batch.rows.get(table.name)
+            if not rows:
                 continue
-            metrics.STORE_UP.set(1)
-            self.healthy = True
-            if failing_since is not None:
-                log.warning("%s into %s succeeded again after %.1f s", what, table.name,
-                            time.monotonic() - failing_since)
-            return result
+            token = insert_token(batch.batch_id, table, rows)
+
+            def insert():
+                started = time.perf_counter()
+                self.client.insert(f"`{self.database}`.`{table.name}`", rows, column_names=table.column_names,
+                                   settings={"insert_deduplication_token": token,
+                                             # so the rollups' views also drop a re-inserted block
+                                             "deduplicate_blocks_in_dependent_materialized_views": 1})
+                metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
+
+            self._call(table, insert)
+            metrics.ROWS_INSERTED.labels(table.name).inc(len(rows))
+            metrics.BATCHES_INSERTED.labels(table.name).inc()
+            inserted[table.name] = rows
+        metrics.LAST_INSERT.set(time.time())
+        return inserted
+
+
+def ledger_rows(batch: SpooledBatch) -> list[tuple]:
+    """One ledger row per (source, node) of a resolved batch."""
+    stored: dict[str, dict[str, int]] = {}
+    for name, column in _STORED_COLUMNS.items():
+        for row in batch.rows.get(name, ()):
+            counts = stored.setdefault(row[_NODE], {})
+            counts[column] = counts.get(column, 0) + 1
+    committed_ms = batch.created_ns // 1_000_000
+    rows = []
+    for (source, node), tally in sorted(batch.tallies.items()):
+        counts = stored.get(node, {})
+        values = {
+            "time": tally.get("oldest_ns") or batch.created_ns, "window_end": tally.get("newest_ns") or batch.created_ns,
+            "committed_at": committed_ms, "node": node, "source": source,
+            "ledger_id": f"{batch.batch_id}-{source}-{node}",
+            "received": tally.get("received", 0), "filtered": tally.get("filtered", 0),
+            "stored_http": counts.get("stored_http", 0), "stored_dns": counts.get("stored_dns", 0),
+            "stored_audit": counts.get("stored_audit", 0), "stored_gaps": counts.get("stored_gaps", 0),
+            "duplicates": tally.get("received", 0) - counts.get("stored_audit", 0),
+            "quarantined": tally.get("quarantined", 0), "lost": tally.get("lost", 0),
+        }
+        rows.append(tuple(values[c] for c in INGEST_LEDGER.column_names))
+    return rows

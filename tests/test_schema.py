@@ -32,10 +32,10 @@ def test_a_newer_schema_is_refused(config, client):
 
 def test_ttl_is_rendered_only_when_set():
     store = StoreConfig(ttl_days=30, rollup_ttl_days=400)
-    rendered = "\n".join(render(1, store) + render(2, store))
+    rendered = "\n".join(render(1, store) + render(2, store) + render(3, store))
     assert rendered.count("TTL toDateTime(time) + INTERVAL 30 DAY") == len(DATA_TABLES)
     assert rendered.count("TTL toDateTime(time) + INTERVAL 400 DAY") == len(ROLLUPS)
-    assert "\nTTL " not in "\n".join(render(1, StoreConfig()) + render(2, StoreConfig()))
+    assert "\nTTL " not in "\n".join(s for v in range(1, SCHEMA_VERSION + 1) for s in render(v, StoreConfig()))
 
 
 def test_hand_edited_table_is_reported(config, client):
@@ -47,6 +47,7 @@ def test_hand_edited_table_is_reported(config, client):
 def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client):
     from ingest.runner import replay
     from ingest.sink import Sink
+    from ingest.spool import Spool, SpooledBatch
     from ingest.schema import HTTP_FLOWS
 
     from .conftest import DNS_330, HTTP_348
@@ -68,7 +69,11 @@ def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client)
     client.command(f"ALTER TABLE `{db}`.http_flows DELETE WHERE flow_id IN {{ids:Array(String)}}",
                    parameters={"ids": [r[2] for r in copies]}, settings={"mutations_sync": 2})
     before = client.query(f"SELECT sum(requests) FROM `{db}`.http_rollup_1m").result_rows[0][0]
-    sink.write({HTTP_FLOWS: copies}, {})
-    sink.write({HTTP_FLOWS: copies}, {})
+    spool = Spool(config.state_path / "spool", 1 << 20)
+    batch = SpooledBatch(batch_id="retried", source="test", rows={HTTP_FLOWS.name: copies}, check_stored={},
+                         newest_ns=0, ids_at_newest=set(), resolved=True)
+    for _ in range(2):
+        spool.append(batch)
+        assert sink.drain(spool, force=True)
     after = client.query(f"SELECT sum(requests) FROM `{db}`.http_rollup_1m").result_rows[0][0]
     assert after - before == 3

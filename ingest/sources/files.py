@@ -23,7 +23,7 @@ from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2
 from ..deadletter import DeadLetters
 from ..decode import Decoder, DecodeError, FlowRows, GapRow
-from ..pipeline import Entry
+from ..pipeline import Entry, Tally
 
 RESPONSE_KEYS = {"flow", "lost_events", "node_status"}
 
@@ -105,23 +105,25 @@ class FileSource:
             self.counts.bad_lines += 1
             metrics.DECODE_ERRORS.labels("file").inc()
             self.dead_letters.add(f"{name}:{number}", str(err), line)
+            self.emit(Entry(Tally("", quarantined=1), False, name))
             return
         if isinstance(decoded, list):
             for gap in decoded:
                 self.counts.gaps += 1
-                self.emit(Entry(gap, True))
+                self.emit(Entry(gap, True, name))
             return
         if isinstance(decoded, GapRow):
             self.counts.gaps += 1
-            self.emit(Entry(decoded, True))
+            self.emit(Entry(decoded, True, name))
             return
         if isinstance(decoded, FlowRows):
             kind = decoded.table.name if decoded.table is not None else "other_l7"
             self.counts.l7_flows += 1
             self.counts.by_type[kind] = self.counts.by_type.get(kind, 0) + 1
             metrics.FLOWS_RECEIVED.labels("file", "L7").inc()
-            self.emit(Entry(decoded, True))
+            self.emit(Entry(decoded, True, name))
             return
         self.counts.filtered += 1
         metrics.FLOWS_RECEIVED.labels("file", decoded.kind).inc()
         metrics.FLOWS_FILTERED.labels(decoded.kind).inc()
+        self.emit(Entry(Tally(decoded.node, decoded.time_ns, filtered=1), False, name))

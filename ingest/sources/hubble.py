@@ -27,7 +27,7 @@ from ..config import SourceConfig
 from ..deadletter import DeadLetters
 from ..decode import L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap, timestamp_ns
 from ..logs import RateLimitedLog
-from ..pipeline import Entry
+from ..pipeline import Entry, Tally
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,13 @@ class HubbleSource:
         self.dead_letters = dead_letters
         self.emit = emit
         self.stop = stop
+        # From the checkpoint: everything up to resume_ns is durable, and at resume_ns
+        # exactly these ids (Hubble's `since` is inclusive, so those come again).
         self.resume_ns = resume_ns
         self.resume_ids = set(resume_ids or ())
         self.newest_ns = resume_ns
+        self.connections = 0
+        self._overlap_ns = 0
         self.connected = threading.Event()
         self._call = None
         self._lost_log = RateLimitedLog(log)
@@ -130,6 +134,10 @@ class HubbleSource:
     def _stream_once(self) -> int:
         """One GetFlows call until it ends; returns how many messages it delivered."""
         since_ns = self.newest_ns
+        # After a reconnect in this process, flows up to since_ns may be in a batch or
+        # already stored: the sink looks them up. At start the checkpoint is exact.
+        self._overlap_ns = since_ns if self.connections else 0
+        self.connections += 1
         received = 0
         channel = open_channel(self.config)
         try:
@@ -143,7 +151,7 @@ class HubbleSource:
                     metrics.CONNECTED.set(1)
                     log.info("streaming L7 flows from %s since %s", self.config.address, _iso(since_ns))
                 received += 1
-                self._handle(response, since_ns)
+                self._handle(response)
         except grpc.RpcError as err:
             if not self.stop.is_set():
                 code = err.code() if hasattr(err, "code") else None
@@ -153,7 +161,8 @@ class HubbleSource:
                 if received:
                     now_ns = time.time_ns()
                     self.emit(Entry(interruption_gap(self.config.address, "", self.newest_ns, now_ns,
-                                                     f"{code.name if code else 'ERROR'}: {details}"), False))
+                                                     f"{code.name if code else 'ERROR'}: {details}"),
+                                    False, self.config.address))
         finally:
             self._call = None
             self.connected.clear()
@@ -161,7 +170,7 @@ class HubbleSource:
             channel.close()
         return received
 
-    def _handle(self, response: observer_pb2.GetFlowsResponse, since_ns: int) -> None:
+    def _handle(self, response: observer_pb2.GetFlowsResponse) -> None:
         self.messages += 1
         try:
             decoded = self.decoder.decode(response)
@@ -169,6 +178,7 @@ class HubbleSource:
             metrics.DECODE_ERRORS.labels("hubble").inc()
             self.dead_letters.add(f"{self.config.address}#message {self.messages}", str(err),
                                   response.SerializeToString())
+            self.emit(Entry(Tally(response.node_name, quarantined=1), False, self.config.address))
             return
         if isinstance(decoded, list):
             status = response.node_status
@@ -176,25 +186,26 @@ class HubbleSource:
             metrics.NODE_STATUS.labels(state).inc()
             log.info("Hubble Relay: nodes %s are %s: %s", ",".join(status.node_names), state, status.message)
             for gap in decoded:
-                self.emit(Entry(gap, False))
+                self.emit(Entry(gap, False, self.config.address))
             return
         if isinstance(decoded, GapRow):
             lost = response.lost_events
             metrics.LOST_EVENTS.labels(flow_pb2.LostEventSource.Name(lost.source)).inc(lost.num_events_lost)
             self._lost_log.warning("Hubble lost %d events (%s) on %s", lost.num_events_lost,
                                    flow_pb2.LostEventSource.Name(lost.source), response.node_name or "?")
-            self.emit(Entry(decoded, False))
+            self.emit(Entry(decoded, False, self.config.address))
             return
         flow_type = flow_pb2.FlowType.Name(response.flow.Type) if response.flow.Type in (0, 1, 2, 3) else "UNKNOWN"
         metrics.FLOWS_RECEIVED.labels("hubble", flow_type).inc()
         if not isinstance(decoded, FlowRows):
             metrics.FLOWS_FILTERED.labels(decoded.kind).inc()
+            self.emit(Entry(Tally(decoded.node, decoded.time_ns, filtered=1), False, self.config.address))
             return
         if decoded.time_ns == self.resume_ns and decoded.flow_id in self.resume_ids:
             metrics.DUPLICATES_DROPPED.labels("l7_audit").inc()
             return
         self.newest_ns = max(self.newest_ns, decoded.time_ns)
-        self.emit(Entry(decoded, decoded.time_ns <= since_ns and since_ns > 0))
+        self.emit(Entry(decoded, decoded.time_ns <= self._overlap_ns, self.config.address))
 
 
 def _iso(ns: int) -> str:

@@ -1,0 +1,112 @@
+"""The spool: a bounded on-disk queue of batches between the batcher and the store.
+
+Every batch is written here first (temp file, fsync, rename), and only then is the
+source's checkpoint advanced and the batch inserted; it is removed once every insert
+of it is acknowledged. So the spool is both the write-ahead log that makes a crash
+harmless (a restart re-inserts the same blocks with the same deduplication tokens)
+and the buffer that rides out a store outage. When it is full the batcher stops
+taking input: backpressure reaches Hubble instead of memory growing.
+
+Files are `<sequence>.batch`, replayed in sequence order, oldest first. The content
+is our own pickled `SpooledBatch`, written and read only by this process's code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import metrics
+
+
+@dataclass
+class SpooledBatch:
+    batch_id: str
+    source: str
+    # Table name -> rows, in the table's column order.
+    rows: dict[str, list[tuple]]
+    # Table name -> ids of rows that may be stored already; looked up once, at resolve.
+    check_stored: dict[str, set[str]]
+    newest_ns: int
+    ids_at_newest: set[str]
+    # (source, node) -> counters kept for the ledger: received, filtered, quarantined, lost,
+    # and the oldest and newest flow time seen.
+    tallies: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    created_ns: int = 0
+    # Set once the lookups are done and `rows` hold exactly what must be inserted.
+    resolved: bool = False
+
+
+class Spool:
+    def __init__(self, directory: Path, max_bytes: int):
+        self.directory = directory
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.tmp"):
+            stale.unlink()  # a write that a crash interrupted; its batch was never acknowledged
+        self._sizes = {p: p.stat().st_size for p in self._files()}
+        self._next = max((int(p.stem) for p in self._sizes), default=0) + 1
+        self._publish()
+
+    def _files(self) -> list[Path]:
+        return sorted(self.directory.glob("*.batch"))
+
+    def _publish(self) -> None:
+        metrics.SPOOL_BYTES.set(self.bytes)
+        metrics.SPOOL_BATCHES.set(len(self._sizes))
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def has_room(self) -> bool:
+        """Room for one more batch; an empty spool always takes one, however large."""
+        return not self._sizes or self.bytes < self.max_bytes
+
+    def append(self, batch: SpooledBatch) -> Path:
+        path = self.directory / f"{self._next:012d}.batch"
+        self._next += 1
+        self._write(path, batch)
+        return path
+
+    def replace(self, path: Path, batch: SpooledBatch) -> None:
+        self._write(path, batch)
+
+    def _write(self, path: Path, batch: SpooledBatch) -> None:
+        data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self._sizes[path] = len(data)
+        self._publish()
+
+    def oldest(self) -> tuple[Path, SpooledBatch] | None:
+        if not self._sizes:
+            return None
+        path = min(self._sizes)
+        with open(path, "rb") as handle:
+            return path, pickle.load(handle)
+
+    def newest(self) -> SpooledBatch | None:
+        if not self._sizes:
+            return None
+        with open(max(self._sizes), "rb") as handle:
+            return pickle.load(handle)
+
+    def remove(self, path: Path) -> None:
+        path.unlink()
+        del self._sizes[path]
+        self._publish()
