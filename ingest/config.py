@@ -62,6 +62,9 @@ class StoreConfig:
     # The same for the 1-minute rollups, which dashboards read over long ranges.
     rollup_ttl_days: int = 0
     migrate: bool = True
+    # A failing store is retried with exponential backoff from the first value, capped at the second.
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 30.0
 
 
 @dataclass

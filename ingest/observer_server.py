@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from concurrent import futures
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from .api.flow import flow_pb2
 from .api.observer import observer_pb2, observer_pb2_grpc
 from .decode import timestamp_ns
 
@@ -46,11 +49,15 @@ def wanted(request: observer_pb2.GetFlowsRequest, response: observer_pb2.GetFlow
 
 
 class FlowBuffer:
-    """The flows a node holds, in time order; appending wakes followers."""
+    """The flows a node holds, in time order, like Hubble's ring buffer: with a capacity,
+    the oldest are overwritten, and a reader that fell behind them is told how many it
+    lost. Positions are absolute (they survive overwrites); appending wakes followers."""
 
-    def __init__(self, responses=()):
+    def __init__(self, responses=(), capacity: int | None = None):
         self._items: list[tuple[int, int, observer_pb2.GetFlowsResponse]] = []
         self._seq = 0
+        self.capacity = capacity
+        self.overwritten = 0
         self._changed = threading.Condition()
         self.extend(responses)
 
@@ -60,22 +67,33 @@ class FlowBuffer:
                 self._seq += 1
                 bisect.insort(self._items, (response_time_ns(response), self._seq, response),
                               key=lambda item: (item[0], item[1]))
+            if self.capacity is not None and len(self._items) > self.capacity:
+                excess = len(self._items) - self.capacity
+                del self._items[:excess]
+                self.overwritten += excess
             self._changed.notify_all()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def read_from(self, index: int) -> list[tuple[int, int, observer_pb2.GetFlowsResponse]]:
-        with self._changed:
-            return self._items[index:]
+    @property
+    def end(self) -> int:
+        return self.overwritten + len(self._items)
 
-    def first_index_since(self, since_ns: int) -> int:
+    def read_from(self, position: int, limit: int = 256):
+        """(items from position on, at most limit; how many the reader lost to overwrites)."""
         with self._changed:
-            return bisect.bisect_left(self._items, since_ns, key=lambda item: item[0])
+            lost = max(0, self.overwritten - position)
+            start = position + lost - self.overwritten
+            return self._items[start:start + limit], lost
 
-    def wait_for_more(self, count: int, timeout: float) -> None:
+    def first_position_since(self, since_ns: int) -> int:
         with self._changed:
-            self._changed.wait_for(lambda: len(self._items) > count, timeout=timeout)
+            return self.overwritten + bisect.bisect_left(self._items, since_ns, key=lambda item: item[0])
+
+    def wait_for_more(self, position: int, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.end > position, timeout=timeout)
 
 
 class ObserverService(observer_pb2_grpc.ObserverServicer):
@@ -95,11 +113,17 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             self.requests.append(request)
             limit = self.drop_after.pop(0) if self.drop_after else None
         since_ns = timestamp_ns(request.since) if request.HasField("since") else 0
-        index = self.buffer.first_index_since(since_ns)
+        position = self.buffer.first_position_since(since_ns)
         sent_here = 0
         while context.is_active():
-            for time_ns, _, response in self.buffer.read_from(index):
-                index += 1
+            items, lost = self.buffer.read_from(position)
+            if lost:
+                position += lost
+                yield observer_pb2.GetFlowsResponse(
+                    lost_events=flow_pb2.LostEvent(source=flow_pb2.HUBBLE_RING_BUFFER, num_events_lost=lost),
+                    node_name="stand-in", time=Timestamp(seconds=time.time_ns() // 1_000_000_000))
+            for time_ns, _, response in items:
+                position += 1
                 if not wanted(request, response):
                     continue
                 if limit is not None and sent_here >= limit:
@@ -110,11 +134,12 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
                     self.sent += 1
                     if response.HasField("flow"):
                         self.newest_sent_ns = max(self.newest_sent_ns, time_ns)
-            if index >= len(self.buffer):
-                self.caught_up.set()
+            if items:
+                continue
+            self.caught_up.set()
             if not request.follow:
                 return
-            self.buffer.wait_for_more(index, timeout=0.2)
+            self.buffer.wait_for_more(position, timeout=0.2)
 
     def ServerStatus(self, request, context):
         return observer_pb2.ServerStatusResponse(num_flows=len(self.buffer), max_flows=4095,

@@ -71,7 +71,7 @@ class Ingester:
             self.checkpoint.advance(newest_spooled.newest_ns, newest_spooled.ids_at_newest)
         self.dead_letters = DeadLetters(state)
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
-        self.sink = Sink(client, config.store.database)
+        self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
         self.pipeline = Pipeline(self.sink, self.spool, config.batch, self.checkpoint, self.l7_metrics.observe,
                                  self.stop, config.shutdown_timeout_s)
         self.source = HubbleSource(config.source, Decoder(config.http), self.dead_letters, self.pipeline.put,
@@ -150,7 +150,7 @@ def replay(config: Config, client, paths: list[str], progress=None) -> ReplaySum
     state = config.state_path
     state.mkdir(parents=True, exist_ok=True)
     dead_letters = DeadLetters(state)
-    sink = Sink(client, config.store.database)
+    sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
     pipeline = Pipeline(sink, Spool(state / "spool", config.spool.max_mb * 1024 * 1024), config.batch)
     source = FileSource(paths, Decoder(config.http), dead_letters, pipeline.put, progress)
     started = time.monotonic()
