@@ -13,12 +13,18 @@ class _SecretFilter(logging.Filter):
         super().__init__()
         self.secrets = [s for s in secrets if s]
 
+    def _scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "*****")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, "*****")
-            record.msg, record.args = message, None
+            record.msg, record.args = self._scrub(record.getMessage()), None
+            if record.exc_info:
+                # A traceback can quote a connection string or a server's answer.
+                record.exc_text = self._scrub(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
         return True
 
 
@@ -28,6 +34,8 @@ class _JSONFormatter(logging.Formatter):
                  "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
         return json.dumps(entry)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from concurrent import futures
 
 import grpc
@@ -104,8 +103,9 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         self.requests: list[observer_pb2.GetFlowsRequest] = []
         self.sent = 0
         self.newest_sent_ns = 0
-        # Set whenever a stream has sent everything the buffer holds.
-        self.caught_up = threading.Event()
+        self.lost_reported = 0
+        # Where the newest stream has read up to, in buffer positions.
+        self.read_position = 0
         self._lock = threading.Lock()
 
     def GetFlows(self, request, context):
@@ -119,27 +119,35 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
             items, lost = self.buffer.read_from(position)
             if lost:
                 position += lost
+                with self._lock:
+                    self.lost_reported += lost
+                now = Timestamp()
+                now.GetCurrentTime()
                 yield observer_pb2.GetFlowsResponse(
                     lost_events=flow_pb2.LostEvent(source=flow_pb2.HUBBLE_RING_BUFFER, num_events_lost=lost),
-                    node_name="stand-in", time=Timestamp(seconds=time.time_ns() // 1_000_000_000))
+                    node_name="stand-in", time=now)
             for time_ns, _, response in items:
                 position += 1
-                if not wanted(request, response):
-                    continue
-                if limit is not None and sent_here >= limit:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "stream dropped by the test server")
-                yield response
-                sent_here += 1
-                with self._lock:
-                    self.sent += 1
-                    if response.HasField("flow"):
-                        self.newest_sent_ns = max(self.newest_sent_ns, time_ns)
+                if wanted(request, response):
+                    if limit is not None and sent_here >= limit:
+                        context.abort(grpc.StatusCode.UNAVAILABLE, "stream dropped by the test server")
+                    yield response
+                    sent_here += 1
+                    with self._lock:
+                        self.sent += 1
+                        if response.HasField("flow"):
+                            self.newest_sent_ns = max(self.newest_sent_ns, time_ns)
+                self.read_position = position
+            self.read_position = position
             if items:
                 continue
-            self.caught_up.set()
             if not request.follow:
                 return
             self.buffer.wait_for_more(position, timeout=0.2)
+
+    def caught_up(self) -> bool:
+        """A stream has read everything the buffer holds now."""
+        return self.read_position >= self.buffer.end
 
     def ServerStatus(self, request, context):
         return observer_pb2.ServerStatusResponse(num_flows=len(self.buffer), max_flows=4095,

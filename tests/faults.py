@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 
 FAIL_BEFORE, FAIL_AFTER, CRASH_BEFORE, CRASH_AFTER = "fail_before", "fail_after", "crash_before", "crash_after"
 
@@ -35,12 +36,14 @@ def plan(seed: int, run: int, may_crash: bool, horizon: int = 80) -> dict[int, s
 
 
 class FaultyClient:
-    """Delegates to a real clickhouse-connect client; `insert` and `query` follow the plan."""
+    """Delegates to a real clickhouse-connect client; `insert` and `query` follow the plan,
+    and fail before they are sent while `down` is set (an outage)."""
 
-    def __init__(self, client, faults: dict[int, str]):
+    def __init__(self, client, faults: dict[int, str] | None = None):
         self._client = client
-        self._faults = faults
+        self._faults = faults or {}
         self.calls = 0
+        self.down = threading.Event()
 
     def __getattr__(self, name):
         return getattr(self._client, name)
@@ -48,6 +51,8 @@ class FaultyClient:
     def _call(self, method, *args, **kwargs):
         fault = self._faults.get(self.calls)
         self.calls += 1
+        if self.down.is_set():
+            raise InjectedFault("injected: the store is down")
         if fault == CRASH_BEFORE:
             os.kill(os.getpid(), signal.SIGKILL)
         if fault == FAIL_BEFORE:

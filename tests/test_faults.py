@@ -67,7 +67,7 @@ def expected_ids(responses) -> dict[str, set[str]]:
 def done(state: Path, address: str, newest_ns: int, server) -> bool:
     checkpoint = Checkpoint(state, address)
     spool_empty = not list((state / "spool").glob("*.batch"))
-    return server.service.caught_up.is_set() and checkpoint.time_ns >= newest_ns and spool_empty
+    return server.service.caught_up() and checkpoint.time_ns >= newest_ns and spool_empty
 
 
 def run_schedule(seed: int, tmp_path: Path) -> tuple[dict, list, int, list[str]]:

@@ -54,7 +54,7 @@ def ingest_lines(config, client, lines, drop_after=None):
         config.source.address = server.address
         service = server.service
         with RunningIngester(config, client) as ingester:
-            wait_for(lambda: service.caught_up.is_set() and ingester.pipeline.committed_ns >= service.newest_sent_ns,
+            wait_for(lambda: service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns,
                      what="every flow sent and committed")
         return server, ingester
 

@@ -37,7 +37,7 @@ def test_endpoint_serves_metrics_health_and_readiness_while_ingesting(config, cl
         config.source.address = server.address
         with RunningIngester(config, client) as ingester:
             service = server.service
-            wait_for(lambda: service.caught_up.is_set() and ingester.pipeline.committed_ns >= service.newest_sent_ns)
+            wait_for(lambda: service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns)
             address = ingester.endpoint.address
             assert scrape(address, "/healthz")[0] == 200
             assert scrape(address, "/readyz")[:1] == (200,)

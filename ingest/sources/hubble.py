@@ -44,30 +44,39 @@ class SourceError(RuntimeError):
     """The source is misconfigured (unreadable certificate files and the like)."""
 
 
-def open_channel(config: SourceConfig) -> grpc.Channel:
-    options = list(CHANNEL_OPTIONS)
-    target = config.address
-    tls = config.tls
-    if not tls.enabled:
-        return grpc.insecure_channel(target, options=options)
+class Connector:
+    """Opens channels to the configured address; TLS files are read once, at start, so a
+    missing or unreadable one stops the ingester with the config key named."""
 
-    def read(key: str, path: str) -> bytes | None:
-        if not path:
-            return None
-        try:
-            with open(path, "rb") as handle:
-                return handle.read()
-        except OSError as err:
-            raise SourceError(f"source.tls.{key}: cannot read {path}: {err.strerror}") from None
+    def __init__(self, config: SourceConfig):
+        self.target = config.address
+        self.options = list(CHANNEL_OPTIONS)
+        self.credentials = None
+        tls = config.tls
+        if not tls.enabled:
+            return
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise SourceError("source.tls: cert_file and key_file go together (mTLS needs both)")
+        self.credentials = grpc.ssl_channel_credentials(root_certificates=_read("ca_file", tls.ca_file),
+                                                        private_key=_read("key_file", tls.key_file),
+                                                        certificate_chain=_read("cert_file", tls.cert_file))
+        if tls.server_name:
+            self.options.append(("grpc.ssl_target_name_override", tls.server_name))
 
-    if bool(tls.cert_file) != bool(tls.key_file):
-        raise SourceError("source.tls: cert_file and key_file go together (mTLS needs both)")
-    credentials = grpc.ssl_channel_credentials(root_certificates=read("ca_file", tls.ca_file),
-                                               private_key=read("key_file", tls.key_file),
-                                               certificate_chain=read("cert_file", tls.cert_file))
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.secure_channel(target, credentials, options=options)
+    def open(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.target, options=self.options)
+        return grpc.secure_channel(self.target, self.credentials, options=self.options)
+
+
+def _read(key: str, path: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as err:
+        raise SourceError(f"source.tls.{key}: cannot read {path}: {err.strerror}") from None
 
 
 def flows_request(config: SourceConfig, since_ns: int) -> observer_pb2.GetFlowsRequest:
@@ -92,6 +101,7 @@ class HubbleSource:
     def __init__(self, config: SourceConfig, decoder: Decoder, dead_letters: DeadLetters,
                  emit, stop: threading.Event, resume_ns: int = 0, resume_ids: set[str] | None = None):
         self.config = config
+        self.connector = Connector(config)
         self.decoder = decoder
         self.dead_letters = dead_letters
         self.emit = emit
@@ -106,6 +116,7 @@ class HubbleSource:
         self.connected = threading.Event()
         self._call = None
         self._lost_log = RateLimitedLog(log)
+        self._connect_log = RateLimitedLog(log, interval_s=5.0)
         self.messages = 0
 
     def cancel(self) -> None:
@@ -139,7 +150,7 @@ class HubbleSource:
         self._overlap_ns = since_ns if self.connections else 0
         self.connections += 1
         received = 0
-        channel = open_channel(self.config)
+        channel = self.connector.open()
         try:
             stub = observer_pb2_grpc.ObserverStub(channel)
             self._call = stub.GetFlows(flows_request(self.config, since_ns))
@@ -156,8 +167,9 @@ class HubbleSource:
             if not self.stop.is_set():
                 code = err.code() if hasattr(err, "code") else None
                 details = err.details() if hasattr(err, "details") else str(err)
-                log.warning("Hubble stream %s ended: %s %s", self.config.address,
-                            code.name if code else "", details)
+                hint = "" if received else self._connect_hint()
+                self._connect_log.warning("Hubble stream %s ended: %s %s%s", self.config.address,
+                                          code.name if code else "", details, hint)
                 if received:
                     now_ns = time.time_ns()
                     self.emit(Entry(interruption_gap(self.config.address, "", self.newest_ns, now_ns,
@@ -169,6 +181,16 @@ class HubbleSource:
             metrics.CONNECTED.set(0)
             channel.close()
         return received
+
+    def _connect_hint(self) -> str:
+        """What to check when a TLS connection never delivered anything."""
+        tls = self.config.tls
+        if not tls.enabled:
+            return ""
+        if not tls.cert_file:
+            return (" (TLS: if the server requires client certificates (mTLS), set source.tls.cert_file "
+                    "and source.tls.key_file)")
+        return " (TLS: check source.tls.ca_file, source.tls.server_name and the client certificate)"
 
     def _handle(self, response: observer_pb2.GetFlowsResponse) -> None:
         self.messages += 1

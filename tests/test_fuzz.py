@@ -1,0 +1,89 @@
+"""Fuzzing the two decode paths: whatever arrives, the decoder answers with rows or a
+DecodeError naming what is wrong, never another exception and never a hang; and the
+good lines around bad ones are all stored."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingest.api.observer import observer_pb2
+from ingest.decode import Decoder, DecodeError
+from ingest.runner import replay
+from ingest.sources.files import parse_line
+
+from .conftest import DNS_330, HTTP_348, fixture_lines
+
+GOOD = [json.dumps(line).encode() for line in fixture_lines(HTTP_348)[:40] + fixture_lines(DNS_330)[:40]]
+decoder = Decoder()
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12)
+
+
+def mutate(data, rng: random.Random, value):
+    """Replace one value somewhere inside a fixture line's JSON."""
+    if isinstance(data, dict) and data:
+        key = rng.choice(sorted(data))
+        if rng.random() < 0.5 or not isinstance(data[key], (dict, list)):
+            data[key] = value
+        else:
+            mutate(data[key], rng, value)
+    elif isinstance(data, list) and data:
+        index = rng.randrange(len(data))
+        data[index] = value if rng.random() < 0.5 else mutate(data[index], rng, value)
+    return data
+
+
+def decode_line(line: bytes) -> None:
+    try:
+        decoder.decode(parse_line(line))
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=400, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash_the_json_path(line):
+    decode_line(line)
+
+
+@settings(max_examples=400, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(GOOD) - 1), st.randoms(use_true_random=False), json_values)
+def test_mutated_fixture_lines_never_crash_the_json_path(index, rng, value):
+    decode_line(json.dumps(mutate(json.loads(GOOD[index]), rng, value)).encode())
+
+
+@settings(max_examples=400, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(GOOD) - 1), st.binary(max_size=64), st.integers(0, 10_000))
+def test_corrupted_protobuf_never_crashes_the_grpc_path(index, noise, at):
+    wire = bytearray(parse_line(GOOD[index]).SerializeToString())
+    at %= len(wire)
+    wire[at:at + len(noise)] = noise
+    try:
+        response = observer_pb2.GetFlowsResponse.FromString(bytes(wire))
+    except Exception:  # grpc drops a message that does not parse before it reaches us
+        return
+    try:
+        decoder.decode(response)
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=80), min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_every_good_line_after_a_bad_one_is_stored(config, client, tmp_path, bad_lines, rng):
+    lines = list(GOOD)
+    for bad in bad_lines:
+        lines.insert(rng.randrange(len(lines) + 1), bad.replace(b"\n", b" "))
+    path = tmp_path / f"fuzz-{rng.random()}.json"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    replay(config, client, [str(path)])
+    stored = client.query(f"SELECT count() FROM `{config.store.database}`.l7_audit").result_rows[0][0]
+    assert stored == len(GOOD)

@@ -1,0 +1,131 @@
+"""The store down under steady input: the spool grows and drains and nothing is lost;
+with the spool full, reading pauses, Hubble's buffer overwrites, the loss is recorded,
+and ingestion recovers on its own."""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+
+from ingest.decode import Decoder
+from ingest.demo_traffic import DemoTraffic
+from ingest.observer_server import FlowBuffer, ObserverServer
+
+from .faults import FaultyClient
+from .test_hubble_source import RunningIngester, wait_for
+
+START_NS = 1_790_000_000 * 1_000_000_000
+
+
+def traffic(seconds: int) -> list:
+    generator = DemoTraffic(seed=7)
+    return [r for s in range(seconds) for r in generator.second(START_NS + s * 1_000_000_000)]
+
+
+def feed(buffer: FlowBuffer, responses: list, chunk: int, pause_s: float) -> threading.Thread:
+    def run():
+        for start in range(0, len(responses), chunk):
+            buffer.extend(responses[start:start + chunk])
+            time.sleep(pause_s)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def flow_ids(responses) -> set[str]:
+    decoder = Decoder()
+    return {decoder.decode(r).flow_id for r in responses}
+
+
+def stored_ids(client, database: str) -> list[str]:
+    return [r[0] for r in client.query(f"SELECT flow_id FROM `{database}`.l7_audit").result_rows]
+
+
+def all_committed(server, ingester) -> bool:
+    """Everything the server sent is stored (messages can wait in gRPC's buffers, so the
+    server having sent them is not enough)."""
+    service = server.service
+    return service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_outage_spools_then_drains_with_nothing_lost_and_memory_bounded(config, client):
+    config.batch.max_rows, config.batch.queue_size = 500, 2000
+    config.store.retry_initial_s, config.store.retry_max_s = 0.05, 0.2
+    responses = traffic(600)  # about 12,000 flows
+    buffer = FlowBuffer()
+    with ObserverServer(buffer) as server:
+        config.source.address = server.address
+        with RunningIngester(config, client) as ingester:
+            faulty = FaultyClient(client)
+            faulty.down.set()
+            ingester.sink.client = faulty
+            rss_before = max_rss_mb()
+            feed(buffer, responses, chunk=1000, pause_s=0.05).join()
+            wait_for(lambda: server.service.caught_up() and ingester.source.newest_ns and
+                     ingester.pipeline.queue.empty() and ingester.checkpoint.time_ns == ingester.source.newest_ns,
+                     what="everything received and spooled")
+            spooled = len(ingester.spool)
+            assert spooled >= 10 and ingester.spool.bytes > 1_000_000
+            assert stored_ids(client, config.store.database) == []
+            assert not ingester.sink.healthy
+            # Memory bound: the flows wait on disk, not in memory.
+            assert max_rss_mb() - rss_before < 100
+            faulty.down.clear()
+            wait_for(lambda: all_committed(server, ingester) and len(ingester.spool) == 0, timeout=60,
+                     what="the spool to drain")
+    ids = stored_ids(client, config.store.database)
+    assert len(ids) == len(set(ids)) and set(ids) == flow_ids(responses)
+
+
+def test_full_spool_pauses_reading_then_the_loss_is_recorded_and_ingestion_recovers(config, client):
+    config.batch.max_rows, config.batch.queue_size, config.spool.max_mb = 400, 200, 1
+    config.store.retry_initial_s, config.store.retry_max_s = 0.05, 0.2
+    responses = traffic(400)
+    buffer = FlowBuffer(capacity=500)
+    with ObserverServer(buffer) as server:
+        config.source.address = server.address
+        with RunningIngester(config, client) as ingester:
+            faulty = FaultyClient(client)
+            faulty.down.set()
+            ingester.sink.client = faulty
+            feed(buffer, responses, chunk=200, pause_s=0.02).join()
+            assert buffer.overwritten > 0
+            assert ingester.spool.bytes >= 1024 * 1024  # full: the batcher stopped taking input
+            faulty.down.clear()
+            wait_for(lambda: all_committed(server, ingester), timeout=60, what="recovery")
+    db = config.store.database
+    ids = stored_ids(client, db)
+    lost = server.service.lost_reported
+    assert lost > 0 and len(ids) == len(set(ids))
+    assert set(ids) <= flow_ids(responses)
+    assert len(ids) + lost == len(responses)
+    recorded = client.query(f"SELECT sum(count) FROM `{db}`.ingest_gaps WHERE kind = 'lost_events'").result_rows
+    assert recorded == [(lost,)]
+
+
+def test_stop_with_the_store_down_returns_within_the_bound_and_the_next_start_drains_the_spool(config, client):
+    config.shutdown_timeout_s = 1.0
+    config.store.retry_initial_s, config.store.retry_max_s = 0.05, 0.2
+    responses = traffic(50)
+    with ObserverServer(FlowBuffer(responses)) as server:
+        config.source.address = server.address
+        first = RunningIngester(config, client)
+        with first as ingester:
+            faulty = FaultyClient(client)
+            faulty.down.set()
+            ingester.sink.client = faulty
+            wait_for(lambda: server.service.caught_up() and len(ingester.spool) > 0 and
+                     ingester.checkpoint.time_ns == ingester.source.newest_ns, what="flows spooled")
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < config.shutdown_timeout_s + 3
+        assert len(ingester.spool) > 0 and stored_ids(client, config.store.database) == []
+        with RunningIngester(config, client) as second:
+            wait_for(lambda: len(second.spool) == 0, what="the spool drained at start")
+    ids = stored_ids(client, config.store.database)
+    assert len(ids) == len(set(ids)) and set(ids) == flow_ids(responses)
