@@ -15,12 +15,12 @@ import threading
 
 from . import __version__, logs
 from .config import ConfigError, dump_yaml, load
+from .queries import FORMATS as SQL_FORMATS
+from .queries import add_query_parser
 
 log = logging.getLogger("flowlog")
 
 OWN_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
-SQL_FORMATS = {"table": "PrettyCompactMonoBlock", "tsv": "TabSeparatedWithNames", "csv": "CSVWithNames",
-               "json": "JSONEachRow"}
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -62,11 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(migrate)
     migrate.add_argument("--print", action="store_true", help="print the DDL instead of applying it")
     migrate.add_argument("--write-sql", action="store_true", help="rewrite sql/migrations/ from ingest/schema.py")
+    migrate.add_argument("--cluster", metavar="NAME", help="create replicated, sharded tables ON CLUSTER NAME")
+    migrate.add_argument("--sharding", choices=["node", "random"], help="spread rows over shards by node (default)")
 
     sql = commands.add_parser("sql", help="run ad-hoc SQL against the store")
     _common(sql)
     sql.add_argument("query", help="the SQL; tables of the configured database need no prefix")
     sql.add_argument("--format", choices=sorted(SQL_FORMATS), default="table")
+
+    add_query_parser(commands, _common)
 
     demo = commands.add_parser("demo", help="ingest generated traffic from an in-process Hubble and summarise it")
     _common(demo)
@@ -86,7 +90,7 @@ def _overrides(args: argparse.Namespace) -> dict:
              "source.namespaces": "namespace", "source.verdicts": "verdict", "source.tls.enabled": "tls",
              "source.tls.ca_file": "tls_ca_file", "source.tls.cert_file": "tls_cert_file",
              "source.tls.key_file": "tls_key_file", "source.tls.server_name": "tls_server_name",
-             "metrics.address": "metrics_address"}
+             "metrics.address": "metrics_address", "store.cluster": "cluster", "store.sharding": "sharding"}
     overrides = {key: getattr(args, attr) for key, attr in flags.items() if getattr(args, attr, None) is not None}
     if getattr(args, "no_migrate", False):
         overrides["store.migrate"] = False
@@ -127,6 +131,9 @@ def _dispatch(args: argparse.Namespace, config) -> int:
         return 0
     if args.command == "migrate" and (args.print or args.write_sql):
         return _migrate_offline(args, config)
+    if args.command == "query":
+        from .queries import run_query
+        return run_query(args, config)
 
     from .runner import open_store
     client = open_store(config)
@@ -160,7 +167,7 @@ def _migrate_offline(args, config) -> int:
             print(f"wrote {path}")
         return 0
     for version in range(1, SCHEMA_VERSION + 1):
-        for statement in render(version, config.store):
+        for statement in render(version, config.store, config.cluster):
             print(statement + ";\n")
     return 0
 

@@ -1,0 +1,85 @@
+-- audit_talkers: who talked to a destination between two times, with counts and first/last seen
+--
+-- The destination is matched against the server side of every HTTP and DNS flow (on a request
+-- dst_*, on a response src_*): its workload (name or namespace/name), pod (name or
+-- namespace/pod), IP, the DNS names Cilium knew for it, the HTTP Host with or without its port,
+-- the FQDN of that Host in the server's namespace (reviews -> reviews.bookinfo.svc...), or an IP
+-- that a DNS response for the destination (as a name, trailing dot optional) listed between one
+-- day before from and until. One row per client workload and protocol.
+--
+-- param: destination String (required) a workload, service, pod, IP or DNS name
+-- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
+-- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
+-- columns: source_namespace, source_workload, protocol, requests, responses, first_seen, last_seen
+-- columns: source_pods, destinations
+WITH
+    (
+        SELECT groupUniqArray(ip)
+        FROM dns_flows
+        ARRAY JOIN ips AS ip
+        WHERE l7_type = 'RESPONSE'
+          AND query IN ({destination:String}, concat({destination:String}, '.'))
+          AND time >= {from:DateTime64(9, 'UTC')} - INTERVAL 1 DAY AND time < {until:DateTime64(9, 'UTC')}
+    ) AS resolved_ips
+SELECT
+    source_namespace,
+    source_workload,
+    protocol,
+    countIf(l7_type = 'REQUEST') AS requests,
+    countIf(l7_type = 'RESPONSE') AS responses,
+    min(time) AS first_seen,
+    max(time) AS last_seen,
+    arraySort(groupUniqArray(source_endpoint)) AS source_pods,
+    arraySort(groupUniqArray(if(server_workload = '', server_ip, concat(server_namespace, '/', server_workload))))
+        AS destinations
+FROM
+(
+    SELECT
+        'http' AS protocol,
+        time,
+        l7_type,
+        if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS source_namespace,
+        if(l7_type = 'RESPONSE', dst_workload, src_workload) AS source_workload,
+        if(l7_type = 'RESPONSE', if(dst_pod = '', dst_ip, concat(dst_namespace, '/', dst_pod)),
+                                 if(src_pod = '', src_ip, concat(src_namespace, '/', src_pod))) AS source_endpoint,
+        if(l7_type = 'RESPONSE', src_namespace, dst_namespace) AS server_namespace,
+        if(l7_type = 'RESPONSE', src_workload, dst_workload) AS server_workload,
+        if(l7_type = 'RESPONSE', src_pod, dst_pod) AS server_pod,
+        if(l7_type = 'RESPONSE', src_ip, dst_ip) AS server_ip,
+        if(l7_type = 'RESPONSE', src_names, dst_names) AS server_names,
+        host
+    FROM http_flows
+    WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+
+    UNION ALL
+
+    SELECT
+        'dns' AS protocol,
+        time,
+        l7_type,
+        if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS source_namespace,
+        if(l7_type = 'RESPONSE', dst_workload, src_workload) AS source_workload,
+        if(l7_type = 'RESPONSE', if(dst_pod = '', dst_ip, concat(dst_namespace, '/', dst_pod)),
+                                 if(src_pod = '', src_ip, concat(src_namespace, '/', src_pod))) AS source_endpoint,
+        if(l7_type = 'RESPONSE', src_namespace, dst_namespace) AS server_namespace,
+        if(l7_type = 'RESPONSE', src_workload, dst_workload) AS server_workload,
+        if(l7_type = 'RESPONSE', src_pod, dst_pod) AS server_pod,
+        if(l7_type = 'RESPONSE', src_ip, dst_ip) AS server_ip,
+        if(l7_type = 'RESPONSE', src_names, dst_names) AS server_names,
+        '' AS host
+    FROM dns_flows
+    WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+)
+WHERE {destination:String} != ''
+  AND (
+        {destination:String} IN (server_workload, concat(server_namespace, '/', server_workload),
+                                 server_pod, concat(server_namespace, '/', server_pod), server_ip)
+     OR has(server_names, {destination:String})
+     OR has(server_names, trimRight({destination:String}, '.'))
+     OR (host != '' AND {destination:String} IN (host, replaceRegexpOne(host, ':[0-9]+$', '')))
+     OR (host != '' AND startsWith(concat(trimRight({destination:String}, '.'), '.'),
+                                   concat(replaceRegexpOne(host, ':[0-9]+$', ''), '.', server_namespace, '.')))
+     OR has(resolved_ips, server_ip)
+  )
+GROUP BY source_namespace, source_workload, protocol
+ORDER BY requests + responses DESC, source_namespace, source_workload, protocol

@@ -1,0 +1,26 @@
+-- dns_failures: failed DNS lookups (NXDOMAIN, SERVFAIL, REFUSED, ...) by asking workload and name
+--
+-- Counts DNS responses with a non-zero rcode. The asking workload is the destination of a
+-- response (dst_*). Most first, at most limit rows.
+--
+-- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
+-- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
+-- param: rcode String = '' only this rcode (NXDOMAIN, SERVFAIL, ...; any case); empty for every failure
+-- param: limit UInt32 = 100 at most this many rows
+-- columns: source_namespace, source_workload, name, rcode_name, responses, first_seen, last_seen
+SELECT
+    dst_namespace AS source_namespace,
+    dst_workload AS source_workload,
+    query AS name,
+    rcode_name,
+    count() AS responses,
+    min(time) AS first_seen,
+    max(time) AS last_seen
+FROM dns_flows
+WHERE l7_type = 'RESPONSE'
+  AND rcode != 0
+  AND ({rcode:String} = '' OR rcode_name = upper({rcode:String}))
+  AND time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+GROUP BY source_namespace, source_workload, name, rcode_name
+ORDER BY responses DESC, source_namespace, source_workload, name, rcode_name
+LIMIT {limit:UInt32}

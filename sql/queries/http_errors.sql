@@ -1,0 +1,27 @@
+-- http_errors: HTTP 4xx/5xx responses by source workload, destination workload and status, over time
+--
+-- Counts responses with status >= min_status in buckets of step_seconds, aligned to multiples of
+-- step_seconds since the Unix epoch (UTC). The source (client) of a response is dst_*, the
+-- destination (server) src_*. Reads http_flows (the rollups keep only the status class).
+--
+-- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
+-- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
+-- param: step_seconds UInt32 = 3600 width of a time bucket in seconds
+-- param: min_status UInt16 = 400 lowest status counted (500 for server errors only)
+-- columns: bucket, source_namespace, source_workload, destination_namespace, destination_workload, status
+-- columns: responses
+SELECT
+    toDateTime(intDiv(toUnixTimestamp(time), greatest({step_seconds:UInt32}, 1))
+               * greatest({step_seconds:UInt32}, 1), 'UTC') AS bucket,
+    dst_namespace AS source_namespace,
+    dst_workload AS source_workload,
+    src_namespace AS destination_namespace,
+    src_workload AS destination_workload,
+    status_code AS status,
+    count() AS responses
+FROM http_flows
+WHERE l7_type = 'RESPONSE'
+  AND status_code >= {min_status:UInt16}
+  AND time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+GROUP BY bucket, source_namespace, source_workload, destination_namespace, destination_workload, status
+ORDER BY bucket, responses DESC, source_namespace, source_workload, destination_namespace, destination_workload, status

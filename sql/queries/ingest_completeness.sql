@@ -1,0 +1,58 @@
+-- ingest_completeness: per node and hour, what was stored versus lost and quarantined
+--
+-- From ingest_ledger (one row per committed batch and node; a batch counts in the hour of its
+-- oldest flow) and ingest_gaps (in the hour the gap was reported). received: L7 flows received;
+-- stored: L7 flows stored by that batch; duplicates: received but already stored; filtered: non-L7
+-- flows, not stored by design; quarantined: input written to the dead-letter file (node '' when
+-- the input named none); lost: events Hubble reported lost (lost_events gaps); interruptions:
+-- stream interruptions; node_events: Relay node status changes.
+-- complete_pct = 100 * received / (received + lost + quarantined), 100 when all three are 0.
+--
+-- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
+-- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
+-- columns: hour, node, received, stored, stored_http, stored_dns, duplicates, filtered, quarantined, lost
+-- columns: interruptions, node_events, complete_pct
+SELECT
+    hour,
+    node,
+    received,
+    stored,
+    stored_http,
+    stored_dns,
+    duplicates,
+    filtered,
+    quarantined,
+    lost,
+    interruptions,
+    node_events,
+    if(received + lost + quarantined = 0, 100, round(100 * received / (received + lost + quarantined), 2))
+        AS complete_pct
+FROM
+(
+    SELECT
+        toStartOfHour(toDateTime(time, 'UTC')) AS hour,
+        toString(node) AS node,
+        sum(received) AS received,
+        sum(stored_audit) AS stored,
+        sum(stored_http) AS stored_http,
+        sum(stored_dns) AS stored_dns,
+        sum(duplicates) AS duplicates,
+        sum(filtered) AS filtered,
+        sum(quarantined) AS quarantined
+    FROM ingest_ledger
+    WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+    GROUP BY hour, node
+) AS ledger
+FULL OUTER JOIN
+(
+    SELECT
+        toStartOfHour(toDateTime(time, 'UTC')) AS hour,
+        toString(node) AS node,
+        sumIf(count, kind = 'lost_events') AS lost,
+        countIf(kind = 'stream_interrupted') AS interruptions,
+        countIf(kind = 'node_status') AS node_events
+    FROM ingest_gaps
+    WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+    GROUP BY hour, node
+) AS gaps USING (hour, node)
+ORDER BY hour, node
