@@ -62,6 +62,11 @@ class StoreConfig:
     # The same for the 1-minute rollups, which dashboards read over long ranges.
     rollup_ttl_days: int = 0
     migrate: bool = True
+    # A ClickHouse cluster (remote_servers name): replicated shard-local tables behind
+    # Distributed tables of the usual names. Empty for a single server.
+    cluster: str = ""
+    # How rows are spread over shards: "node" keeps one Cilium node's flows together; "random".
+    sharding: str = "node"
     # A failing store is retried with exponential backoff from the first value, capped at the second.
     retry_initial_s: float = 0.2
     retry_max_s: float = 30.0
@@ -89,6 +94,9 @@ class HTTPConfig:
     headers_redact: list[str] = field(default_factory=lambda: list(SENSITIVE_HEADERS))
     strip_query: bool = False
     strip_userinfo: bool = True
+    # Naming HTTP peers outside the cluster from the DNS answers their clients got.
+    dns_cache_entries: int = 100_000
+    dns_grace_s: float = 60.0
 
 
 @dataclass
@@ -154,6 +162,14 @@ class Config:
     @property
     def store_dsn(self) -> str:
         return self.store.dsn or f"chdb://{self.state_path / 'clickhouse'}"
+
+    @property
+    def cluster(self):
+        """The store's cluster, or None for a single server."""
+        from .schema import Cluster
+        if not self.store.cluster:
+            return None
+        return Cluster(self.store.cluster, "cityHash64(node)" if self.store.sharding == "node" else "rand()")
 
     def store_password(self) -> str:
         if self.store.password:
@@ -284,6 +300,8 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
     config = _build(Config, tree)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", config.store.database):
         raise ConfigError(f"store.database: {config.store.database!r} is not a plain identifier")
+    if config.store.sharding not in ("node", "random"):
+        raise ConfigError(f"store.sharding: expected node or random, got {config.store.sharding!r}")
     if config.visibility.mode not in ("observe", "enforce"):
         raise ConfigError(f"visibility.mode: expected observe or enforce, got {config.visibility.mode!r}")
     if config.log.format not in ("plain", "json"):

@@ -20,6 +20,7 @@ from .api.flow import flow_pb2
 from .api.observer import observer_pb2
 from .api.relay import relay_pb2
 from .config import HTTPConfig
+from .dnscache import DNSCache
 from .schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, L7_AUDIT, Table
 
 L7_EVENT_TYPE = 129  # Cilium's MessageTypeAccessLog: what `hubble observe -t l7` asks for
@@ -124,6 +125,7 @@ class Decoder:
         self.redacted_headers = {h.lower() for h in http.headers_redact}
         self.strip_query = http.strip_query
         self.strip_userinfo = http.strip_userinfo
+        self.dns = DNSCache(http.dns_cache_entries, http.dns_grace_s)
 
     def decode(self, response: observer_pb2.GetFlowsResponse):
         """FlowRows, GapRow or Filtered for one response; a list of GapRow for node status."""
@@ -161,12 +163,16 @@ class Decoder:
         if record not in ("http", "dns"):
             return FlowRows(flow_id, time_ns, node, None, None, _audit_row(audit))
         values = self._common(flow, time_ns, node, flow_id, l7_type)
+        is_response = l7.type == flow_pb2.RESPONSE
         if record == "http":
             self._http(l7.http, values)
             values["latency_ns"] = l7.latency_ns
+            values["dst_dns_name"] = self._server_name(flow, is_response, time_ns)
             return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, _http_row(values), _audit_row(audit))
         dns = l7.dns
-        is_response = l7.type == flow_pb2.RESPONSE
+        if is_response and dns.ips:
+            asker = flow.destination
+            self.dns.learn(f"{asker.namespace}/{asker.pod_name}", dns.ips, dns.query, dns.ttl, time_ns)
         values.update(query=dns.query, qtypes=list(dns.qtypes), rcode=dns.rcode,
                       rcode_name=RCODE_NAMES.get(dns.rcode, f"RCODE{dns.rcode}") if is_response else "",
                       ips=list(dns.ips), ttl=dns.ttl, cnames=list(dns.cnames), rrtypes=list(dns.rrtypes),
@@ -189,6 +195,19 @@ class Decoder:
             "dst_identity": dst.identity, "dst_ip": flow.IP.destination, "dst_port": dst_port,
             "dst_labels": list(dst.labels), "dst_names": list(flow.destination_names),
         }
+
+    def _server_name(self, flow: flow_pb2.Flow, is_response: bool, time_ns: int) -> str:
+        """The DNS name of the exchange's server: Hubble's own when it has one, else, for a
+        server with no pod, the name the client pod last resolved to the server's IP."""
+        if is_response:
+            server, client, server_ip, names = flow.source, flow.destination, flow.IP.source, flow.source_names
+        else:
+            server, client, server_ip, names = flow.destination, flow.source, flow.IP.destination, flow.destination_names
+        if names:
+            return names[0]
+        if server.pod_name:
+            return ""
+        return self.dns.name_for(f"{client.namespace}/{client.pod_name}", server_ip, time_ns)
 
     def _http(self, http: flow_pb2.HTTP, values: dict) -> None:
         url = http.url

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import StoreConfig
-from .schema import ALL_TABLES, MIGRATION_NAMES, SCHEMA_MIGRATIONS, SCHEMA_VERSION, migration_sql, migration_statements
+from .schema import ALL_TABLES, Cluster, MIGRATION_NAMES, SCHEMA_MIGRATIONS, SCHEMA_VERSION, migration_sql, migration_statements
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,10 @@ def applied_version(client, database: str) -> int:
     return int(rows[0][0] or 0)
 
 
-def render(version: int, store: StoreConfig) -> list[str]:
-    """The statements of one migration for the configured database; a TTL of 0 days keeps rows forever."""
-    statements = migration_statements(version, store.database)
+def render(version: int, store: StoreConfig, cluster: Cluster | None = None) -> list[str]:
+    """The statements of one migration for the configured database (on a cluster if given);
+    a TTL of 0 days keeps rows forever."""
+    statements = migration_statements(version, store.database, cluster)
     for key in ("ttl_days", "rollup_ttl_days"):
         days = int(getattr(store, key))
         line = f"\nTTL toDateTime(time) + INTERVAL ${{{key}}} DAY"
@@ -58,17 +59,18 @@ def render(version: int, store: StoreConfig) -> list[str]:
     return statements
 
 
-def migrate(client, store: StoreConfig) -> int:
+def migrate(client, store: StoreConfig, cluster: Cluster | None = None) -> int:
     """Apply every missing migration; returns the number applied."""
     database = store.database
-    client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    on_cluster = f" ON CLUSTER `{cluster.name}`" if cluster else ""
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`{on_cluster}")
     current = applied_version(client, database)
     if current > SCHEMA_VERSION:
         raise MigrationError(f"database {database} has schema version {current}, newer than this "
                              f"flowlog knows ({SCHEMA_VERSION}); upgrade flowlog")
     applied = 0
     for version in range(current + 1, SCHEMA_VERSION + 1):
-        for statement in render(version, store):
+        for statement in render(version, store, cluster):
             client.command(statement)
         client.insert(f"`{database}`.`{SCHEMA_MIGRATIONS.name}`",
                       [[version, datetime.now(timezone.utc), MIGRATION_NAMES[version]]],

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def open_store(config: Config):
     client = connect(config)
     if config.store.migrate:
-        migrate(client, config.store)
+        migrate(client, config.store, config.cluster)
     return client
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Bumped whenever a column or table is added; migrations 1..SCHEMA_VERSION exist.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TIME = "DateTime64(9, 'UTC')"
 LC = "LowCardinality(String)"
@@ -68,15 +68,46 @@ class Table:
     def ttl_clause(self) -> str:
         return f"\nTTL toDateTime(time) + INTERVAL ${{{self.ttl_key}}} DAY" if self.ttl_key else ""
 
-    def create_sql(self, database: str, version: int) -> str:
+    def create_sql(self, database: str, version: int, cluster: Cluster | None = None) -> str:
+        """CREATE TABLE for one node, or for a cluster the shard-local replicated table."""
         body = ",\n    ".join([c.ddl() for c in self.columns_as_of(version)] + list(self.indexes))
-        # Retried inserts with the same insert_deduplication_token are stored once.
-        settings = "non_replicated_deduplication_window = 1000"
+        name, engine, settings = self.name, self.engine, []
+        if cluster is None:
+            # Retried inserts with the same insert_deduplication_token are stored once
+            # (replicated tables deduplicate by default).
+            settings.append("non_replicated_deduplication_window = 1000")
+        else:
+            name = self.local_name
+            engine = (f"Replicated{self.engine}('/clickhouse/tables/{{shard}}/{database}/{name}', '{{replica}}')")
         if self.ttl_key:
-            settings += ", ttl_only_drop_parts = 1"
-        return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}`\n(\n    {body}\n)\n"
-                f"ENGINE = {self.engine}\nPARTITION BY {self.partition_by}\nORDER BY ({self.order_by})"
-                f"{self.ttl_clause()}\nSETTINGS {settings}\nCOMMENT {_quote(self.comment)}")
+            settings.append("ttl_only_drop_parts = 1")
+        settings_clause = f"\nSETTINGS {', '.join(settings)}" if settings else ""
+        return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}`{_on(cluster)}\n(\n    {body}\n)\n"
+                f"ENGINE = {engine}\nPARTITION BY {self.partition_by}\nORDER BY ({self.order_by})"
+                f"{self.ttl_clause()}{settings_clause}\nCOMMENT {_quote(self.comment)}")
+
+    @property
+    def local_name(self) -> str:
+        return f"{self.name}_local"
+
+    def distributed_sql(self, database: str, cluster: Cluster) -> str:
+        """The table everything reads and writes in a cluster, spreading rows over the shards."""
+        key = cluster.sharding_key if "node" in self.column_names else "rand()"
+        return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}`{_on(cluster)} "
+                f"AS `{database}`.`{self.local_name}`\n"
+                f"ENGINE = Distributed(`{cluster.name}`, `{database}`, `{self.local_name}`, {key})")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A ClickHouse cluster (`remote_servers` name) and how rows are spread over its shards:
+    by node, so one Cilium node's flows stay on one shard, or at random."""
+    name: str
+    sharding_key: str = "cityHash64(node)"
+
+
+def _on(cluster: Cluster | None) -> str:
+    return f" ON CLUSTER `{cluster.name}`" if cluster else ""
 
 
 @dataclass(frozen=True)
@@ -85,12 +116,15 @@ class Rollup(Table):
     source: Table | None = None
     where: str = ""
 
-    def view_sql(self, database: str) -> str:
+    def view_sql(self, database: str, cluster: Cluster | None = None) -> str:
+        """The view; in a cluster it reads each shard's local raw table, so rollups are per shard."""
         select = ",\n    ".join(f"{c.expr} AS `{c.name}`" for c in self.columns)
         group_by = ", ".join(f"`{c.name}`" for c in self.columns if not c.is_aggregate)
         where = f"\nWHERE {self.where}" if self.where else ""
-        return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{self.name}_mv` TO `{database}`.`{self.name}`\n"
-                f"AS SELECT\n    {select}\nFROM `{database}`.`{self.source.name}`{where}\nGROUP BY {group_by}")
+        target, source = (self.local_name, self.source.local_name) if cluster else (self.name, self.source.name)
+        return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{self.name}_mv`{_on(cluster)} "
+                f"TO `{database}`.`{target}`\n"
+                f"AS SELECT\n    {select}\nFROM `{database}`.`{source}`{where}\nGROUP BY {group_by}")
 
 
 def _endpoint(side: str, what: str) -> tuple[Column, ...]:
@@ -131,6 +165,8 @@ HTTP_FLOWS = Table(
         Column("status_code", "UInt16", "ZSTD(1)", comment="0 on requests"),
         Column("latency_ns", "UInt64", "ZSTD(1)", comment="request to response, on responses; 0 on requests"),
         Column("headers", f"Map({LC}, String)", "ZSTD(1)", comment="allow-listed headers, sensitive values redacted"),
+        Column("dst_dns_name", LC, comment="DNS name of the server of the exchange (the request destination): "
+               "Hubble's, else for a server with no pod the name the client pod last resolved to its IP", since=4),
     ),
     order_by="toStartOfHour(time), dst_namespace, dst_workload, src_namespace, src_workload, time",
     id_column="flow_id",
@@ -310,21 +346,25 @@ SCHEMA_MIGRATIONS = Table(
 DATA_TABLES = (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS, INGEST_LEDGER)
 ROLLUPS = (HTTP_ROLLUP, DNS_ROLLUP)
 ALL_TABLES = DATA_TABLES + ROLLUPS + (SCHEMA_MIGRATIONS,)
-MIGRATION_NAMES = {1: "core_tables", 2: "rollups_1m", 3: "ingest_ledger"}
+MIGRATION_NAMES = {1: "core_tables", 2: "rollups_1m", 3: "ingest_ledger", 4: "http_dst_dns_name"}
 
 
-def migration_statements(version: int, database: str) -> list[str]:
-    """The statements that take the schema from version-1 to version (templated on ttl_days)."""
+def migration_statements(version: int, database: str, cluster: Cluster | None = None) -> list[str]:
+    """The statements that take the schema from version-1 to version (templated on the TTLs)."""
     statements = []
     for table in ALL_TABLES:
         if table.since == version:
-            statements.append(table.create_sql(database, version))
+            statements.append(table.create_sql(database, version, cluster))
+            if cluster is not None:
+                statements.append(table.distributed_sql(database, cluster))
             if isinstance(table, Rollup):
-                statements.append(table.view_sql(database))
+                statements.append(table.view_sql(database, cluster))
             continue
         for column in table.columns:
             if column.since == version and table.since < version:
-                statements.append(f"ALTER TABLE `{database}`.`{table.name}` ADD COLUMN IF NOT EXISTS {column.ddl()}")
+                names = [table.local_name, table.name] if cluster else [table.name]
+                statements += [f"ALTER TABLE `{database}`.`{name}`{_on(cluster)} ADD COLUMN IF NOT EXISTS "
+                               f"{column.ddl()}" for name in names]
     return statements
 
 

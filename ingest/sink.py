@@ -144,7 +144,9 @@ class Sink:
                 self.client.insert(f"`{self.database}`.`{table.name}`", rows, column_names=table.column_names,
                                    settings={"insert_deduplication_token": token,
                                              # so the rollups' views also drop a re-inserted block
-                                             "deduplicate_blocks_in_dependent_materialized_views": 1})
+                                             "deduplicate_blocks_in_dependent_materialized_views": 1,
+                                             # on a cluster, so the token reaches the shard with the rows
+                                             "distributed_foreground_insert": 1})
                 metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
 
             self._call(table, insert)

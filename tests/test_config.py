@@ -61,8 +61,8 @@ def test_config_show_cli_and_unknown_key_exit_code(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ingest", "config", "show", "--config", str(path)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("flowlog: error: unknown key store.ttl_dayz (known: database, dsn, migrate, "
-                                     "password, password_file, rollup_ttl_days, ttl_days)")
+    message = result.stderr.strip()
+    assert message.startswith("flowlog: error: unknown key store.ttl_dayz (known: ") and "ttl_days" in message
     ok = subprocess.run([sys.executable, "-m", "ingest", "config", "show", "--set", "batch.max_rows=123"],
                         capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0 and yaml.safe_load(ok.stdout)["batch"]["max_rows"] == 123

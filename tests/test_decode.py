@@ -66,3 +66,41 @@ def test_node_status_from_relay_becomes_one_gap_row_per_node():
     assert [dict(zip(INGEST_GAPS.column_names, g.row))["node"] for g in gaps] == ["a", "b"]
     assert all(isinstance(g, GapRow) and g.row[3] == "node_status" and g.row[4] == "NODE_UNAVAILABLE" for g in gaps)
     assert len({g.gap_id for g in gaps}) == 2
+
+
+def flow_response(data: dict) -> observer_pb2.GetFlowsResponse:
+    return json_format.ParseDict({"flow": {"Type": "L7", "node_name": "n1", "verdict": "FORWARDED", **data}},
+                                 observer_pb2.GetFlowsResponse())
+
+
+def at(seconds: int) -> str:
+    return f"2026-11-26T10:{seconds // 60:02d}:{seconds % 60:02d}Z"
+
+
+CHECKOUT = {"namespace": "shop", "pod_name": "checkout-5b9c7d6f8-h5j4k"}
+WORLD = {"identity": 2, "labels": ["reserved:world"]}
+
+
+def dns_answer(seconds: int, ips: list[str], ttl: int = 30) -> observer_pb2.GetFlowsResponse:
+    return flow_response({"time": at(seconds), "source": {"namespace": "kube-system", "pod_name": "coredns-x"},
+                          "destination": CHECKOUT, "l7": {"type": "RESPONSE", "dns": {
+                              "query": "api.example.com.", "ips": ips, "ttl": ttl, "rcode": 0}}})
+
+
+def test_http_to_the_world_is_named_by_the_clients_last_dns_answer_within_its_ttl():
+    decoder = Decoder()
+    decoder.decode(dns_answer(0, ["203.0.113.10", "203.0.113.11"]))
+
+    def name(seconds, ip, response=False, **extra):
+        ends = {"source": WORLD, "destination": CHECKOUT} if response else {"source": CHECKOUT, "destination": WORLD}
+        addresses = ({"source": ip, "destination": "10.0.0.5"} if response
+                     else {"source": "10.0.0.5", "destination": ip})
+        rows = decoder.decode(flow_response({"time": at(seconds), **ends, "IP": addresses, **extra, "l7": {
+            "type": "RESPONSE" if response else "REQUEST", "http": {"method": "GET", "url": f"https://{ip}/"}}}))
+        return dict(zip(HTTP_FLOWS.column_names, rows.row))["dst_dns_name"]
+
+    assert name(5, "203.0.113.11") == "api.example.com."
+    assert name(6, "203.0.113.11", response=True) == "api.example.com."  # the server is the source of a reply
+    assert name(7, "198.51.100.1") == ""  # never resolved
+    assert name(7, "203.0.113.10", destination_names=["hubble.knows.example."]) == "hubble.knows.example."
+    assert name(30 + 60 + 5, "203.0.113.10") == ""  # TTL 30 s plus 60 s grace ran out
