@@ -17,6 +17,7 @@ from . import __version__, logs
 from .config import ConfigError, dump_yaml, load
 from .queries import FORMATS as SQL_FORMATS
 from .queries import add_query_parser
+from .visibility import KubeError, add_visibility_parser, ensure_visibility, run_visibility, visibility_overrides
 
 log = logging.getLogger("flowlog")
 
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-server-name", metavar="NAME")
     run.add_argument("--metrics-address", metavar="HOST:PORT", help="Prometheus endpoint ('' to disable)")
     run.add_argument("--no-migrate", action="store_true", help="do not apply schema migrations at start")
+    run.add_argument("--ensure-visibility", action="store_true",
+                     help="apply the visibility policy (config section visibility) at start; "
+                          "needs deploy/components/visibility's RBAC")
 
     replay = commands.add_parser("replay", help="ingest `hubble observe -o jsonpb` or exporter files")
     _common(replay)
@@ -77,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=10.0, help="seconds of traffic (default 10)")
     demo.add_argument("--seed", type=int, default=1)
 
+    add_visibility_parser(commands, _common)
+
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser("show", help="print the effective config, secrets masked")
@@ -94,6 +100,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     overrides = {key: getattr(args, attr) for key, attr in flags.items() if getattr(args, attr, None) is not None}
     if getattr(args, "no_migrate", False):
         overrides["store.migrate"] = False
+    overrides.update(visibility_overrides(args))
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         from .migrate import MigrationError
         from .sources.hubble import SourceError
         from .store import StoreError, redact
-        if not isinstance(err, (StoreError, MigrationError, SourceError, ClickHouseError)):
+        if not isinstance(err, (StoreError, MigrationError, SourceError, ClickHouseError, KubeError)):
             log.exception("unexpected error")
         message = redact(str(err), config.secrets()).strip().splitlines()[0]
         print(f"flowlog: error: {message}", file=sys.stderr)
@@ -134,6 +141,12 @@ def _dispatch(args: argparse.Namespace, config) -> int:
     if args.command == "query":
         from .queries import run_query
         return run_query(args, config)
+    if args.command == "visibility":
+        from .runner import open_store
+        return run_visibility(args, config, lambda: open_store(config))
+    if args.command == "run" and args.ensure_visibility:
+        # Before the store: a missing RBAC grant or a cluster without Cilium fails fast.
+        ensure_visibility(config.visibility)
 
     from .runner import open_store
     client = open_store(config)

@@ -48,7 +48,7 @@ def configure(fmt: str = "plain", level: str = "info", secrets: list[str] | None
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Their retries and reconnects are reported by our own state-change messages.
-    for noisy in ("urllib3", "urllib3.connectionpool", "clickhouse_connect"):
+    for noisy in ("urllib3", "urllib3.connectionpool", "clickhouse_connect", "httpx2"):
         logging.getLogger(noisy).setLevel("DEBUG" if level == "debug" else "ERROR")
 
 
