@@ -10,6 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ingest ./ingest
+COPY sql ./sql
 RUN pip install . && rm -rf /src
 
 # A fixed UID, so the DaemonSet's runAsUser and the state directory's owner agree with it.
