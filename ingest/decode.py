@@ -45,10 +45,25 @@ _POD_SUFFIXES = (
     re.compile(r"^(.+)-\d+$"),                            # StatefulSet
 )
 _WORKLOAD_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:app=", "k8s:k8s-app=")
+# Identities below this are Cilium's reserved ones (host, world, health, ...), whose labels vary.
+_FIRST_ALLOCATED_IDENTITY = 256
+# Per-decoder caches of what repeats (pods, identities, URLs) are emptied when they reach this.
+_CACHE_ENTRIES = 50_000
 
-_http_row = itemgetter(*HTTP_FLOWS.column_names)
-_dns_row = itemgetter(*DNS_FLOWS.column_names)
-_audit_row = itemgetter(*L7_AUDIT.column_names)
+# The hot path builds rows as tuples, in these orders; they must be the tables' column
+# orders from schema.py, which is checked here once, at import.
+_ENDPOINT = ("namespace", "pod", "workload", "identity", "ip", "port", "labels", "names")
+_FLOW_ORDER = (("time", "node", "flow_id", "verdict", "l7_type", "traffic_direction", "is_reply")
+               + tuple(f"src_{c}" for c in _ENDPOINT) + tuple(f"dst_{c}" for c in _ENDPOINT))
+_HTTP_ORDER = _FLOW_ORDER + ("method", "url", "host", "path", "query", "protocol", "status_code", "latency_ns",
+                             "headers", "dst_dns_name")
+_DNS_ORDER = _FLOW_ORDER + ("query", "qtypes", "rcode", "rcode_name", "ips", "ttl", "cnames", "rrtypes",
+                            "observation_source", "latency_ns")
+_AUDIT_ORDER = ("time", "node", "flow_id", "type", "l7_type", "flow")
+for _table, _order in ((HTTP_FLOWS, _HTTP_ORDER), (DNS_FLOWS, _DNS_ORDER), (L7_AUDIT, _AUDIT_ORDER)):
+    if _table.column_names != _order:
+        raise ImportError(f"decode.py builds {_table.name} rows as {_order}, schema.py defines "
+                          f"{_table.column_names}")
 _gap_row = itemgetter(*INGEST_GAPS.column_names)
 
 
@@ -126,6 +141,9 @@ class Decoder:
         self.strip_query = http.strip_query
         self.strip_userinfo = http.strip_userinfo
         self.dns = DNSCache(http.dns_cache_entries, http.dns_grace_s)
+        self._endpoints: dict[tuple, tuple] = {}
+        self._identity_labels: dict[int, list[str]] = {}
+        self._urls: dict[str, tuple] = {}
 
     def decode(self, response: observer_pb2.GetFlowsResponse):
         """FlowRows, GapRow or Filtered for one response; a list of GapRow for node status."""
@@ -158,43 +176,57 @@ class Decoder:
         record = l7.WhichOneof("record")
         if record is None:
             raise DecodeError("flow.l7: the l7 record holds no http, dns or kafka part")
-        audit = {"time": time_ns, "node": node, "flow_id": flow_id, "type": record.upper(),
-                 "l7_type": l7_type, "flow": flow.SerializeToString()}
+        audit = (time_ns, node, flow_id, record.upper(), l7_type, flow.SerializeToString())
         if record not in ("http", "dns"):
-            return FlowRows(flow_id, time_ns, node, None, None, _audit_row(audit))
-        values = self._common(flow, time_ns, node, flow_id, l7_type)
+            return FlowRows(flow_id, time_ns, node, None, None, audit)
+        common = self._common(flow, time_ns, node, flow_id, l7_type)
         is_response = l7.type == flow_pb2.RESPONSE
         if record == "http":
-            self._http(l7.http, values)
-            values["latency_ns"] = l7.latency_ns
-            values["dst_dns_name"] = self._server_name(flow, is_response, time_ns)
-            return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, _http_row(values), _audit_row(audit))
+            row = common + self._http(l7.http) + (l7.latency_ns, self._headers(l7.http),
+                                                  self._server_name(flow, is_response, time_ns))
+            return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, row, audit)
         dns = l7.dns
-        if is_response and dns.ips:
+        ips = list(dns.ips)
+        if is_response and ips:
             asker = flow.destination
-            self.dns.learn(f"{asker.namespace}/{asker.pod_name}", dns.ips, dns.query, dns.ttl, time_ns)
-        values.update(query=dns.query, qtypes=list(dns.qtypes), rcode=dns.rcode,
-                      rcode_name=RCODE_NAMES.get(dns.rcode, f"RCODE{dns.rcode}") if is_response else "",
-                      ips=list(dns.ips), ttl=dns.ttl, cnames=list(dns.cnames), rrtypes=list(dns.rrtypes),
-                      observation_source=dns.observation_source, latency_ns=l7.latency_ns)
-        return FlowRows(flow_id, time_ns, node, DNS_FLOWS, _dns_row(values), _audit_row(audit))
+            self.dns.learn(f"{asker.namespace}/{asker.pod_name}", ips, dns.query, dns.ttl, time_ns)
+        rcode_name = RCODE_NAMES.get(dns.rcode, f"RCODE{dns.rcode}") if is_response else ""
+        row = common + (dns.query, list(dns.qtypes), dns.rcode, rcode_name, ips, dns.ttl, list(dns.cnames),
+                        list(dns.rrtypes), dns.observation_source, l7.latency_ns)
+        return FlowRows(flow_id, time_ns, node, DNS_FLOWS, row, audit)
 
-    @staticmethod
-    def _common(flow: flow_pb2.Flow, time_ns: int, node: str, flow_id: str, l7_type: str) -> dict:
-        src, dst = flow.source, flow.destination
+    def _common(self, flow: flow_pb2.Flow, time_ns: int, node: str, flow_id: str, l7_type: str) -> tuple:
         src_port, dst_port = _ports(flow.l4)
-        return {
-            "time": time_ns, "node": node, "flow_id": flow_id,
-            "verdict": _VERDICT.get(flow.verdict, str(flow.verdict)), "l7_type": l7_type,
-            "traffic_direction": _DIRECTION.get(flow.traffic_direction, str(flow.traffic_direction)),
-            "is_reply": flow.is_reply.value if flow.HasField("is_reply") else None,
-            "src_namespace": src.namespace, "src_pod": src.pod_name, "src_workload": workload_of(src),
-            "src_identity": src.identity, "src_ip": flow.IP.source, "src_port": src_port,
-            "src_labels": list(src.labels), "src_names": list(flow.source_names),
-            "dst_namespace": dst.namespace, "dst_pod": dst.pod_name, "dst_workload": workload_of(dst),
-            "dst_identity": dst.identity, "dst_ip": flow.IP.destination, "dst_port": dst_port,
-            "dst_labels": list(dst.labels), "dst_names": list(flow.destination_names),
-        }
+        ip = flow.IP
+        return ((time_ns, node, flow_id, _VERDICT.get(flow.verdict, str(flow.verdict)), l7_type,
+                 _DIRECTION.get(flow.traffic_direction, str(flow.traffic_direction)),
+                 flow.is_reply.value if flow.HasField("is_reply") else None)
+                + self._endpoint(flow.source) + (ip.source, src_port, self._labels(flow.source),
+                                                 list(flow.source_names))
+                + self._endpoint(flow.destination) + (ip.destination, dst_port, self._labels(flow.destination),
+                                                      list(flow.destination_names)))
+
+    def _endpoint(self, endpoint: flow_pb2.Endpoint) -> tuple:
+        """(namespace, pod, workload, identity); pods repeat, so each is worked out once."""
+        key = (endpoint.namespace, endpoint.pod_name, endpoint.identity)
+        known = self._endpoints.get(key)
+        if known is None:
+            if len(self._endpoints) >= _CACHE_ENTRIES:
+                self._endpoints.clear()
+            known = self._endpoints[key] = (key[0], key[1], workload_of(endpoint), key[2])
+        return known
+
+    def _labels(self, endpoint: flow_pb2.Endpoint) -> list[str]:
+        # The labels of a security identity are fixed, except the reserved ones (world, host, ...).
+        identity = endpoint.identity
+        if identity < _FIRST_ALLOCATED_IDENTITY:
+            return list(endpoint.labels)
+        known = self._identity_labels.get(identity)
+        if known is None:
+            if len(self._identity_labels) >= _CACHE_ENTRIES:
+                self._identity_labels.clear()
+            known = self._identity_labels[identity] = list(endpoint.labels)
+        return known
 
     def _server_name(self, flow: flow_pb2.Flow, is_response: bool, time_ns: int) -> str:
         """The DNS name of the exchange's server: Hubble's own when it has one, else, for a
@@ -209,9 +241,17 @@ class Decoder:
             return ""
         return self.dns.name_for(f"{client.namespace}/{client.pod_name}", server_ip, time_ns)
 
-    def _http(self, http: flow_pb2.HTTP, values: dict) -> None:
-        url = http.url
+    def _http(self, http: flow_pb2.HTTP) -> tuple:
+        """(method, url, host, path, query, protocol, status_code)."""
+        return (http.method,) + self._url(http.url) + (http.protocol, http.code)
+
+    def _url(self, url: str) -> tuple[str, str, str, str]:
+        """(url as stored, host, path, query); the same URLs come again and again."""
+        known = self._urls.get(url)
+        if known is not None:
+            return known
         host = path = query = ""
+        stored = url
         if url:
             try:
                 parts = urlsplit(url)
@@ -224,8 +264,14 @@ class Decoder:
                 parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
             if self.strip_query:
                 parts = parts._replace(query="")
-            url = urlunsplit(parts)
+            stored = urlunsplit(parts)
             path, query = parts.path, parts.query
+        if len(self._urls) >= _CACHE_ENTRIES:
+            self._urls.clear()
+        known = self._urls[url] = (stored, host, path, query)
+        return known
+
+    def _headers(self, http: flow_pb2.HTTP) -> dict[str, str]:
         headers: dict[str, str] = {}
         for header in http.headers:
             name = header.key.lower()
@@ -233,8 +279,7 @@ class Decoder:
                 continue
             value = "[REDACTED]" if name in self.redacted_headers else header.value
             headers[header.key] = f"{headers[header.key]}, {value}" if header.key in headers else value
-        values.update(method=http.method, url=url, host=host, path=path, query=query,
-                      protocol=http.protocol, status_code=http.code, headers=headers)
+        return headers
 
 
 def lost_events_gap(response: observer_pb2.GetFlowsResponse) -> GapRow:
