@@ -43,7 +43,9 @@ class Column:
         return self.type.startswith(("AggregateFunction", "SimpleAggregateFunction"))
 
 
-@dataclass(frozen=True)
+# eq=False: a table is its one definition, hashed by identity. Batches key rows by table
+# on the hot path, and a field-wise hash would walk every column each time.
+@dataclass(frozen=True, eq=False)
 class Table:
     name: str
     comment: str
@@ -110,7 +112,7 @@ def _on(cluster: Cluster | None) -> str:
     return f" ON CLUSTER `{cluster.name}`" if cluster else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Rollup(Table):
     """An AggregatingMergeTree table filled by a materialized view over a raw table."""
     source: Table | None = None

@@ -47,6 +47,9 @@ class Spool:
         for stale in directory.glob("*.tmp"):
             stale.unlink()  # a write that a crash interrupted; its batch was never acknowledged
         self._sizes = {p: p.stat().st_size for p in self._files()}
+        # The batch last written, kept in memory: normally it is inserted right away, and
+        # reading it back from disk would cost as much as writing it did.
+        self._last: tuple[Path, SpooledBatch] | None = None
         self._next = max((int(p.stem) for p in self._sizes), default=0) + 1
         self._publish()
 
@@ -91,22 +94,29 @@ class Spool:
         finally:
             os.close(directory)
         self._sizes[path] = len(data)
+        self._last = (path, batch)
         self._publish()
+
+    def _read(self, path: Path) -> SpooledBatch:
+        if self._last is not None and self._last[0] == path:
+            return self._last[1]
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
 
     def oldest(self) -> tuple[Path, SpooledBatch] | None:
         if not self._sizes:
             return None
         path = min(self._sizes)
-        with open(path, "rb") as handle:
-            return path, pickle.load(handle)
+        return path, self._read(path)
 
     def newest(self) -> SpooledBatch | None:
         if not self._sizes:
             return None
-        with open(max(self._sizes), "rb") as handle:
-            return pickle.load(handle)
+        return self._read(max(self._sizes))
 
     def remove(self, path: Path) -> None:
         path.unlink()
         del self._sizes[path]
+        if self._last is not None and self._last[0] == path:
+            self._last = None
         self._publish()

@@ -68,7 +68,7 @@ def test_outage_spools_then_drains_with_nothing_lost_and_memory_bounded(config, 
             rss_before = max_rss_mb()
             feed(buffer, responses, chunk=1000, pause_s=0.05).join()
             wait_for(lambda: server.service.caught_up() and ingester.source.newest_ns and
-                     ingester.pipeline.queue.empty() and ingester.checkpoint.time_ns == ingester.source.newest_ns,
+                     ingester.pipeline.idle() and ingester.checkpoint.time_ns == ingester.source.newest_ns,
                      what="everything received and spooled")
             spooled = len(ingester.spool)
             assert spooled >= 10 and ingester.spool.bytes > 1_000_000
