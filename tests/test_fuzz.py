@@ -87,3 +87,34 @@ def test_every_good_line_after_a_bad_one_is_stored(config, client, tmp_path, bad
     replay(config, client, [str(path)])
     stored = client.query(f"SELECT count() FROM `{config.store.database}`.l7_audit").result_rows[0][0]
     assert stored == len(GOOD)
+
+
+def parsed_by_json_format(data) -> bytes | str:
+    from google.protobuf import json_format
+    try:
+        return json_format.ParseDict(data, observer_pb2.GetFlowsResponse()).SerializeToString(deterministic=True)
+    except json_format.ParseError as err:
+        return f"error: {err}"
+
+
+def parsed_by_jsonpb(data) -> bytes | str:
+    from google.protobuf import json_format
+    from ingest import jsonpb
+    try:
+        return jsonpb.parse(data, observer_pb2.GetFlowsResponse).SerializeToString(deterministic=True)
+    except json_format.ParseError as err:
+        return f"error: {err}"
+
+
+def test_the_fast_json_route_builds_the_same_messages_as_json_format_on_every_fixture():
+    from .conftest import ALL_FIXTURES
+    for path in ALL_FIXTURES:
+        for line in fixture_lines(path):
+            assert parsed_by_jsonpb(line) == parsed_by_json_format(line)
+
+
+@settings(max_examples=600, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(GOOD) - 1), st.randoms(use_true_random=False), json_values)
+def test_the_fast_json_route_agrees_with_json_format_on_mutated_input(index, rng, value):
+    data = mutate(json.loads(GOOD[index]), rng, value)
+    assert parsed_by_jsonpb(json.loads(json.dumps(data))) == parsed_by_json_format(json.loads(json.dumps(data)))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import json_format
 
-from .. import metrics
+from .. import jsonpb, metrics
 from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2
 from ..deadletter import DeadLetters
@@ -65,8 +65,8 @@ def parse_line(line: bytes) -> observer_pb2.GetFlowsResponse:
         raise DecodeError(f"expected a JSON object, got {type(data).__name__}")
     try:
         if RESPONSE_KEYS & data.keys():
-            return json_format.ParseDict(data, observer_pb2.GetFlowsResponse())
-        flow = json_format.ParseDict(data, flow_pb2.Flow())
+            return jsonpb.parse(data, observer_pb2.GetFlowsResponse)
+        flow = jsonpb.parse(data, flow_pb2.Flow)
     except json_format.ParseError as err:
         raise DecodeError(str(err)) from None
     return observer_pb2.GetFlowsResponse(flow=flow, node_name=flow.node_name, time=flow.time)

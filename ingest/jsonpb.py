@@ -1,0 +1,144 @@
+"""Hubble's JSON (`hubble observe -o jsonpb`, exporter files) into our protobuf messages, fast.
+
+protobuf's `json_format.ParseDict` walks every field in Python and turns about 4,000
+flows a second into messages. Most of a flow needs no conversion at all, since the
+message constructors take nested dicts, repeated lists and enum names as they are.
+So a plan, worked out once per message type from its descriptor, names only the
+fields that do need converting: Timestamps (RFC 3339 strings), 64-bit integers (JSON
+strings), wrapper types, and the bool fields whose leniency differs. The result is
+the same message (tested field for field). Anything the plan does not cover, or any
+input it doubts, goes to `json_format.ParseDict`, which also words the errors.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
+
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+_WRAPPERS = {"google.protobuf.BoolValue": bool, "google.protobuf.Int32Value": int,
+             "google.protobuf.UInt32Value": int, "google.protobuf.Int64Value": int,
+             "google.protobuf.UInt64Value": int, "google.protobuf.StringValue": str}
+
+
+class _Doubt(Exception):
+    """The fast route is not sure; ParseDict decides."""
+
+
+def _timestamp(value) -> Timestamp:
+    if not isinstance(value, str):
+        raise _Doubt
+    stamp = Timestamp()
+    try:
+        stamp.FromJsonString(value)
+    except ValueError:
+        raise _Doubt from None
+    return stamp
+
+
+def _int64(value) -> int:
+    if isinstance(value, bool):
+        raise _Doubt
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    raise _Doubt
+
+
+def _bool(value) -> bool:
+    if not isinstance(value, bool):
+        raise _Doubt
+    return value
+
+
+def _wrapper(kind):
+    def convert(value):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise _Doubt
+        return {"value": value}
+    return convert
+
+
+def _doubt(value):
+    raise _Doubt
+
+
+_plans: dict[str, dict] = {}
+
+
+def _plan(descriptor) -> dict:
+    """field name -> (converter, repeated), for the fields of this message type that need a
+    conversion or a check the constructors do not make (they take any iterable for a
+    repeated field, any mapping for a message, and ints for bools)."""
+    plan = _plans.get(descriptor.full_name)
+    if plan is not None:
+        return plan
+    plan = _plans[descriptor.full_name] = {}
+    for field in descriptor.fields:
+        convert = _same
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            name = field.message_type.full_name
+            if name == "google.protobuf.Timestamp":
+                convert = _timestamp
+            elif name in _WRAPPERS:
+                convert = _wrapper(_WRAPPERS[name])
+            elif name.startswith("google.protobuf.") or field.message_type.GetOptions().map_entry:
+                convert = _doubt
+            else:
+                convert = _message(field.message_type)
+        elif field.type in _INT64:
+            convert = _int64
+        elif field.type == FieldDescriptor.TYPE_BOOL:
+            convert = _bool
+        elif field.type == FieldDescriptor.TYPE_ENUM:
+            convert = _enum
+        elif field.type == FieldDescriptor.TYPE_BYTES:
+            convert = _doubt
+        if convert is not _same or field.is_repeated:
+            plan[field.name] = (convert, field.is_repeated)
+    return plan
+
+
+def _same(value):
+    return value
+
+
+def _enum(value):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _Doubt
+    return value
+
+
+def _message(descriptor):
+    def convert(value):
+        if not isinstance(value, dict):
+            raise _Doubt
+        return _convert(dict(value), _plan(descriptor))
+    return convert
+
+
+def _convert(data: dict, plan: dict) -> dict:
+    for name, (convert, repeated) in plan.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        if repeated:
+            if not isinstance(value, list):
+                raise _Doubt
+            if convert is not _same:
+                data[name] = [convert(item) for item in value]
+        else:
+            data[name] = convert(value)
+    return data
+
+
+def parse(data: dict, message_class):
+    """The message `data` (proto3 JSON, already loaded) describes; raises json_format.ParseError."""
+    try:
+        converted = _convert(dict(data), _plan(message_class.DESCRIPTOR))
+        return message_class(**converted)
+    except (_Doubt, TypeError, ValueError):
+        return json_format.ParseDict(data, message_class())
