@@ -70,8 +70,9 @@ class Sink:
                 return True
             path, batch = oldest
             try:
-                if not batch.resolved:
-                    self._resolve(batch)
+                if not batch.resolved and self._resolve(batch):
+                    # Lookups may give another answer later (more rows stored by then): save
+                    # this one, so a re-insert after a crash sends exactly the same blocks.
                     spool.replace(path, batch)
                 inserted = self._insert(batch)
             except StoreUnavailable as err:
@@ -107,7 +108,10 @@ class Sink:
             metrics.INSERT_ERRORS.labels(table.name, type(err).__name__).inc()
             raise StoreUnavailable(f"{table.name}: {type(err).__name__}: {err}") from err
 
-    def _resolve(self, batch: SpooledBatch) -> None:
+    def _resolve(self, batch: SpooledBatch) -> bool:
+        """Drop rows already stored and add the ledger rows; True if the store was asked
+        (without lookups, resolving the spooled batch again gives the same rows)."""
+        looked_up = bool(batch.check_stored)
         for name, candidates in batch.check_stored.items():
             table = TABLES[name]
             rows = batch.rows.get(name, [])
@@ -122,6 +126,7 @@ class Sink:
         batch.check_stored = {}
         batch.rows[INGEST_LEDGER.name] = ledger_rows(batch)
         batch.resolved = True
+        return looked_up
 
     def stored_ids(self, table: Table, ids: set[str], min_ns: int, max_ns: int) -> set[str]:
         result = self.client.query(
