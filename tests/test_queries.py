@@ -469,11 +469,6 @@ def test_flowlog_query_list(capsys):
         queries.run_query(parser.parse_args(["query", "nope"]), None, None)
 
 
-_WIRED = any(isinstance(action, argparse._SubParsersAction) and "query" in action.choices
-             for action in cli.build_parser()._actions)
-
-
-@pytest.mark.skipif(not _WIRED, reason="`flowlog query` is not wired into ingest/cli.py yet")
 def test_flowlog_query_through_the_cli(store, capsysbinary, tmp_path):
     config, _ = store
     common = ["--store", config.store.dsn, "--database", config.store.database, "--state-dir", str(tmp_path)]
