@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 
+from .config import MetricsConfig
 from .demo_traffic import DemoTraffic
 from .observer_server import FlowBuffer, ObserverServer
 from .runner import Ingester
@@ -66,6 +67,9 @@ def run_demo(config, client, duration_s: float, seed: int) -> int:
     history_start_ns = now_ns - HISTORY_S * 1_000_000_000
     buffer = FlowBuffer(r for s in range(HISTORY_S) for r in traffic.second(history_start_ns + s * 1_000_000_000))
     stop = threading.Event()
+    if config.metrics.address == MetricsConfig().address:
+        # A demo should not fail because something (a real ingester?) holds the usual port.
+        config.metrics.address = "127.0.0.1:0"
     with ObserverServer(buffer) as server:
         config.source.address = server.address
         ingester = Ingester(config, client, stop)
@@ -75,6 +79,8 @@ def run_demo(config, client, duration_s: float, seed: int) -> int:
         runner.start()
         print(f"demo: a Hubble stand-in on {server.address} holds {len(buffer)} flows of the last "
               f"{HISTORY_S} s and streams new ones for {duration_s:g} s; storing in {config.store.database}")
+        if ingester.endpoint is not None:
+            print(f"demo: the ingester's metrics are on http://{ingester.endpoint.address}/metrics")
         try:
             stop.wait(duration_s)
         except KeyboardInterrupt:
