@@ -141,7 +141,6 @@ class Pipeline:
         self.stored: dict[str, int] = {}
         self.committed = threading.Condition()
         self.committed_ns = checkpoint.time_ns if checkpoint else 0
-        self.durable_ns = self.committed_ns
 
     def put(self, entry: Entry) -> None:
         while len(self.inbox) >= self.inbox_size:
@@ -202,7 +201,6 @@ class Pipeline:
         self.spool.append(sealed)
         if sealed.newest_ns and self.checkpoint is not None:
             self.checkpoint.advance(sealed.newest_ns, sealed.ids_at_newest)
-        self.durable_ns = max(self.durable_ns, sealed.newest_ns)
         self.sink.drain(self.spool, self._committed)
 
     def _finish_draining(self) -> None:

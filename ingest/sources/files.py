@@ -12,9 +12,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from google.protobuf import json_format
 
@@ -35,18 +34,16 @@ class ReplayCounts:
     filtered: int = 0
     gaps: int = 0
     bad_lines: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
 
 
-def _open(path: str) -> tuple[io.BufferedIOBase, int]:
-    """The file as a binary stream (gzip recognised by its magic bytes) and its size."""
+def _open(path: str) -> io.BufferedIOBase:
+    """The file as a binary stream; gzip is recognised by its magic bytes."""
     if path == "-":
-        return sys.stdin.buffer, 0
+        return sys.stdin.buffer
     raw = open(path, "rb")
-    size = os.fstat(raw.fileno()).st_size
     if raw.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw), size
-    return raw, size
+        return gzip.GzipFile(fileobj=raw)
+    return raw
 
 
 def parse_line(line: bytes) -> observer_pb2.GetFlowsResponse:
@@ -81,12 +78,9 @@ class FileSource:
         self.progress = progress
         self.counts = ReplayCounts()
 
-    def total_bytes(self) -> int:
-        return sum(os.path.getsize(p) for p in self.paths if p != "-")
-
     def run(self) -> None:
         for path in self.paths:
-            stream, _ = _open(path)
+            stream = _open(path)
             name = "<stdin>" if path == "-" else path
             try:
                 for number, line in enumerate(stream, start=1):
@@ -117,9 +111,7 @@ class FileSource:
             self.emit(Entry(decoded, True, name))
             return
         if isinstance(decoded, FlowRows):
-            kind = decoded.table.name if decoded.table is not None else "other_l7"
             self.counts.l7_flows += 1
-            self.counts.by_type[kind] = self.counts.by_type.get(kind, 0) + 1
             metrics.FLOWS_RECEIVED.labels("file", "L7").inc()
             self.emit(Entry(decoded, True, name))
             return
