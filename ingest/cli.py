@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import threading
+import time
 
 from . import __version__, logs
 from .config import ConfigError, dump_yaml, load
@@ -194,7 +195,15 @@ def _replay(args, config, client) -> int:
         import os
         total = sum(os.path.getsize(p) for p in args.files if p != "-") or None
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", file=sys.stderr)
-        progress = bar.update
+        started = time.monotonic()
+        lines = 0
+
+        def progress(size: int) -> None:
+            nonlocal lines
+            lines += 1
+            bar.update(size)
+            if lines % 2000 == 0:
+                bar.set_postfix_str(f"{lines / (time.monotonic() - started):,.0f} lines/s", refresh=False)
     try:
         summary = replay(config, client, args.files, progress)
     finally:
