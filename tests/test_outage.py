@@ -50,6 +50,14 @@ def all_committed(server, ingester) -> bool:
     return service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns
 
 
+def take_store_down(ingester, client) -> FaultyClient:
+    """The ingester's store fails from now on, until the returned client's `down` is cleared."""
+    faulty = FaultyClient(client)
+    faulty.down.set()
+    ingester.sink.client = faulty
+    return faulty
+
+
 def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -62,9 +70,7 @@ def test_outage_spools_then_drains_with_nothing_lost_and_memory_bounded(config, 
     with ObserverServer(buffer) as server:
         config.source.address = server.address
         with RunningIngester(config, client) as ingester:
-            faulty = FaultyClient(client)
-            faulty.down.set()
-            ingester.sink.client = faulty
+            faulty = take_store_down(ingester, client)
             rss_before = max_rss_mb()
             feed(buffer, responses, chunk=1000, pause_s=0.05).join()
             wait_for(lambda: server.service.caught_up() and ingester.source.newest_ns and
@@ -91,9 +97,7 @@ def test_full_spool_pauses_reading_then_the_loss_is_recorded_and_ingestion_recov
     with ObserverServer(buffer) as server:
         config.source.address = server.address
         with RunningIngester(config, client) as ingester:
-            faulty = FaultyClient(client)
-            faulty.down.set()
-            ingester.sink.client = faulty
+            faulty = take_store_down(ingester, client)
             feed(buffer, responses, chunk=200, pause_s=0.02).join()
             assert buffer.overwritten > 0
             assert ingester.spool.bytes >= 1024 * 1024  # full: the batcher stopped taking input
@@ -115,11 +119,8 @@ def test_stop_with_the_store_down_returns_within_the_bound_and_the_next_start_dr
     responses = traffic(50)
     with ObserverServer(FlowBuffer(responses)) as server:
         config.source.address = server.address
-        first = RunningIngester(config, client)
-        with first as ingester:
-            faulty = FaultyClient(client)
-            faulty.down.set()
-            ingester.sink.client = faulty
+        with RunningIngester(config, client) as ingester:
+            take_store_down(ingester, client)
             wait_for(lambda: server.service.caught_up() and len(ingester.spool) > 0 and
                      ingester.checkpoint.time_ns == ingester.source.newest_ns, what="flows spooled")
             stopping = time.monotonic()

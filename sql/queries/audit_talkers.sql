@@ -34,8 +34,9 @@ SELECT
         AS destinations
 FROM
 (
+    -- On a response Hubble swaps the endpoints: the client is dst_*, the server src_*.
     SELECT
-        'http' AS protocol,
+        protocol,
         time,
         l7_type,
         if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS source_namespace,
@@ -48,27 +49,18 @@ FROM
         if(l7_type = 'RESPONSE', src_ip, dst_ip) AS server_ip,
         if(l7_type = 'RESPONSE', src_names, dst_names) AS server_names,
         host
-    FROM http_flows
-    WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
-
-    UNION ALL
-
-    SELECT
-        'dns' AS protocol,
-        time,
-        l7_type,
-        if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS source_namespace,
-        if(l7_type = 'RESPONSE', dst_workload, src_workload) AS source_workload,
-        if(l7_type = 'RESPONSE', if(dst_pod = '', dst_ip, concat(dst_namespace, '/', dst_pod)),
-                                 if(src_pod = '', src_ip, concat(src_namespace, '/', src_pod))) AS source_endpoint,
-        if(l7_type = 'RESPONSE', src_namespace, dst_namespace) AS server_namespace,
-        if(l7_type = 'RESPONSE', src_workload, dst_workload) AS server_workload,
-        if(l7_type = 'RESPONSE', src_pod, dst_pod) AS server_pod,
-        if(l7_type = 'RESPONSE', src_ip, dst_ip) AS server_ip,
-        if(l7_type = 'RESPONSE', src_names, dst_names) AS server_names,
-        '' AS host
-    FROM dns_flows
-    WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+    FROM
+    (
+        SELECT 'http' AS protocol, time, l7_type, src_namespace, src_workload, src_pod, src_ip, src_names,
+               dst_namespace, dst_workload, dst_pod, dst_ip, dst_names, host
+        FROM http_flows
+        WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+        UNION ALL
+        SELECT 'dns' AS protocol, time, l7_type, src_namespace, src_workload, src_pod, src_ip, src_names,
+               dst_namespace, dst_workload, dst_pod, dst_ip, dst_names, '' AS host
+        FROM dns_flows
+        WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+    )
 )
 WHERE {destination:String} != ''
   AND (
