@@ -142,6 +142,19 @@ def _endpoint(side: str, what: str) -> tuple[Column, ...]:
     )
 
 
+# Client and server of an exchange: on a response Hubble swaps the endpoints, so the
+# client is the destination. Names follow Hubble's metric labels.
+_CLIENT = "if(l7_type = 'RESPONSE', dst_{0}, src_{0})"
+_SERVER = "if(l7_type = 'RESPONSE', src_{0}, dst_{0})"
+# A request and its response are sorted side by side (same server, client pod and client
+# port, then time): they repeat the URL and headers (request ids, trace ids), which then
+# compress as one. That took http_flows from 93.5 to 69 bytes a flow in bench/run.py, and
+# lets "calls to this server" read one range of the key on both flow types.
+_EXCHANGE_ORDER = ", ".join(["toStartOfHour(time)", _SERVER.format("namespace"), _SERVER.format("workload"),
+                             _CLIENT.format("namespace"), _CLIENT.format("workload"), _CLIENT.format("pod"),
+                             _CLIENT.format("port"), "time"])
+
+
 FLOW_COLUMNS = (
     Column("time", TIME, "Delta, ZSTD(1)", comment="time of the flow, UTC, nanoseconds"),
     Column("node", LC, comment="Cilium node that observed the flow"),
@@ -170,7 +183,7 @@ HTTP_FLOWS = Table(
         Column("dst_dns_name", LC, comment="DNS name of the server of the exchange (the request destination): "
                "Hubble's, else for a server with no pod the name the client pod last resolved to its IP", since=4),
     ),
-    order_by="toStartOfHour(time), dst_namespace, dst_workload, src_namespace, src_workload, time",
+    order_by=_EXCHANGE_ORDER,
     id_column="flow_id",
     indexes=("INDEX idx_flow_id flow_id TYPE bloom_filter(0.01) GRANULARITY 4",),
 )
@@ -228,10 +241,6 @@ INGEST_GAPS = Table(
     id_column="gap_id",
 )
 
-# Client and server of an exchange: on a response Hubble swaps the endpoints, so the
-# client is the destination. Names follow Hubble's metric labels.
-_CLIENT = "if(l7_type = 'RESPONSE', dst_{0}, src_{0})"
-_SERVER = "if(l7_type = 'RESPONSE', src_{0}, dst_{0})"
 _COUNT = "SimpleAggregateFunction(sum, UInt64)"
 _ROLLUP_TIME = Column("time", "DateTime('UTC')", "Delta, ZSTD(1)", comment="start of the minute",
                       expr="toStartOfMinute(time)", since=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.migrate import MigrationError, SQL_DIR, column_drift, migrate, migration_files, render
+from ingest.migrate import MigrationError, SQL_DIR, column_drift, migrate, migration_files, render, sort_key_drift
 from ingest.config import StoreConfig
 from ingest.schema import DATA_TABLES, ROLLUPS, SCHEMA_MIGRATIONS, SCHEMA_VERSION
 
@@ -42,6 +42,39 @@ def test_hand_edited_table_is_reported(config, client):
     db = config.store.database
     client.command(f"ALTER TABLE `{db}`.http_flows DROP COLUMN query")
     assert any(line.startswith("http_flows:") for line in column_drift(client, db))
+
+
+def test_a_table_sorted_by_an_older_key_is_reported_not_refused(config, client, caplog):
+    db = config.store.database
+    assert sort_key_drift(client, db) == []
+    client.command(f"CREATE TABLE `{db}`.http_old AS `{db}`.http_flows")
+    client.command(f"DROP TABLE `{db}`.http_flows")
+    client.command(f"CREATE TABLE `{db}`.http_flows AS `{db}`.http_old ENGINE = MergeTree ORDER BY (time)")
+    with caplog.at_level("WARNING", logger="ingest.migrate"):
+        assert migrate(client, config.store) == 0
+    assert "http_flows is sorted by (time); this version sorts new tables by toStartOfHour(time), if(" in caplog.text
+
+
+def test_a_request_and_its_response_are_stored_side_by_side(config, client):
+    from ingest.runner import replay
+
+    from .conftest import HTTP_348
+
+    replay(config, client, [str(HTTP_348)])
+    db = config.store.database
+    client.command(f"OPTIMIZE TABLE `{db}`.http_flows FINAL")
+    # In storage order (one part, read by one thread), the flow after a request is its
+    # response: same client port and URL.
+    pairs = client.query(f"""
+        SELECT countIf(next_type = 'RESPONSE' AND next_url = url AND next_port = src_port), count()
+        FROM (SELECT l7_type, url, src_port,
+                     leadInFrame(l7_type) OVER w AS next_type, leadInFrame(url) OVER w AS next_url,
+                     leadInFrame(dst_port) OVER w AS next_port
+              FROM `{db}`.http_flows
+              WINDOW w AS (ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING))
+        WHERE l7_type = 'REQUEST'
+        SETTINGS max_threads = 1""").result_rows[0]
+    assert pairs[1] > 100 and pairs[0] / pairs[1] > 0.9, pairs
 
 
 def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client):

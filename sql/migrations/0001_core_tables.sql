@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS `${database}`.`http_flows`
 )
 ENGINE = MergeTree
 PARTITION BY toDate(time)
-ORDER BY (toStartOfHour(time), dst_namespace, dst_workload, src_namespace, src_workload, time)
+ORDER BY (toStartOfHour(time), if(l7_type = 'RESPONSE', src_namespace, dst_namespace), if(l7_type = 'RESPONSE', src_workload, dst_workload), if(l7_type = 'RESPONSE', dst_namespace, src_namespace), if(l7_type = 'RESPONSE', dst_workload, src_workload), if(l7_type = 'RESPONSE', dst_pod, src_pod), if(l7_type = 'RESPONSE', dst_port, src_port), time)
 TTL toDateTime(time) + INTERVAL ${ttl_days} DAY
 SETTINGS non_replicated_deduplication_window = 1000, ttl_only_drop_parts = 1
 COMMENT 'One row per L7 HTTP flow (requests and responses)';
