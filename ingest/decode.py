@@ -47,6 +47,8 @@ _POD_SUFFIXES = (
 _WORKLOAD_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:app=", "k8s:k8s-app=")
 # Identities below this are Cilium's reserved ones (host, world, health, ...), whose labels vary.
 _FIRST_ALLOCATED_IDENTITY = 256
+_KEEP, _REDACT, _DROP = object(), object(), object()
+_REDACTED = "[REDACTED]"
 # Per-decoder caches of what repeats (pods, identities, URLs) are emptied when they reach this.
 _CACHE_ENTRIES = 50_000
 
@@ -144,6 +146,7 @@ class Decoder:
         self._endpoints: dict[tuple, tuple] = {}
         self._identity_labels: dict[int, list[str]] = {}
         self._urls: dict[str, tuple] = {}
+        self._header_policies: dict[str, object] = {}
 
     def decode(self, response: observer_pb2.GetFlowsResponse):
         """FlowRows, GapRow or Filtered for one response; a list of GapRow for node status."""
@@ -250,6 +253,13 @@ class Decoder:
         known = self._urls.get(url)
         if known is not None:
             return known
+        head, question, query = url.partition("?")
+        # Query strings vary (ids, tokens) where the part before them repeats: split that
+        # part once and append the query, as urlunsplit would. Only for URLs urlsplit takes
+        # verbatim: no fragment, no characters it strips.
+        if question and query and not self.strip_query and "#" not in url and url.isprintable() and url[0] > " ":
+            stored, host, path, _ = self._url(head)
+            return f"{stored}?{query}", host, path, query
         host = path = query = ""
         stored = url
         if url:
@@ -273,13 +283,29 @@ class Decoder:
 
     def _headers(self, http: flow_pb2.HTTP) -> dict[str, str]:
         headers: dict[str, str] = {}
+        policies = self._header_policies
         for header in http.headers:
-            name = header.key.lower()
-            if not self.keep_all_headers and name not in self.allowed_headers:
+            key = header.key
+            policy = policies.get(key)
+            if policy is None:
+                policy = self._header_policy(key)
+            if policy is _DROP:
                 continue
-            value = "[REDACTED]" if name in self.redacted_headers else header.value
-            headers[header.key] = f"{headers[header.key]}, {value}" if header.key in headers else value
+            value = header.value if policy is _KEEP else _REDACTED
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         return headers
+
+    def _header_policy(self, key: str) -> object:
+        """Keep, redact or drop a header name; worked out once per name as sent."""
+        name = key.lower()
+        if not self.keep_all_headers and name not in self.allowed_headers:
+            policy = _DROP
+        else:
+            policy = _REDACT if name in self.redacted_headers else _KEEP
+        if len(self._header_policies) >= _CACHE_ENTRIES:
+            self._header_policies.clear()
+        self._header_policies[key] = policy
+        return policy
 
 
 def lost_events_gap(response: observer_pb2.GetFlowsResponse) -> GapRow:

@@ -118,3 +118,35 @@ def test_the_fast_json_route_builds_the_same_messages_as_json_format_on_every_fi
 def test_the_fast_json_route_agrees_with_json_format_on_mutated_input(index, rng, value):
     data = mutate(json.loads(GOOD[index]), rng, value)
     assert parsed_by_jsonpb(json.loads(json.dumps(data))) == parsed_by_json_format(json.loads(json.dumps(data)))
+
+
+url_parts = st.text(alphabet="ab:/?#@%.[]0 \t", max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["http://", "https://u:p@", "", "//"]), url_parts, url_parts, st.booleans())
+def test_url_split_matches_urlsplit(scheme, host_and_path, query, strip_userinfo):
+    """The decoder splits a URL's head once and appends varying query strings; the result
+    is what urlsplit/urlunsplit give for the whole URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from ingest.config import HTTPConfig
+
+    url = f"{scheme}{host_and_path}?{query}"
+    fast = Decoder(HTTPConfig(strip_userinfo=strip_userinfo))
+    try:
+        fast._url(url.partition("?")[0])  # the head is known, as after its first flow
+    except DecodeError:
+        pass
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        try:
+            fast._url(url)
+        except DecodeError:
+            return
+        raise AssertionError(f"{url!r}: urlsplit refuses it, the decoder took it")
+    if strip_userinfo and "@" in parts.netloc:
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    assert fast._url(url) == (urlunsplit(parts), host, parts.path, parts.query), url
