@@ -8,14 +8,16 @@ and the buffer that rides out a store outage. When it is full the batcher stops
 taking input: backpressure reaches Hubble instead of memory growing.
 
 Files are `<sequence>.batch`, replayed in sequence order, oldest first. The content
-is our own pickled `SpooledBatch`, written and read only by this process's code.
+is a `SpooledBatch`'s fields in `marshal` format (rows are tuples of str, int, bytes,
+lists and dicts, which marshal writes 2.5 times as fast as pickle: 7.7 against 3.1 µs
+a flow), after a header naming the format.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
-import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import metrics
@@ -37,6 +39,14 @@ class SpooledBatch:
     created_ns: int = 0
     # Set once the lookups are done and `rows` hold exactly what must be inserted.
     resolved: bool = False
+
+
+_FIELDS = fields(SpooledBatch)
+_HEADER = f"flowlog-spool marshal {marshal.version}\n".encode()
+
+
+class SpoolError(RuntimeError):
+    pass
 
 
 class Spool:
@@ -81,7 +91,7 @@ class Spool:
         self._write(path, batch)
 
     def _write(self, path: Path, batch: SpooledBatch) -> None:
-        data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+        data = _HEADER + marshal.dumps(tuple(getattr(batch, f.name) for f in _FIELDS))
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -100,8 +110,13 @@ class Spool:
     def _read(self, path: Path) -> SpooledBatch:
         if self._last is not None and self._last[0] == path:
             return self._last[1]
-        with open(path, "rb") as handle:
-            return pickle.load(handle)
+        data = path.read_bytes()
+        if not data.startswith(_HEADER):
+            raise SpoolError(f"{path}: not a flowlog spool file of this version (header {data[:len(_HEADER)]!r})")
+        try:
+            return SpooledBatch(*marshal.loads(memoryview(data)[len(_HEADER):]))
+        except (EOFError, ValueError, TypeError) as err:
+            raise SpoolError(f"{path}: unreadable spool file: {err}") from None
 
     def oldest(self) -> tuple[Path, SpooledBatch] | None:
         if not self._sizes:
