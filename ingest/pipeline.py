@@ -173,8 +173,8 @@ class Pipeline:
                 return
             if entry is not None:
                 if batch.size and entry.source != batch.source:
-                    self._flush(batch)
-                    batch, deadline = Batch(), None
+                    flushed_at = self._flush(batch)
+                    batch, deadline = Batch(), flushed_at + self.max_delay_s
                 if deadline is None:
                     deadline = time.monotonic() + self.max_delay_s
                 batch.add(entry)
@@ -182,12 +182,16 @@ class Pipeline:
                     continue  # the clock is read once per 1024 entries while input keeps coming
             if batch.size >= self.max_rows or (deadline is not None and time.monotonic() >= deadline):
                 metrics.QUEUE_DEPTH.set(len(self.inbox))
-                self._flush(batch)
-                batch, deadline = Batch(), None
+                flushed_at = self._flush(batch)
+                # What arrived during the flush has waited since it began: its batch closes
+                # max_delay after that, not max_delay after the flush ends.
+                batch, deadline = Batch(), (flushed_at + self.max_delay_s if self.inbox else None)
 
-    def _flush(self, batch: Batch) -> None:
+    def _flush(self, batch: Batch) -> float:
+        """Spools and stores the batch; returns when it began (time.monotonic())."""
+        began = time.monotonic()
         if not batch.size:
-            return
+            return began
         while not self.spool.has_room():
             # Backpressure: no more input until the store takes some of the spool.
             if self.sink.drain(self.spool, self._committed):
@@ -195,13 +199,14 @@ class Pipeline:
             if self.stop.is_set():
                 log.warning("stopping with the spool full and the store failing: %d items not made durable; "
                             "they are read from Hubble again after the restart", batch.size)
-                return
+                return began
             time.sleep(0.05)
         sealed = batch.seal()
         self.spool.append(sealed)
         if sealed.newest_ns and self.checkpoint is not None:
             self.checkpoint.advance(sealed.newest_ns, sealed.ids_at_newest)
         self.sink.drain(self.spool, self._committed)
+        return began
 
     def _finish_draining(self) -> None:
         started = time.monotonic()

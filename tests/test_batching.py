@@ -1,0 +1,59 @@
+"""When a batch closes: at batch.max_rows, or batch.max_delay_ms after its oldest flow
+arrived, counting the time that flow waited while the previous batch was being stored."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from google.protobuf import json_format
+
+from ingest.api.observer import observer_pb2
+from ingest.config import BatchConfig
+from ingest.decode import Decoder
+from ingest.pipeline import END, Entry, Pipeline
+from ingest.sink import Sink
+from ingest.spool import Spool
+
+from .conftest import HTTP_348, fixture_lines
+
+
+class SlowFirstInsert:
+    """The real client, whose first insert takes `delay_s` longer: a store that is slow once."""
+
+    def __init__(self, client, delay_s: float):
+        self._client = client
+        self._delay_s = delay_s
+        self.inserts = 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def insert(self, *args, **kwargs):
+        self.inserts += 1
+        if self.inserts == 1:
+            time.sleep(self._delay_s)
+        return self._client.insert(*args, **kwargs)
+
+
+def test_flows_that_arrive_during_a_slow_insert_wait_at_most_max_delay_in_all(config, client, tmp_path):
+    decoder = Decoder()
+    flows = [decoder.decode(json_format.ParseDict(line, observer_pb2.GetFlowsResponse(), ignore_unknown_fields=True))
+             for line in fixture_lines(HTTP_348)[:2]]
+    commits: list[float] = []
+    sink = Sink(SlowFirstInsert(client, delay_s=1.5), config.store.database)
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool", 1 << 30), BatchConfig(max_rows=1000, max_delay_ms=1000),
+                        on_commit=lambda table, rows: commits.append(time.monotonic()) if table == "l7_audit" else None)
+    batcher = threading.Thread(target=pipeline.run)
+    batcher.start()
+    pipeline.put(Entry(flows[0], False, "test"))
+    while sink.client.inserts == 0:  # the first batch closed after 1 s and is being inserted
+        time.sleep(0.01)
+    pipeline.put(Entry(flows[1], False, "test"))
+    while len(commits) < 2:
+        time.sleep(0.01)
+    pipeline.finish()
+    batcher.join()
+    # The second flow waited out the 1.5 s insert, longer than max_delay: its batch closes
+    # as soon as the first is stored, not max_delay (1 s) later.
+    assert commits[1] - commits[0] < 0.6, commits
