@@ -68,6 +68,9 @@ class Ingester:
     def rss_mb(self) -> float:
         return procstat.rss_mb(self.pid)
 
+    def anon_rss_mb(self) -> float:
+        return procstat.rss_mb(self.pid, key="RssAnon")
+
     def scrape(self) -> dict[str, float]:
         return procstat.scrape(self.metrics, (ROWS, NEWEST, LAST_INSERT))
 

@@ -111,13 +111,14 @@ def end_to_end(files: FlowFiles, workdir: Path, overrides: list[str], poll_s: fl
         first_commit = None
         rows = 0
         progress_at = time.monotonic()
-        rss_max_sampled = 0.0
+        rss_max_sampled = anon_max_sampled = 0.0
         while True:
             time.sleep(poll_s)
             ingester.check_alive()
             samples = ingester.scrape()
             now = time.time()
             rss_max_sampled = max(rss_max_sampled, ingester.rss_mb())
+            anon_max_sampled = max(anon_max_sampled, ingester.anon_rss_mb())
             current = ingester.rows(samples, "l7_audit")
             if current and first_commit is None:
                 first_commit = samples.get(LAST_INSERT) or now
@@ -150,7 +151,7 @@ def end_to_end(files: FlowFiles, workdir: Path, overrides: list[str], poll_s: fl
         "cpu_s": round(cpu, 2), "cpu_s_per_1000_flows": round(1000 * cpu / files.flows, 4),
         "cores_busy": round(cpu / seconds, 2), "loadgen_cpu_s": round(lg_cpu, 2),
         "peak_rss_mb": round(peak_rss, 1), "rss_at_start_mb": round(rss_at_start, 1),
-        "rss_max_sampled_mb": round(rss_max_sampled, 1),
+        "rss_max_sampled_mb": round(rss_max_sampled, 1), "anon_rss_max_sampled_mb": round(anon_max_sampled, 1),
         "rows": {t: ingester.rows(samples, t) for t in ("http_flows", "dns_flows", "l7_audit", "ingest_gaps")},
         "exit_code": exit_code, "shutdown_s": ingester.shutdown_s, "store": str(ingester.store),
         "log": str(ingester.log_path), "command": " ".join(ingester.command),

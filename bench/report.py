@@ -16,6 +16,7 @@ ROWS = (
     ("e2e.cpu_s_per_1000_flows", "  CPU seconds per 1,000 flows", "{:.3f} s", "", None),
     ("e2e.cores_busy", "  cores busy (ingester incl. embedded ClickHouse)", "{:.2f}", "", None),
     ("e2e.peak_rss_mb", "  peak RSS of the ingester (VmHWM)", "{:,.0f} MB", "<= 200 MB", lambda v: v <= 200),
+    ("e2e.anon_rss_max_sampled_mb", "    its own memory (RssAnon, highest sample)", "{:,.0f} MB", "", None),
     ("lag.p50_s", "ingest lag p50 at the fixed load", "{:.2f} s", "", None),
     ("lag.loadgen_max_behind_ms", "  sender held back by flow control, at most", "{:,.0f} ms", "", None),
     ("lag.p99_s", "ingest lag p99 at the fixed load", "{:.2f} s", "<= 2 s", lambda v: v <= 2),
