@@ -57,3 +57,59 @@ def test_flows_that_arrive_during_a_slow_insert_wait_at_most_max_delay_in_all(co
     # The second flow waited out the 1.5 s insert, longer than max_delay: its batch closes
     # as soon as the first is stored, not max_delay (1 s) later.
     assert commits[1] - commits[0] < 0.6, commits
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+
+
+def test_the_cycle_collector_runs_between_batches_instead_of_on_allocation_counts(config, client, tmp_path):
+    import gc
+    import weakref
+
+    decoder = Decoder()
+    flows = [decoder.decode(json_format.ParseDict(line, observer_pb2.GetFlowsResponse(), ignore_unknown_fields=True))
+             for line in fixture_lines(HTTP_348)[:2]]
+    garbage_of_batch: list[weakref.ref] = []
+    collector_enabled: list[bool] = []
+
+    def committed(table, rows):
+        if table != "l7_audit":
+            return
+        collector_enabled.append(gc.isenabled())
+        garbage = _Cycle()  # unreachable once this returns; only the cycle collector frees it
+        garbage_of_batch.append(weakref.ref(garbage))
+
+    pipeline = Pipeline(Sink(client, config.store.database), Spool(tmp_path / "spool", 1 << 30),
+                        BatchConfig(max_rows=1, max_delay_ms=1000), on_commit=committed)
+    batcher = threading.Thread(target=pipeline.run)
+    batcher.start()
+    for flow in flows:  # batches of one row each
+        pipeline.put(Entry(flow, False, "test"))
+    pipeline.finish()
+    batcher.join()
+    assert collector_enabled == [False, False]  # not started by allocation counts while running
+    assert garbage_of_batch[0]() is None  # but run once the first batch was stored
+    assert gc.isenabled()  # and handed back as it was found
+
+
+def test_the_cycle_collector_also_runs_on_its_timer_when_no_flows_come(config, client, tmp_path, monkeypatch):
+    import weakref
+
+    from ingest import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "_GC_INTERVAL_S", 0.2)
+    pipeline = Pipeline(Sink(client, config.store.database), Spool(tmp_path / "spool", 1 << 30), BatchConfig())
+    batcher = threading.Thread(target=pipeline.run)
+    batcher.start()
+    time.sleep(0.05)  # running, collector off, no flows
+    garbage = _Cycle()  # as a failed reconnect leaves behind: an exception and its traceback
+    collected = weakref.ref(garbage)
+    del garbage
+    deadline = time.monotonic() + 5
+    while collected() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pipeline.finish()
+    batcher.join()
+    assert collected() is None
