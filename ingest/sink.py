@@ -146,12 +146,19 @@ class Sink:
 
             def insert():
                 started = time.perf_counter()
-                self.client.insert(f"`{self.database}`.`{table.name}`", rows, column_names=table.column_names,
-                                   settings={"insert_deduplication_token": token,
-                                             # so the rollups' views also drop a re-inserted block
-                                             "deduplicate_blocks_in_dependent_materialized_views": 1,
-                                             # on a cluster, so the token reaches the shard with the rows
-                                             "distributed_foreground_insert": 1})
+                # clickhouse-connect's insert context keeps the list it is given in a reference
+                # cycle; emptied afterwards, the rows are freed as soon as the batch is done
+                # with, not when the cycle collector next runs.
+                sent = list(rows)
+                try:
+                    self.client.insert(f"`{self.database}`.`{table.name}`", sent, column_names=table.column_names,
+                                       settings={"insert_deduplication_token": token,
+                                                 # so the rollups' views also drop a re-inserted block
+                                                 "deduplicate_blocks_in_dependent_materialized_views": 1,
+                                                 # on a cluster, so the token reaches the shard with the rows
+                                                 "distributed_foreground_insert": 1})
+                finally:
+                    sent.clear()
                 metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
 
             self._call(table, insert)
