@@ -91,9 +91,10 @@ class Spool:
         self._write(path, batch)
 
     def _write(self, path: Path, batch: SpooledBatch) -> None:
-        data = _HEADER + marshal.dumps(tuple(getattr(batch, f.name) for f in _FIELDS))
+        data = marshal.dumps(tuple(getattr(batch, f.name) for f in _FIELDS))
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
+            handle.write(_HEADER)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -103,7 +104,7 @@ class Spool:
             os.fsync(directory)
         finally:
             os.close(directory)
-        self._sizes[path] = len(data)
+        self._sizes[path] = len(_HEADER) + len(data)
         self._last = (path, batch)
         self._publish()
 
