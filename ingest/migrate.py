@@ -80,7 +80,7 @@ def migrate(client, store: StoreConfig, cluster: Cluster | None = None) -> int:
     drift = column_drift(client, database)
     if drift:
         raise MigrationError("the tables differ from the schema definition: " + "; ".join(drift))
-    for line in sort_key_drift(client, database):
+    for line in sort_key_drift(client, database, cluster):
         log.warning("%s", line)
     return applied
 
@@ -100,14 +100,19 @@ def column_drift(client, database: str) -> list[str]:
     return drift
 
 
-def sort_key_drift(client, database: str) -> list[str]:
+def sort_key_drift(client, database: str, cluster: Cluster | None = None) -> list[str]:
     """Tables sorted otherwise than the definitions say. Not an error: a store created by an
-    older build keeps its key (ClickHouse cannot change it in place); rows are the same."""
+    older build keeps its key (ClickHouse cannot change it in place); rows are the same.
+    On a cluster the rows, and so the key, are in the shard-local tables."""
     rows = client.query("SELECT name, sorting_key FROM system.tables WHERE database = {db:String}",
                         parameters={"db": database}).result_rows
     actual = dict(rows)
-    # A one-column key comes back in parentheses.
-    return [f"{table.name} is sorted by {actual[table.name]}; this version sorts new tables by {table.order_by}, "
-            "which stores them smaller: copy the rows into a table created by `flowlog migrate --print` to use it"
-            for table in ALL_TABLES
-            if table.name in actual and actual[table.name] not in (table.order_by, f"({table.order_by})")]
+    drift = []
+    for table in ALL_TABLES:
+        name = table.local_name if cluster else table.name
+        # A one-column key comes back in parentheses.
+        if name in actual and actual[name] not in (table.order_by, f"({table.order_by})"):
+            drift.append(f"{name} is sorted by {actual[name]}; this version sorts new tables by {table.order_by}, "
+                         "which stores them smaller: copy the rows into a table created by `flowlog migrate "
+                         "--print` to use it")
+    return drift

@@ -2,10 +2,11 @@
 
 A source thread puts `Entry`s in a bounded inbox (a full inbox blocks the source:
 backpressure, never a drop in memory). The batching loop closes a batch at
-`batch.max_rows` rows, `batch.max_delay_ms` after its first row, or when the source
-changes; drops ids repeated within it; writes it to the spool; advances the source's
-checkpoint (the batch is durable now); and has the sink drain the spool into the
-store. When the spool is full the loop waits for the store before taking more input.
+`batch.max_rows` rows, once its oldest flow has waited `batch.max_delay_ms` and no more
+are waiting (a backlog goes out in full batches, not in many small ones), or when the
+source changes; drops ids repeated within it; writes it to the spool; advances the
+source's checkpoint (the batch is durable now); and has the sink drain the spool into
+the store. When the spool is full the loop waits for the store before taking more input.
 """
 
 from __future__ import annotations
@@ -53,9 +54,34 @@ END = object()  # put in the inbox by a source that has no more input
 _POLL_S = 0.002
 # Rows hold no reference cycles, so reference counting frees them. Python's cycle
 # collector, started by allocation counts, kept re-scanning the hundreds of thousands of
-# row objects waiting in the inbox and batches; while the pipeline runs it is started on
+# row objects waiting in the inbox and batches; while a pipeline runs it is started on
 # this timer instead (a pass over 900k objects takes about 150 ms), between batches.
 _GC_INTERVAL_S = 30.0
+
+
+class _CollectorPause:
+    """Keeps the automatic cycle collector off while any pipeline in the process runs."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running = 0
+        self._was_enabled = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if not self._running:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._running += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._running -= 1
+            if not self._running and self._was_enabled:
+                gc.enable()
+
+
+_COLLECTOR_PAUSE = _CollectorPause()
 
 
 @dataclass
@@ -147,6 +173,7 @@ class Pipeline:
         self.stored: dict[str, int] = {}
         self.committed = threading.Condition()
         self.committed_ns = checkpoint.time_ns if checkpoint else 0
+        self._next_collection = 0.0
 
     def put(self, entry: Entry) -> None:
         while len(self.inbox) >= self.inbox_size:
@@ -161,19 +188,19 @@ class Pipeline:
         return not self.inbox
 
     def run(self) -> None:
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with _COLLECTOR_PAUSE:
+            self._next_collection = time.monotonic() + _GC_INTERVAL_S
             self._run()
-        finally:
-            if collecting:
-                gc.enable()
+
+    def _collect_when_due(self) -> None:
+        if time.monotonic() >= self._next_collection:
+            gc.collect()
+            self._next_collection = time.monotonic() + _GC_INTERVAL_S
 
     def _run(self) -> None:
         self.sink.drain(self.spool, self._committed, force=True)  # what a previous run left
         batch = Batch()
         deadline = None
-        next_gc = time.monotonic() + _GC_INTERVAL_S
         while True:
             try:
                 entry = self.inbox.popleft()
@@ -183,9 +210,7 @@ class Pipeline:
                 if len(self.spool):
                     self.sink.drain(self.spool, self._committed)
                 time.sleep(_POLL_S)
-                if time.monotonic() >= next_gc:  # no flows for a while, but reconnects and scrapes go on
-                    gc.collect()
-                    next_gc = time.monotonic() + _GC_INTERVAL_S
+                self._collect_when_due()  # no flows for a while, but reconnects and scrapes go on
             if entry is END:
                 self._flush(batch)
                 self._finish_draining()
@@ -197,17 +222,16 @@ class Pipeline:
                 if deadline is None:
                     deadline = time.monotonic() + self.max_delay_s
                 batch.add(entry)
-                if batch.size < self.max_rows and batch.size % 1024:
-                    continue  # the clock is read once per 1024 entries while input keeps coming
+                if batch.size < self.max_rows:
+                    continue  # more may be waiting: a batch past its deadline still takes them
+            # Reached when the batch is full or the inbox was found empty (before the poll's sleep).
             if batch.size >= self.max_rows or (deadline is not None and time.monotonic() >= deadline):
                 metrics.QUEUE_DEPTH.set(len(self.inbox))
                 flushed_at = self._flush(batch)
                 # What arrived during the flush has waited since it began: its batch closes
                 # max_delay after that, not max_delay after the flush ends.
                 batch, deadline = Batch(), (flushed_at + self.max_delay_s if self.inbox else None)
-                if flushed_at >= next_gc:
-                    gc.collect()
-                    next_gc = time.monotonic() + _GC_INTERVAL_S
+                self._collect_when_due()
 
     def _flush(self, batch: Batch) -> float:
         """Spools and stores the batch; returns when it began (time.monotonic())."""
@@ -223,6 +247,7 @@ class Pipeline:
                             "they are read from Hubble again after the restart", batch.size)
                 return began
             time.sleep(0.05)
+            self._collect_when_due()
         sealed = batch.seal()
         self.spool.append(sealed)
         if sealed.newest_ns and self.checkpoint is not None:
@@ -238,6 +263,7 @@ class Pipeline:
                             len(self.spool))
                 return
             time.sleep(0.05)
+            self._collect_when_due()
 
     def _committed(self, batch: SpooledBatch, inserted: dict[str, list[tuple]]) -> None:
         for table, rows in inserted.items():

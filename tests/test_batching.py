@@ -1,21 +1,50 @@
-"""When a batch closes: at batch.max_rows, or batch.max_delay_ms after its oldest flow
-arrived, counting the time that flow waited while the previous batch was being stored."""
+"""When a batch closes, and what the batching loop does to memory: at batch.max_rows, or
+once its oldest flow has waited batch.max_delay_ms (counting the wait behind the
+previous insert) and nothing more is waiting; the cycle collector on a timer."""
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
+import weakref
 
 from google.protobuf import json_format
 
+from ingest import pipeline as pipeline_module
 from ingest.api.observer import observer_pb2
 from ingest.config import BatchConfig
 from ingest.decode import Decoder
-from ingest.pipeline import END, Entry, Pipeline
+from ingest.pipeline import Entry, Pipeline
+from ingest.schema import L7_AUDIT
 from ingest.sink import Sink
-from ingest.spool import Spool
+from ingest.spool import Spool, SpooledBatch
 
 from .conftest import HTTP_348, fixture_lines
+
+WAIT_S = 60  # a stuck batcher fails the test instead of hanging the run
+
+
+def _flows(count: int) -> list:
+    """Decoded HTTP flows, each with its own id."""
+    decoder = Decoder()
+    template = json_format.ParseDict(fixture_lines(HTTP_348)[0], observer_pb2.GetFlowsResponse(),
+                                     ignore_unknown_fields=True)
+    flows = []
+    for index in range(count):
+        response = observer_pb2.GetFlowsResponse()
+        response.CopyFrom(template)
+        response.flow.uuid = f"00000000-0000-4000-8000-{index:012d}"
+        flows.append(decoder.decode(response))
+    return flows
+
+
+def _wait(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 class SlowFirstInsert:
@@ -36,27 +65,48 @@ class SlowFirstInsert:
         return self._client.insert(*args, **kwargs)
 
 
+def _pipeline_behind_a_slow_insert(config, client, tmp_path, max_rows: int):
+    """A pipeline (max_delay 2 s) whose first insert takes 4 s, and the stored l7_audit
+    batches as (commit time, rows)."""
+    commits: list[tuple[float, int]] = []
+    sink = Sink(SlowFirstInsert(client, delay_s=4.0), config.store.database)
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool", 1 << 30), BatchConfig(max_rows=max_rows, max_delay_ms=2000),
+                        on_commit=lambda table, rows: commits.append((time.monotonic(), len(rows)))
+                        if table == L7_AUDIT.name else None)
+    return pipeline, sink, commits
+
+
 def test_flows_that_arrive_during_a_slow_insert_wait_at_most_max_delay_in_all(config, client, tmp_path):
-    decoder = Decoder()
-    flows = [decoder.decode(json_format.ParseDict(line, observer_pb2.GetFlowsResponse(), ignore_unknown_fields=True))
-             for line in fixture_lines(HTTP_348)[:2]]
-    commits: list[float] = []
-    sink = Sink(SlowFirstInsert(client, delay_s=1.5), config.store.database)
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool", 1 << 30), BatchConfig(max_rows=1000, max_delay_ms=1000),
-                        on_commit=lambda table, rows: commits.append(time.monotonic()) if table == "l7_audit" else None)
+    first, second = _flows(2)
+    pipeline, sink, commits = _pipeline_behind_a_slow_insert(config, client, tmp_path, max_rows=1000)
     batcher = threading.Thread(target=pipeline.run)
     batcher.start()
-    pipeline.put(Entry(flows[0], False, "test"))
-    while sink.client.inserts == 0:  # the first batch closed after 1 s and is being inserted
-        time.sleep(0.01)
-    pipeline.put(Entry(flows[1], False, "test"))
-    while len(commits) < 2:
-        time.sleep(0.01)
+    pipeline.put(Entry(first, False, "test"))
+    _wait(lambda: sink.client.inserts, "the first batch to close (after 2 s) and its insert to begin")
+    pipeline.put(Entry(second, False, "test"))
+    _wait(lambda: len(commits) == 2, "the second batch")
     pipeline.finish()
-    batcher.join()
-    # The second flow waited out the 1.5 s insert, longer than max_delay: its batch closes
-    # as soon as the first is stored, not max_delay (1 s) later.
-    assert commits[1] - commits[0] < 0.6, commits
+    batcher.join(WAIT_S)
+    # The second flow waited out the 4 s insert, longer than max_delay: its batch closes as
+    # soon as the first is stored, not max_delay (2 s) later.
+    assert commits[1][0] - commits[0][0] < 1.0, commits
+
+
+def test_a_backlog_goes_out_in_full_batches(config, client, tmp_path):
+    """Flows that queued behind a slow insert are past max_delay when it ends; they still
+    go out max_rows at a time, not as many small batches."""
+    first, *backlog = _flows(1 + 3000)
+    pipeline, sink, commits = _pipeline_behind_a_slow_insert(config, client, tmp_path, max_rows=20_000)
+    batcher = threading.Thread(target=pipeline.run)
+    batcher.start()
+    pipeline.put(Entry(first, False, "test"))
+    _wait(lambda: sink.client.inserts, "the first insert to begin")
+    for flow in backlog:
+        pipeline.put(Entry(flow, False, "test"))
+    _wait(lambda: len(commits) == 2, "the backlog's batch")
+    pipeline.finish()
+    batcher.join(WAIT_S)
+    assert [rows for _, rows in commits] == [1, 3000]
 
 
 class _Cycle:
@@ -66,21 +116,12 @@ class _Cycle:
 
 def test_the_cycle_collector_runs_between_batches_instead_of_on_allocation_counts(config, client, tmp_path,
                                                                                    monkeypatch):
-    import gc
-    import weakref
-
-    from ingest import pipeline as pipeline_module
-
     monkeypatch.setattr(pipeline_module, "_GC_INTERVAL_S", 0.0)  # due after every batch
-
-    decoder = Decoder()
-    flows = [decoder.decode(json_format.ParseDict(line, observer_pb2.GetFlowsResponse(), ignore_unknown_fields=True))
-             for line in fixture_lines(HTTP_348)[:2]]
     garbage_of_batch: list[weakref.ref] = []
     collector_enabled: list[bool] = []
 
     def committed(table, rows):
-        if table != "l7_audit":
+        if table != L7_AUDIT.name:
             return
         collector_enabled.append(gc.isenabled())
         garbage = _Cycle()  # unreachable once this returns; only the cycle collector frees it
@@ -88,59 +129,59 @@ def test_the_cycle_collector_runs_between_batches_instead_of_on_allocation_count
 
     pipeline = Pipeline(Sink(client, config.store.database), Spool(tmp_path / "spool", 1 << 30),
                         BatchConfig(max_rows=1, max_delay_ms=1000), on_commit=committed)
-    batcher = threading.Thread(target=pipeline.run)
-    batcher.start()
-    for flow in flows:  # batches of one row each
+    # All input waits before the loop starts, so it never idles between the two batches
+    # (the idle wait has its own turn of the timer).
+    for flow in _flows(2):
         pipeline.put(Entry(flow, False, "test"))
     pipeline.finish()
-    batcher.join()
+    pipeline.run()
     assert collector_enabled == [False, False]  # not started by allocation counts while running
     assert garbage_of_batch[0]() is None  # but run once the first batch was stored
     assert gc.isenabled()  # and handed back as it was found
 
 
 def test_the_cycle_collector_also_runs_on_its_timer_when_no_flows_come(config, client, tmp_path, monkeypatch):
-    import weakref
-
-    from ingest import pipeline as pipeline_module
-
     monkeypatch.setattr(pipeline_module, "_GC_INTERVAL_S", 0.2)
     pipeline = Pipeline(Sink(client, config.store.database), Spool(tmp_path / "spool", 1 << 30), BatchConfig())
     batcher = threading.Thread(target=pipeline.run)
     batcher.start()
-    time.sleep(0.05)  # running, collector off, no flows
+    _wait(lambda: not gc.isenabled(), "the pipeline to start")
     garbage = _Cycle()  # as a failed reconnect leaves behind: an exception and its traceback
     collected = weakref.ref(garbage)
     del garbage
-    deadline = time.monotonic() + 5
-    while collected() is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait(lambda: collected() is None, "the timed collection")
     pipeline.finish()
-    batcher.join()
-    assert collected() is None
+    batcher.join(WAIT_S)
+    assert gc.isenabled()
+
+
+def test_two_pipelines_in_one_process_leave_the_collector_off_until_both_end(config, client, tmp_path):
+    pipelines = [Pipeline(Sink(client, config.store.database), Spool(tmp_path / name, 1 << 30), BatchConfig())
+                 for name in ("a", "b")]
+    batchers = [threading.Thread(target=p.run) for p in pipelines]
+    for batcher in batchers:
+        batcher.start()
+    _wait(lambda: not gc.isenabled(), "the pipelines to start")
+    pipelines[0].finish()
+    batchers[0].join(WAIT_S)
+    assert not gc.isenabled()
+    pipelines[1].finish()
+    batchers[1].join(WAIT_S)
+    assert gc.isenabled()
 
 
 def test_inserted_rows_are_not_kept_alive_by_the_client(config, client, tmp_path):
     """The rows of a stored batch are freed by reference counting, with no cycle collection:
     clickhouse-connect's insert context, itself in a cycle, does not hold them."""
-    import gc
-    import sys
-
-    from ingest.schema import L7_AUDIT
-    from ingest.spool import SpooledBatch
-
-    decoder = Decoder()
-    flow = decoder.decode(json_format.ParseDict(fixture_lines(HTTP_348)[0], observer_pb2.GetFlowsResponse(),
-                                                ignore_unknown_fields=True))
+    flow = _flows(1)[0]
     rows = [flow.audit_row]
     spool = Spool(tmp_path / "spool", 1 << 30)
     spool.append(SpooledBatch("b1", "test", {L7_AUDIT.name: rows}, {}, flow.time_ns, {flow.flow_id},
-                              {("test", flow.node): {"received": 1}}, resolved=False))
+                              {("test", flow.node): {"received": 1}}))
     held_before = sys.getrefcount(rows)
     gc.disable()
     try:
         assert Sink(client, config.store.database).drain(spool, lambda batch, inserted: None)
-        del spool  # the spool keeps the batch it wrote last
-        assert sys.getrefcount(rows) == held_before - 1
+        assert sys.getrefcount(rows) == held_before - 1  # the removed spool batch's reference is gone
     finally:
         gc.enable()
