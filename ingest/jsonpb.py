@@ -12,6 +12,10 @@ input it doubts, goes to `json_format.ParseDict`, which also words the errors.
 
 from __future__ import annotations
 
+import calendar
+import re
+import time
+
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,15 +31,43 @@ class _Doubt(Exception):
     """The fast route is not sure; ParseDict decides."""
 
 
-def _timestamp(value) -> Timestamp:
+_MINUTES: dict[str, int] = {}  # "2025-03-04T09:00" -> its Unix time
+_MINUTES_KEPT = 100_000  # about ten weeks of minutes
+_UTC_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d):([0-5]\d)(?:\.(\d{1,9}))?Z")
+
+
+def _timestamp(value) -> dict | Timestamp:
+    """Hubble writes UTC with a Z and up to 9 digits of fraction; that form is split here
+    (Timestamp.FromJsonString takes 6.7 µs, two a flow, most of it in strptime), the
+    date and minute once per minute. Any other form goes to FromJsonString."""
     if not isinstance(value, str):
         raise _Doubt
+    match = _UTC_TIME.fullmatch(value)
+    if match:
+        minute = _MINUTES.get(match[1])
+        if minute is None:
+            minute = _minute(match[1])
+        fraction = match[3]
+        return {"seconds": minute + int(match[2]), "nanos": int(fraction.ljust(9, "0")) if fraction else 0}
     stamp = Timestamp()
     try:
         stamp.FromJsonString(value)
     except ValueError:
         raise _Doubt from None
     return stamp
+
+
+def _minute(text: str) -> int:
+    if text.startswith("0000"):
+        raise _Doubt  # Timestamp's range begins in year 1
+    try:
+        minute = calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M"))
+    except ValueError:
+        raise _Doubt from None
+    if len(_MINUTES) >= _MINUTES_KEPT:
+        _MINUTES.clear()
+    _MINUTES[text] = minute
+    return minute
 
 
 def _int64(value) -> int:

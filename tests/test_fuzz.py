@@ -150,3 +150,30 @@ def test_url_split_matches_urlsplit(scheme, host_and_path, query, strip_userinfo
     if strip_userinfo and "@" in parts.netloc:
         parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
     assert fast._url(url) == (urlunsplit(parts), host, parts.path, parts.query), url
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 13), st.integers(0, 32), st.sampled_from(["T", "T", "T", "t", " "]),
+       st.integers(0, 24), st.integers(0, 60), st.integers(0, 99), st.sampled_from(["", ".", ".0", ".5"]),
+       st.text(alphabet="0123456789", max_size=11), st.sampled_from(["Z", "Z", "Z", "z", "+01:00", "-00:30", ""]))
+def test_rfc3339_times_split_by_the_fast_route_as_timestamp_parses_them(year, month, day, t, hour, minute, second,
+                                                                          dot, fraction, zone):
+    """The JSON route reads Hubble's times without strptime; any text it takes must give
+    what Timestamp.FromJsonString gives, and what that refuses, it must not take."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from ingest import jsonpb
+
+    text = f"{year:04d}-{month:02d}-{day:02d}{t}{hour:02d}:{minute:02d}:{second:02d}{dot}{fraction if dot else ''}{zone}"
+    expected = Timestamp()
+    try:
+        expected.FromJsonString(text)
+    except ValueError:
+        expected = None
+    try:
+        got = jsonpb._timestamp(text)
+    except jsonpb._Doubt:
+        got = None
+    if isinstance(got, dict):
+        got = Timestamp(**got)
+    assert got == expected, text
