@@ -77,6 +77,29 @@ def test_gzip_and_bare_flow_objects(config, client, tmp_path):
     assert_stored_equals_fixture(client, config, lines)
 
 
+@pytest.mark.parametrize("usable_cpus", [1, 2], ids=["parsed inline", "parsed by a worker process"])
+def test_lines_over_many_chunks_keep_their_order_and_numbers(config, client, tmp_path, monkeypatch, usable_cpus):
+    """Bad lines around chunk boundaries are dead-lettered with their own line numbers,
+    and the flows are decoded in file order (the DNS answers come before the HTTP flows
+    whose server names they give), whether lines are parsed in this process or not."""
+    from ingest.sources import files
+
+    monkeypatch.setattr(files, "_CHUNK_LINES", 100)
+    monkeypatch.setattr(files.os, "sched_getaffinity", lambda pid: set(range(usable_cpus)))
+    good = [json.dumps(line).encode() for line in fixture_lines(DNS_330) + fixture_lines(HTTP_348)]
+    bad_at = {100, 101, 200, 555}
+    lines, good_lines = [], iter(good)
+    for number in range(1, len(good) + len(bad_at) + 1):
+        lines.append(b"{not json" if number in bad_at else next(good_lines))
+    path = tmp_path / "flows.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    summary = replay(config, client, [str(path)])
+    assert summary.counts.lines == len(lines) and summary.counts.bad_lines == len(bad_at)
+    dead = [json.loads(line) for line in (config.state_path / "dead-letter.jsonl").read_text().splitlines()]
+    assert [int(d["origin"].rsplit(":", 1)[1]) for d in dead] == sorted(bad_at)
+    assert_stored_equals_fixture(client, config, fixture_lines(DNS_330) + fixture_lines(HTTP_348))
+
+
 MALFORMED = [
     (b'{"flow": {"time": "2021-10-04T11:22:26.59', "not JSON"),
     (b'{"flow": {"time": "2021-10-04T11:22:26Z", "source": {"identity": "abc"}, "l7": {"dns": {}}}}', "identity"),

@@ -1,18 +1,27 @@
 """Source `file`: backfill from `hubble observe -o jsonpb` output and Hubble exporter files.
 
 Reads JSON Lines (one `GetFlowsResponse` per line, or a bare `Flow` object per line),
-plain or gzip-compressed, or `-` for standard input. Each line is parsed with
-protobuf's json_format into the same messages the gRPC source receives and goes
-through the same decoder. A bad line is dead-lettered with its file and line number
-and the rest of the file goes on.
+plain or gzip-compressed, or `-` for standard input. Each line is parsed into the same
+message the gRPC source receives and goes through the same decoder, in file order (the
+decoder learns DNS answers as it goes). A bad line is dead-lettered with its file and
+line number and the rest of the file goes on.
+
+Parsing JSON into messages is most of a replay's work and needs no state, so on a
+machine with more than one usable CPU it runs in worker processes, chunks of lines at
+a time, a few chunks ahead; the messages come back serialized, in order.
 """
 
 from __future__ import annotations
 
+import collections
 import gzip
 import io
+import itertools
 import json
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from google.protobuf import json_format
@@ -25,6 +34,8 @@ from ..decode import Decoder, DecodeError, FlowRows, GapRow
 from ..pipeline import Entry, Tally
 
 RESPONSE_KEYS = {"flow", "lost_events", "node_status"}
+_CHUNK_LINES = 2000
+_CHUNKS_AHEAD = 4  # per worker: enough to keep it busy, few enough to bound memory
 
 
 @dataclass
@@ -79,22 +90,51 @@ class FileSource:
         self.counts = ReplayCounts()
 
     def run(self) -> None:
-        for path in self.paths:
-            stream = _open(path)
-            name = "<stdin>" if path == "-" else path
-            try:
-                for number, line in enumerate(stream, start=1):
-                    self._line(name, number, line.rstrip(b"\r\n"))
-                    if self.progress is not None:
-                        self.progress(len(line))
-            finally:
-                if stream is not sys.stdin.buffer:
-                    stream.close()
+        workers = len(os.sched_getaffinity(0)) - 1
+        if workers < 1:
+            for path in self.paths:
+                self._read(path, parse_lines)
+            return
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for path in self.paths:
+                self._read(path, lambda lines: pool.submit(parse_lines, lines), ahead=workers * _CHUNKS_AHEAD)
 
-    def _line(self, name: str, number: int, line: bytes) -> None:
+    def _read(self, path: str, parse, ahead: int = 0) -> None:
+        """Every line of the file in order. `parse` turns a chunk of lines into messages or
+        error texts, or, when `ahead` chunks may be in flight, into a future of them."""
+        stream = _open(path)
+        name = "<stdin>" if path == "-" else path
+        number = 0
+        pending: collections.deque = collections.deque()
+        try:
+            while chunk := list(itertools.islice(stream, _CHUNK_LINES)):
+                pending.append((chunk, parse(chunk)))
+                while len(pending) > ahead:
+                    chunk, parsed = pending.popleft()
+                    number = self._chunk(name, number, chunk, parsed.result() if ahead else parsed)
+            while pending:
+                chunk, parsed = pending.popleft()
+                number = self._chunk(name, number, chunk, parsed.result())
+        finally:
+            for _, parsed in pending:
+                parsed.cancel()
+            if stream is not sys.stdin.buffer:
+                stream.close()
+
+    def _chunk(self, name: str, number: int, lines: list[bytes], parsed: list) -> int:
+        for line, message in zip(lines, parsed):
+            number += 1
+            self._line(name, number, line.rstrip(b"\r\n"), message)
+        if self.progress is not None:
+            self.progress(sum(map(len, lines)))
+        return number
+
+    def _line(self, name: str, number: int, line: bytes, parsed: bytes | str) -> None:
         self.counts.lines += 1
         try:
-            decoded = self.decoder.decode(parse_line(line))
+            if isinstance(parsed, str):
+                raise DecodeError(parsed)
+            decoded = self.decoder.decode(observer_pb2.GetFlowsResponse.FromString(parsed))
         except DecodeError as err:
             self.counts.bad_lines += 1
             metrics.DECODE_ERRORS.labels("file").inc()
@@ -119,3 +159,15 @@ class FileSource:
         metrics.FLOWS_RECEIVED.labels("file", decoded.kind).inc()
         metrics.FLOWS_FILTERED.labels(decoded.kind).inc()
         self.emit(Entry(Tally(decoded.node, decoded.time_ns, filtered=1), False, name))
+
+
+def parse_lines(lines: list[bytes]) -> list[bytes | str]:
+    """Each line as a serialized GetFlowsResponse, or the text of why it is not one (run
+    in worker processes: plain values cross back)."""
+    parsed: list[bytes | str] = []
+    for line in lines:
+        try:
+            parsed.append(parse_line(line.rstrip(b"\r\n")).SerializeToString())
+        except DecodeError as err:
+            parsed.append(str(err))
+    return parsed
