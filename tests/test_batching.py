@@ -185,3 +185,42 @@ def test_inserted_rows_are_not_kept_alive_by_the_client(config, client, tmp_path
         assert sys.getrefcount(rows) == held_before - 1  # the removed spool batch's reference is gone
     finally:
         gc.enable()
+
+
+class FailingInsertAfter:
+    """The real client; the insert numbered `fail_at` (from 1) lands and then reports a failure."""
+
+    def __init__(self, client, fail_at: int):
+        self._client = client
+        self._fail_at = fail_at
+        self.inserts = 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def insert(self, *args, **kwargs):
+        self.inserts += 1
+        result = self._client.insert(*args, **kwargs)
+        if self.inserts == self._fail_at:
+            raise ConnectionError("injected: the insert landed, the answer was lost")
+        return result
+
+
+def test_a_batch_resumed_after_a_crash_is_inserted_and_counted_as_first_resolved(config, client, tmp_path):
+    """Rows that may be stored are looked up once. If the process dies after some of the
+    batch's inserts landed, the next start must not take those rows for duplicates: it
+    uses the answer kept in the spool, re-inserts the same blocks (deduplicated by their
+    tokens) and the ledger counts them as stored by this batch."""
+    flows = _flows(2)
+    db = config.store.database
+    spool = Spool(tmp_path / "spool", 1 << 30)
+    batch = pipeline_module.Batch()
+    for flow in flows:
+        batch.add(Entry(flow, True, "file.jsonl"))  # maybe stored: as in a replay
+    spool.append(batch.seal())
+    assert not Sink(FailingInsertAfter(client, fail_at=1), db).drain(spool)  # http_flows landed, then "failed"
+    restarted = Spool(tmp_path / "spool", 1 << 30)  # the process died: read back from disk
+    assert Sink(client, db).drain(restarted)
+    ledger = client.query(f"SELECT stored_http, stored_audit, duplicates FROM `{db}`.ingest_ledger").result_rows
+    assert ledger == [(2, 2, 0)]
+    assert client.query(f"SELECT count() FROM `{db}`.http_flows").result_rows == [(2,)]
