@@ -86,6 +86,7 @@ def test_lines_over_many_chunks_keep_their_order_and_numbers(config, client, tmp
 
     monkeypatch.setattr(files, "_CHUNK_LINES", 100)
     monkeypatch.setattr(files.os, "sched_getaffinity", lambda pid: set(range(usable_cpus)))
+    monkeypatch.setattr(files, "cgroup_cpu_limit", lambda: None)
     good = [json.dumps(line).encode() for line in fixture_lines(DNS_330) + fixture_lines(HTTP_348)]
     bad_at = {100, 101, 200, 555}
     lines, good_lines = [], iter(good)
@@ -98,6 +99,36 @@ def test_lines_over_many_chunks_keep_their_order_and_numbers(config, client, tmp
     dead = [json.loads(line) for line in (config.state_path / "dead-letter.jsonl").read_text().splitlines()]
     assert [int(d["origin"].rsplit(":", 1)[1]) for d in dead] == sorted(bad_at)
     assert_stored_equals_fixture(client, config, fixture_lines(DNS_330) + fixture_lines(HTTP_348))
+
+
+@pytest.mark.parametrize("affinity, cgroup_limit, workers", [
+    (1, None, 0), (2, None, 1), (64, None, 2),  # at most two: this process keeps up with about one
+    (64, 1.0, 0), (64, 1.5, 0), (64, 2.0, 1),  # a container's CPU limit, which the affinity does not show
+])
+def test_parse_workers_follow_the_cpus_this_process_may_use(monkeypatch, affinity, cgroup_limit, workers):
+    from ingest.sources import files
+
+    monkeypatch.setattr(files.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(files, "cgroup_cpu_limit", lambda: cgroup_limit)
+    assert files.parse_workers() == workers
+
+
+@pytest.mark.parametrize("v2, v1, limit", [
+    ("150000 100000\n", None, 1.5), ("max 100000\n", ("200000", "100000"), None),
+    (None, ("200000\n", "100000\n"), 2.0), (None, ("-1\n", "100000\n"), None), (None, None, None),
+])
+def test_the_cgroup_cpu_limit_is_read_from_cgroup_v2_else_v1(tmp_path, monkeypatch, v2, v1, limit):
+    from ingest.sources import files
+
+    monkeypatch.setattr(files, "CGROUP_V2_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(files, "CGROUP_V1_CPU", tmp_path / "cpu")
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2)
+    if v1 is not None:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(v1[0])
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(v1[1])
+    assert files.cgroup_cpu_limit() == limit
 
 
 MALFORMED = [

@@ -23,6 +23,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf import json_format
 
@@ -36,6 +37,11 @@ from ..pipeline import Entry, Tally
 RESPONSE_KEYS = {"flow", "lost_events", "node_status"}
 _CHUNK_LINES = 2000
 _CHUNKS_AHEAD = 4  # per worker: enough to keep it busy, few enough to bound memory
+# Decoding and inserting, in this process, keep up with about one parsing worker; more
+# would only cost memory (each imports the package).
+_MAX_PARSE_WORKERS = 2
+CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 
 
 @dataclass
@@ -90,7 +96,7 @@ class FileSource:
         self.counts = ReplayCounts()
 
     def run(self) -> None:
-        workers = len(os.sched_getaffinity(0)) - 1
+        workers = parse_workers()
         if workers < 1:
             for path in self.paths:
                 self._read(path, parse_lines)
@@ -159,6 +165,32 @@ class FileSource:
         metrics.FLOWS_RECEIVED.labels("file", decoded.kind).inc()
         metrics.FLOWS_FILTERED.labels(decoded.kind).inc()
         self.emit(Entry(Tally(decoded.node, decoded.time_ns, filtered=1), False, name))
+
+
+def parse_workers() -> int:
+    """Processes that parse JSON beside this one: the CPUs this process may use (its
+    affinity, and in a container its CPU limit, which the affinity does not show) less
+    one, at most _MAX_PARSE_WORKERS."""
+    cpus = len(os.sched_getaffinity(0))
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cpus = min(cpus, max(1, int(limit)))
+    return min(cpus - 1, _MAX_PARSE_WORKERS)
+
+
+def cgroup_cpu_limit() -> float | None:
+    """CPUs the cgroup's quota allows (v2, else v1); None when unlimited or unknown."""
+    try:
+        quota, period = CGROUP_V2_CPU_MAX.read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((CGROUP_V1_CPU / "cpu.cfs_quota_us").read_text())
+        period = int((CGROUP_V1_CPU / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 else None
 
 
 def parse_lines(lines: list[bytes]) -> list[bytes | str]:
