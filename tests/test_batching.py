@@ -22,6 +22,7 @@ from ingest.sink import Sink
 from ingest.spool import Spool, SpooledBatch
 
 from .conftest import HTTP_348, fixture_lines
+from .faults import FAIL_AFTER, FaultyClient
 
 WAIT_S = 60  # a stuck batcher fails the test instead of hanging the run
 
@@ -187,25 +188,6 @@ def test_inserted_rows_are_not_kept_alive_by_the_client(config, client, tmp_path
         gc.enable()
 
 
-class FailingInsertAfter:
-    """The real client; the insert numbered `fail_at` (from 1) lands and then reports a failure."""
-
-    def __init__(self, client, fail_at: int):
-        self._client = client
-        self._fail_at = fail_at
-        self.inserts = 0
-
-    def __getattr__(self, name):
-        return getattr(self._client, name)
-
-    def insert(self, *args, **kwargs):
-        self.inserts += 1
-        result = self._client.insert(*args, **kwargs)
-        if self.inserts == self._fail_at:
-            raise ConnectionError("injected: the insert landed, the answer was lost")
-        return result
-
-
 def test_a_batch_resumed_after_a_crash_is_inserted_and_counted_as_first_resolved(config, client, tmp_path):
     """Rows that may be stored are looked up once. If the process dies after some of the
     batch's inserts landed, the next start must not take those rows for duplicates: it
@@ -218,7 +200,9 @@ def test_a_batch_resumed_after_a_crash_is_inserted_and_counted_as_first_resolved
     for flow in flows:
         batch.add(Entry(flow, True, "file.jsonl"))  # maybe stored: as in a replay
     spool.append(batch.seal())
-    assert not Sink(FailingInsertAfter(client, fail_at=1), db).drain(spool)  # http_flows landed, then "failed"
+    # Calls 0 and 1 ask whether the http_flows and l7_audit ranges hold rows; call 2, the
+    # http_flows insert, lands and then "fails".
+    assert not Sink(FaultyClient(client, {2: FAIL_AFTER}), db).drain(spool)
     restarted = Spool(tmp_path / "spool", 1 << 30)  # the process died: read back from disk
     assert Sink(client, db).drain(restarted)
     ledger = client.query(f"SELECT stored_http, stored_audit, duplicates FROM `{db}`.ingest_ledger").result_rows
