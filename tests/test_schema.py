@@ -124,3 +124,40 @@ def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client)
         assert sink.drain(spool, force=True)
     after = client.query(f"SELECT sum(requests) FROM `{db}`.http_rollup_1m").result_rows[0][0]
     assert after - before == 3
+
+
+def _table_settings(client, db: str, table: str) -> str:
+    return client.query("SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                        parameters={"db": db, "t": table}).result_rows[0][0]
+
+
+def test_migration_5_turns_on_vertical_merges_in_a_store_created_before_it(config, client):
+    db = config.store.database
+    for table in ("http_flows", "dns_flows", "l7_audit"):
+        assert "vertical_merge_algorithm_min_rows_to_activate = 1" in _table_settings(client, db, table)
+        client.command(f"ALTER TABLE `{db}`.{table} RESET SETTING vertical_merge_algorithm_min_rows_to_activate, "
+                       "vertical_merge_algorithm_min_columns_to_activate")
+        assert "vertical_merge" not in _table_settings(client, db, table)
+    client.command(f"ALTER TABLE `{db}`.{SCHEMA_MIGRATIONS.name} DELETE WHERE version = 5",
+                   settings={"mutations_sync": 2})
+    assert migrate(client, config.store) == 1
+    for table in ("http_flows", "dns_flows", "l7_audit"):
+        assert ("vertical_merge_algorithm_min_rows_to_activate = 1, "
+                "vertical_merge_algorithm_min_columns_to_activate = 1") in _table_settings(client, db, table)
+
+
+def test_audit_granules_hold_about_a_megabyte(config, client):
+    import os
+
+    from ingest.schema import L7_AUDIT
+
+    db = config.store.database
+    # 3,000 flows of 1.4 KB: one granule at ClickHouse's default of 10 MB, five at 1 MB.
+    rows = [(1_741_000_000_000_000_000 + i, "node-1", f"id-{i:05d}", "HTTP", "REQUEST", os.urandom(1400))
+            for i in range(3000)]
+    client.insert(f"`{db}`.{L7_AUDIT.name}", rows, column_names=L7_AUDIT.column_names)
+    client.command(f"OPTIMIZE TABLE `{db}`.{L7_AUDIT.name} FINAL")
+    marks = client.query("SELECT sum(marks) FROM system.parts WHERE active AND database = {db:String} "
+                         "AND table = 'l7_audit'", parameters={"db": db}).result_rows[0][0]
+    # A part has one final mark after its last granule.
+    assert 4 <= marks - 1 <= 6, marks

@@ -102,7 +102,7 @@ ENGINE = MergeTree
 PARTITION BY toDate(time)
 ORDER BY (toStartOfHour(time), node, flow_id)
 TTL toDateTime(time) + INTERVAL ${ttl_days} DAY
-SETTINGS non_replicated_deduplication_window = 1000, ttl_only_drop_parts = 1
+SETTINGS non_replicated_deduplication_window = 1000, ttl_only_drop_parts = 1, index_granularity_bytes = 1048576
 COMMENT 'Every ingested L7 flow in full (flow.Flow protobuf bytes), for audits and re-derivation';
 
 CREATE TABLE IF NOT EXISTS `${database}`.`ingest_gaps`
