@@ -42,6 +42,8 @@ INGEST_LAG = Gauge("flowlog_ingest_lag_seconds", "Now minus the time of the newe
 CHECKPOINT_AGE = Gauge("flowlog_checkpoint_age_seconds", "Seconds since the checkpoint was last written "
                        "(0 before the first write)")
 SPOOL_BYTES = Gauge("flowlog_spool_bytes", "Bytes of batches waiting on disk for the store")
+SPOOL_UNREADABLE = Counter("flowlog_spool_unreadable_files_total",
+                           "Spool files that could not be read, moved to the spool's unreadable/ directory")
 SPOOL_BATCHES = Gauge("flowlog_spool_batches", "Batches waiting on disk for the store")
 STORE_UP = Gauge("flowlog_store_up", "1 while the last store operation succeeded")
 

@@ -10,7 +10,7 @@ This module knows nothing about connections; `migrate` applies what it renders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Bumped whenever a column, table or table setting is added; migrations 1..SCHEMA_VERSION exist.
 SCHEMA_VERSION = 5

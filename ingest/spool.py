@@ -12,19 +12,24 @@ is a header naming the format, then a `SpooledBatch`'s fields by name in `marsha
 format: rows are tuples of str, int, bytes, lists and dicts, which marshal writes 2.5
 times as fast as pickle (3.1 against 7.7 µs a flow); marshal reads what older Pythons
 wrote. Earlier builds pickled the batch: those files are still read, so an upgrade
-inserts the batches that a shutdown left behind.
+inserts the batches that a shutdown left behind. A file that cannot be read (a
+truncated or foreign file) is moved to `unreadable/` beside the spool, logged with its
+path and counted, and the next batch is taken: it never stops the ingester.
 """
 
 from __future__ import annotations
 
+import logging
 import marshal
 import os
 import pickle
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import metrics
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class SpooledBatch:
@@ -125,16 +130,32 @@ class Spool:
             raise SpoolError(f"{path}: unreadable spool file: {err}") from None
         raise SpoolError(f"{path}: not a flowlog spool file (it begins {data[:24]!r})")
 
+    def _readable(self, pick) -> tuple[Path, SpooledBatch] | None:
+        """The batch of the file `pick` chooses among the spooled ones; unreadable files
+        are moved aside on the way."""
+        while self._sizes:
+            path = pick(self._sizes)
+            try:
+                return path, self._read(path)
+            except SpoolError as err:
+                self._move_aside(path, err)
+        return None
+
+    def _move_aside(self, path: Path, err: SpoolError) -> None:
+        aside = self.directory / "unreadable" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{path.name}"
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(path, aside)
+        del self._sizes[path]
+        metrics.SPOOL_UNREADABLE.inc()
+        log.error("%s; moved to %s: its rows are not stored", err, aside)
+        self._publish()
+
     def oldest(self) -> tuple[Path, SpooledBatch] | None:
-        if not self._sizes:
-            return None
-        path = min(self._sizes)
-        return path, self._read(path)
+        return self._readable(min)
 
     def newest(self) -> SpooledBatch | None:
-        if not self._sizes:
-            return None
-        return self._read(max(self._sizes))
+        found = self._readable(max)
+        return found[1] if found else None
 
     def remove(self, path: Path) -> None:
         path.unlink()

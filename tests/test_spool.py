@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from ingest.spool import Spool, SpooledBatch, SpoolError
+from ingest.spool import Spool, SpooledBatch
 
 
 def _batch(batch_id: str) -> SpooledBatch:
@@ -30,7 +30,32 @@ def test_a_batch_pickled_by_an_earlier_build_is_read(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"flowlog-spool 2 marshal\n\x00\x01", b"\x80\x05garbage", b"hello"])
-def test_a_file_that_is_no_spooled_batch_is_refused_by_name(tmp_path, content):
+def test_an_unreadable_file_is_moved_aside_by_name_and_the_next_batch_is_taken(tmp_path, content, caplog):
+    from prometheus_client import REGISTRY
+
+    def moved() -> float:
+        return REGISTRY.get_sample_value("flowlog_spool_unreadable_files_total") or 0.0
+
+    before = moved()
     (tmp_path / "000000000001.batch").write_bytes(content)
-    with pytest.raises(SpoolError, match="000000000001.batch: "):
-        Spool(tmp_path, 1 << 20).oldest()
+    Spool(tmp_path, 1 << 20).append(_batch("good"))
+    spool = Spool(tmp_path, 1 << 20)
+    with caplog.at_level("ERROR", logger="ingest.spool"):
+        path, batch = spool.oldest()
+    assert (path.name, batch.batch_id, len(spool)) == ("000000000002.batch", "good", 1)
+    [aside] = (tmp_path / "unreadable").iterdir()
+    assert aside.name.endswith("-000000000001.batch") and aside.read_bytes() == content
+    assert "000000000001.batch: " in caplog.text and str(aside) in caplog.text
+    assert moved() - before == 1
+    # Files moved aside are no longer spooled batches, not even after a restart.
+    assert [p.name for p in Spool(tmp_path, 1 << 20)._files()] == ["000000000002.batch"]
+
+
+def test_the_newest_readable_batch_is_found_past_an_unreadable_one(tmp_path):
+    spool = Spool(tmp_path, 1 << 20)
+    spool.append(_batch("older"))
+    spool.append(_batch("newer"))
+    (tmp_path / "000000000002.batch").write_bytes(b"flowlog-spool 2 marshal\n")
+    assert Spool(tmp_path, 1 << 20).newest().batch_id == "older"
+    [aside] = (tmp_path / "unreadable").iterdir()
+    assert aside.read_bytes() == b"flowlog-spool 2 marshal\n"
