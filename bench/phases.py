@@ -288,6 +288,8 @@ def replay(files: FlowFiles, workdir: Path, overrides: list[str]) -> dict:
             "summary": text.strip().splitlines()[-1] if text.strip() else "", "command": " ".join(command)}
 
 
-def baseline(files: FlowFiles, workdir: Path) -> dict:
+def baseline(files: FlowFiles, workdir: Path, protobuf: bool = False) -> dict:
+    """ClickHouse parsing the same input itself: the JSON lines, or the stream's messages."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return _python_json(["bench.baseline", str(files.jsonl), str(workdir)], timeout=1200)
+    arguments = ["--protobuf", str(files.stream)] if protobuf else [str(files.jsonl)]
+    return _python_json(["bench.baseline", *arguments, str(workdir)], timeout=1200)

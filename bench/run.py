@@ -8,7 +8,8 @@ Generates N realistic L7 flows (bench/traffic.py; seeded, cached in bench/.cache
   limit   a Python gRPC client with the ingester's channel options receives the stream
           from the Node.js load generator and drops it: the receive ceiling
   e2e     `flowlog run` (embedded store) takes the same stream: flows/s from the first
-          flow sent to the last row committed, CPU per 1,000 flows, peak RSS
+          flow sent to the last row committed, CPU per 1,000 flows, peak RSS; and
+          ClickHouse parsing the same messages itself (FORMAT Protobuf, bench/baseline.py)
   disk    bytes per flow on disk per table of that store, after OPTIMIZE ... FINAL
   lag     a fresh `flowlog run` at a fixed offered load: flow time to commit, p50/p99
   replay  `flowlog replay` of the same flows as `hubble observe -o jsonpb` lines, and
@@ -149,6 +150,10 @@ def main(argv=None) -> int:
             if "limit" in results:
                 results["e2e"]["ratio_to_limit"] = round(
                     results["e2e"]["flows_per_s"] / results["limit"]["messages_per_s"], 3)
+            log("  alternative: ClickHouse parses the same messages itself (FORMAT Protobuf)")
+            results["protobuf_baseline"] = phases.baseline(files, workdir / "protobuf-baseline", protobuf=True)
+            results["e2e"]["ratio_to_protobuf_baseline"] = round(
+                results["e2e"]["flows_per_s"] / results["protobuf_baseline"]["flows_per_s"], 3)
         if "disk" in args.phases:
             log("disk: OPTIMIZE ... FINAL, system.parts")
             results["disk"] = phases.disk(results["e2e"]["store"])
