@@ -57,11 +57,13 @@ class Setting:
         return f"{self.name} = {self.value}"
 
 
-# A merge reads its parts side by side. By default (a horizontal merge) it holds a block
+# A merge reads its parts side by side. Below 131,072 rows (ClickHouse's default
+# threshold; six 20,000-row batches are 120,000) it merges horizontally, holding a block
 # of every column of every part at once: about 200 MB for each of http_flows, dns_flows
-# and l7_audit merging six 20,000-row batches, all three at the same time. A vertical
-# merge does the sort key first, then one column at a time: 48, 24 and 187 MB, and the
-# peak RSS of `bench/run.py --phases e2e` went from 860 to 712 MB at the same throughput.
+# and l7_audit, all three merging at the same time. A vertical merge does the sort key
+# first, then one column at a time: 68, 21 and 187 MB (system.merges); with 1 MB audit
+# granules as well (below) 48, 24 and 58 MB, and the peak RSS of `bench/run.py --phases
+# e2e` went from 860 to 712 MB at the same throughput.
 VERTICAL_MERGES = (Setting("vertical_merge_algorithm_min_rows_to_activate", 1, since=5),
                    Setting("vertical_merge_algorithm_min_columns_to_activate", 1, since=5))
 
@@ -387,6 +389,13 @@ SCHEMA_MIGRATIONS = Table(
 )
 
 DATA_TABLES = (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS, INGEST_LEDGER)
+for _table in DATA_TABLES:
+    for _setting in _table.settings:
+        # One that only CREATE TABLE can give belongs to the migration that creates the table;
+        # tables created before it was added keep ClickHouse's default.
+        if not _setting.alterable and _setting.since != _table.since:
+            raise ImportError(f"{_table.name}: setting {_setting.name} cannot be altered, so its since "
+                              f"({_setting.since}) must be the table's ({_table.since})")
 ROLLUPS = (HTTP_ROLLUP, DNS_ROLLUP)
 ALL_TABLES = DATA_TABLES + ROLLUPS + (SCHEMA_MIGRATIONS,)
 MIGRATION_NAMES = {1: "core_tables", 2: "rollups_1m", 3: "ingest_ledger", 4: "http_dst_dns_name",
