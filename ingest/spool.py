@@ -12,9 +12,12 @@ is a header naming the format, then a `SpooledBatch`'s fields by name in `marsha
 format: rows are tuples of str, int, bytes, lists and dicts, which marshal writes 2.5
 times as fast as pickle (3.1 against 7.7 µs a flow); marshal reads what older Pythons
 wrote. Earlier builds pickled the batch: those files are still read, so an upgrade
-inserts the batches that a shutdown left behind. A file that cannot be read (a
-truncated or foreign file) is moved to `unreadable/` beside the spool, logged with its
-path and counted, and the next batch is taken: it never stops the ingester.
+inserts the batches that a shutdown left behind.
+
+A file that cannot be read back (damaged on disk, put there by hand, or named otherwise
+than `<sequence>.batch`) is moved to `unreadable/` in the spool, logged with its path and
+the reason, and counted; in its place the spool queues a batch holding one
+`ingest_gaps` row (kind `spool_unreadable`), so the loss is on record in the store.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ import marshal
 import os
 import pickle
 import time
+import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import metrics
+from .decode import unreadable_spool_gap
+from .schema import INGEST_GAPS
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +75,15 @@ class Spool:
         # The batch last written, kept in memory: normally it is inserted right away, and
         # reading it back from disk would cost as much as writing it did.
         self._last: tuple[Path, SpooledBatch] | None = None
-        self._next = max((int(p.stem) for p in self._sizes), default=0) + 1
+        for path in [p for p in self._sizes if not p.stem.isdigit()]:
+            del self._sizes[path]
+            self._move_aside(path, SpoolError(f"{path}: not a spool file name (<sequence>.batch)"),
+                             self.directory / f"{self._next_free():012d}.batch")
+        self._next = self._next_free()
         self._publish()
+
+    def _next_free(self) -> int:
+        return max((int(p.stem) for p in self._sizes), default=0) + 1
 
     def _files(self) -> list[Path]:
         return sorted(self.directory.glob("*.batch"))
@@ -120,35 +133,57 @@ class Spool:
     def _read(self, path: Path) -> SpooledBatch:
         if self._last is not None and self._last[0] == path:
             return self._last[1]
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise SpoolError(f"{path}: cannot be read: {err.strerror}") from None
         try:
             if data.startswith(_HEADER):
-                return SpooledBatch(**marshal.loads(memoryview(data)[len(_HEADER):]))
-            if data.startswith(_PICKLE_PROTOCOL_2_OR_LATER):
-                return pickle.loads(data)
-        except (EOFError, ValueError, TypeError, pickle.UnpicklingError, AttributeError) as err:
-            raise SpoolError(f"{path}: unreadable spool file: {err}") from None
-        raise SpoolError(f"{path}: not a flowlog spool file (it begins {data[:24]!r})")
+                batch = SpooledBatch(**marshal.loads(memoryview(data)[len(_HEADER):]))
+            elif data.startswith(_PICKLE_PROTOCOL_2_OR_LATER):
+                batch = pickle.loads(data)
+            else:
+                raise SpoolError(f"{path}: not a flowlog spool file (it begins {data[:24]!r})")
+        except SpoolError:
+            raise
+        except Exception as err:  # a damaged or foreign file can fail in any way
+            raise SpoolError(f"{path}: unreadable spool file: {type(err).__name__}: {err}") from None
+        if not isinstance(batch, SpooledBatch):
+            raise SpoolError(f"{path}: holds a {type(batch).__name__}, not a spooled batch")
+        return batch
 
     def _readable(self, pick) -> tuple[Path, SpooledBatch] | None:
-        """The batch of the file `pick` chooses among the spooled ones; unreadable files
-        are moved aside on the way."""
+        """The batch of the file `pick` chooses among the spooled ones; an unreadable file
+        is moved aside and replaced, in its place, by the batch that records it."""
         while self._sizes:
             path = pick(self._sizes)
             try:
                 return path, self._read(path)
             except SpoolError as err:
-                self._move_aside(path, err)
+                del self._sizes[path]
+                self._move_aside(path, err, path)
         return None
 
-    def _move_aside(self, path: Path, err: SpoolError) -> None:
-        aside = self.directory / "unreadable" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{path.name}"
-        aside.parent.mkdir(exist_ok=True)
+    def _move_aside(self, path: Path, err: SpoolError, record_as: Path) -> None:
+        """Keeps the file in unreadable/ (never over another one) and spools, as record_as,
+        a batch with the ingest_gaps row that puts the loss on record."""
+        written_ns = path.stat().st_mtime_ns
+        kept = self.directory / "unreadable"
+        kept.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside, copy = kept / f"{stamp}-{path.name}", 1
+        while aside.exists():
+            aside, copy = kept / f"{stamp}-{copy}-{path.name}", copy + 1
         os.replace(path, aside)
-        del self._sizes[path]
         metrics.SPOOL_UNREADABLE.inc()
-        log.error("%s; moved to %s: its rows are not stored", err, aside)
-        self._publish()
+        log.error("%s; moved to %s: its flows are not stored (an ingest_gaps row of kind spool_unreadable "
+                  "records it)", err, aside)
+        gap = unreadable_spool_gap(str(aside), written_ns, time.time_ns(), str(err))
+        self._write(record_as, SpooledBatch(
+            batch_id=uuid.uuid4().hex, source="spool", rows={INGEST_GAPS.name: [gap.row]},
+            check_stored={INGEST_GAPS.name: {gap.gap_id}}, newest_ns=0, ids_at_newest=set(),
+            tallies={("spool", ""): {"oldest_ns": gap.time_ns, "newest_ns": gap.time_ns}},
+            created_ns=gap.time_ns))
 
     def oldest(self) -> tuple[Path, SpooledBatch] | None:
         return self._readable(min)

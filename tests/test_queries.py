@@ -341,7 +341,7 @@ def test_ingest_completeness(config, client, tmp_path):
     for key, want in expected.items():
         row = by_key.pop(key)
         assert {k: row[k] for k in want} == want, key
-        assert (row["filtered"], row["quarantined"], row["interruptions"]) == (0, 0, 0)
+        assert (row["filtered"], row["quarantined"], row["interruptions"], row["spool_batches_lost"]) == (0, 0, 0, 0)
         assert row["complete_pct"] == pytest.approx(round(100 * want["received"] / (want["received"] + want["lost"]),
                                                           2))
     # The bad line names no node and no time: it counts for node '' in the hour it was committed.

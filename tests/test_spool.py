@@ -1,11 +1,13 @@
-"""The spool's files: what one build writes, the next reads; what no build wrote is refused by name."""
+"""The spool's files: what one build writes, the next reads; what no build wrote is moved aside and recorded."""
 
 from __future__ import annotations
 
+import marshal
 import pickle
 
 import pytest
 
+from ingest.schema import INGEST_GAPS
 from ingest.spool import Spool, SpooledBatch
 
 
@@ -29,26 +31,46 @@ def test_a_batch_pickled_by_an_earlier_build_is_read(tmp_path):
     assert [spool.oldest()[1].batch_id, spool.newest().batch_id] == ["old", "new"]
 
 
-@pytest.mark.parametrize("content", [b"", b"flowlog-spool 2 marshal\n\x00\x01", b"\x80\x05garbage", b"hello"])
-def test_an_unreadable_file_is_moved_aside_by_name_and_the_next_batch_is_taken(tmp_path, content, caplog):
+def _moved() -> float:
     from prometheus_client import REGISTRY
 
-    def moved() -> float:
-        return REGISTRY.get_sample_value("flowlog_spool_unreadable_files_total") or 0.0
+    return REGISTRY.get_sample_value("flowlog_spool_unreadable_files_total") or 0.0
 
-    before = moved()
+
+NOT_A_BATCH = [
+    b"",
+    b"flowlog-spool 2 marshal\n\x00\x01",  # truncated marshal data
+    b"flowlog-spool 2 marshal\n" + marshal.dumps([1, 2]),  # marshal, but not a batch's fields
+    b"\x80\x05garbage",
+    pickle.dumps({"a": 1}, protocol=2),  # a pickle, but not of a batch
+    b"\x80\x02cno_such_module\nThing\nq\x00)\x81q\x01.",  # a pickle of a class that is nowhere
+    b"hello",
+]
+
+
+@pytest.mark.parametrize("content", NOT_A_BATCH)
+def test_an_unreadable_file_is_moved_aside_and_recorded_in_its_place(tmp_path, content, caplog):
+    before = _moved()
     (tmp_path / "000000000001.batch").write_bytes(content)
     Spool(tmp_path, 1 << 20).append(_batch("good"))
     spool = Spool(tmp_path, 1 << 20)
     with caplog.at_level("ERROR", logger="ingest.spool"):
-        path, batch = spool.oldest()
-    assert (path.name, batch.batch_id, len(spool)) == ("000000000002.batch", "good", 1)
+        path, record = spool.oldest()
     [aside] = (tmp_path / "unreadable").iterdir()
     assert aside.name.endswith("-000000000001.batch") and aside.read_bytes() == content
     assert "000000000001.batch: " in caplog.text and str(aside) in caplog.text
-    assert moved() - before == 1
-    # Files moved aside are no longer spooled batches, not even after a restart.
-    assert [p.name for p in Spool(tmp_path, 1 << 20)._files()] == ["000000000002.batch"]
+    assert _moved() - before == 1
+    # In the file's place: a batch holding the ingest_gaps row that records the loss.
+    assert path.name == "000000000001.batch" and not record.resolved
+    [row] = record.rows["ingest_gaps"]
+    gap = dict(zip(INGEST_GAPS.column_names, row))
+    assert (gap["kind"], gap["source"], gap["node"], gap["count"]) == ("spool_unreadable", str(aside), "", 0)
+    assert gap["message"].startswith(f"{tmp_path / '000000000001.batch'}: ")
+    assert record.check_stored == {"ingest_gaps": {gap["gap_id"]}}
+    spool.remove(path)
+    assert spool.oldest()[1].batch_id == "good"
+    # The record is a spool file like any other: it survives a restart until stored.
+    assert len(Spool(tmp_path, 1 << 20)) == 1
 
 
 def test_the_newest_readable_batch_is_found_past_an_unreadable_one(tmp_path):
@@ -56,6 +78,46 @@ def test_the_newest_readable_batch_is_found_past_an_unreadable_one(tmp_path):
     spool.append(_batch("older"))
     spool.append(_batch("newer"))
     (tmp_path / "000000000002.batch").write_bytes(b"flowlog-spool 2 marshal\n")
-    assert Spool(tmp_path, 1 << 20).newest().batch_id == "older"
+    newest = Spool(tmp_path, 1 << 20).newest()
+    assert newest.rows["ingest_gaps"] and newest.newest_ns == 0  # the record, which holds no flows
     [aside] = (tmp_path / "unreadable").iterdir()
     assert aside.read_bytes() == b"flowlog-spool 2 marshal\n"
+
+
+def test_a_file_named_otherwise_is_moved_aside_at_start(tmp_path):
+    Spool(tmp_path, 1 << 20).append(_batch("good"))
+    (tmp_path / "notes.batch").write_bytes(b"written by hand")
+    spool = Spool(tmp_path, 1 << 20)
+    assert [p.name for p in spool._files()] == ["000000000001.batch", "000000000002.batch"]
+    assert [b.batch_id for b in (spool.oldest()[1],)] == ["good"]
+    assert spool.append(_batch("next")).name == "000000000003.batch"
+    [aside] = (tmp_path / "unreadable").iterdir()
+    assert aside.name.endswith("-notes.batch")
+
+
+def test_files_moved_aside_under_the_same_name_are_all_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr("ingest.spool.time.strftime", lambda *_: "20261126T000000Z")  # all in one second
+    for content in (b"first", b"second", b"third"):
+        (tmp_path / "000000000001.batch").write_bytes(content)
+        spool = Spool(tmp_path, 1 << 20)
+        spool.remove(spool.oldest()[0])  # the record of it, stored
+    kept = sorted(p.read_bytes() for p in (tmp_path / "unreadable").iterdir())
+    assert kept == [b"first", b"second", b"third"]
+
+
+def test_the_loss_reaches_the_store_and_the_completeness_query(config, client, tmp_path):
+    from ingest import queries
+    from ingest.sink import Sink
+
+    spool = Spool(config.state_path / "spool", 1 << 20)
+    spool.append(_batch("good"))
+    (config.state_path / "spool" / "000000000001.batch").write_bytes(b"flowlog-spool 2 marshal\n\x00")
+    spool = Spool(config.state_path / "spool", 1 << 20)
+    sink = Sink(client, config.store.database)
+    assert sink.drain(spool, force=True) and len(spool) == 0
+    db = config.store.database
+    gaps = client.query(f"SELECT kind, source, node FROM `{db}`.ingest_gaps").result_rows
+    [aside] = (config.state_path / "spool" / "unreadable").iterdir()
+    assert gaps == [("spool_unreadable", str(aside), "")]
+    rows = queries.load()["ingest_completeness"].rows(client, {"from": "2000-01-01", "until": "2200-01-01"}, db)
+    assert [(r["node"], r["spool_batches_lost"]) for r in rows if r["spool_batches_lost"]] == [("", 1)]

@@ -5,13 +5,16 @@
 -- stored: L7 flows stored by that batch; duplicates: received but already stored; filtered: non-L7
 -- flows, not stored by design; quarantined: input written to the dead-letter file (node '' when
 -- the input named none); lost: events Hubble reported lost (lost_events gaps); interruptions:
--- stream interruptions; node_events: Relay node status changes.
--- complete_pct = 100 * received / (received + lost + quarantined), 100 when all three are 0.
+-- stream interruptions; node_events: Relay node status changes; spool_batches_lost: spooled
+-- batches that could not be read back (spool_unreadable gaps, node '', in the hour they were
+-- found): their flows are not stored and how many there were is unknown.
+-- complete_pct = 100 * received / (received + lost + quarantined), 100 when all three are 0; it
+-- cannot count the flows of lost spool batches.
 --
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
 -- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
 -- columns: hour, node, received, stored, stored_http, stored_dns, duplicates, filtered, quarantined, lost
--- columns: interruptions, node_events, complete_pct
+-- columns: interruptions, node_events, spool_batches_lost, complete_pct
 SELECT
     hour,
     node,
@@ -25,6 +28,7 @@ SELECT
     lost,
     interruptions,
     node_events,
+    spool_batches_lost,
     if(received + lost + quarantined = 0, 100, round(100 * received / (received + lost + quarantined), 2))
         AS complete_pct
 FROM
@@ -50,7 +54,8 @@ FULL OUTER JOIN
         toString(node) AS node,
         sumIf(count, kind = 'lost_events') AS lost,
         countIf(kind = 'stream_interrupted') AS interruptions,
-        countIf(kind = 'node_status') AS node_events
+        countIf(kind = 'node_status') AS node_events,
+        countIf(kind = 'spool_unreadable') AS spool_batches_lost
     FROM ingest_gaps
     WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
     GROUP BY hour, node
