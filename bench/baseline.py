@@ -194,20 +194,32 @@ def protobuf_schema(directory: Path) -> str:
     return f"{directory / 'observer.proto'}:GetFlowsResponse"
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def length_delimited(stream: Path, out: Path) -> int:
     """The stream file's messages (4-byte big-endian lengths) as protobuf's varint-delimited
     sequence, which FORMAT Protobuf reads; returns the number of messages."""
-    from google.protobuf.internal.encoder import _VarintBytes
-
     from bench.flowfiles import read_stream
 
     count = 0
     with open(out, "wb") as handle:
         for message in read_stream(stream):
-            handle.write(_VarintBytes(len(message)))
+            handle.write(_varint(len(message)))
             handle.write(message)
             count += 1
     return count
+
+
+def _literal(text: str) -> str:
+    """A ClickHouse string literal (INFILE and SETTINGS take no query parameters)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def run(input_path: Path, workdir: Path, protobuf: bool = False) -> dict:
@@ -220,13 +232,13 @@ def run(input_path: Path, workdir: Path, protobuf: bool = False) -> dict:
     if protobuf:
         data = workdir / "messages.protobuf"
         lines = length_delimited(input_path, data)
-        statement = (f"INSERT INTO `{DATABASE}`.hubble_protobuf FROM INFILE '{data}' "
-                     f"SETTINGS format_schema = '{protobuf_schema(workdir / 'schema')}', "
+        statement = (f"INSERT INTO `{DATABASE}`.hubble_protobuf FROM INFILE {_literal(str(data))} "
+                     f"SETTINGS format_schema = {_literal(protobuf_schema(workdir / 'schema'))}, "
                      # BoolValue is_reply into Nullable(Bool)
                      "input_format_protobuf_flatten_google_wrappers = 1 FORMAT Protobuf")
     else:
         lines = sum(1 for _ in open(input_path, "rb"))
-        statement = f"INSERT INTO `{DATABASE}`.hubble_jsonpb FROM INFILE '{input_path}' FORMAT JSONEachRow"
+        statement = f"INSERT INTO `{DATABASE}`.hubble_jsonpb FROM INFILE {_literal(str(input_path))} FORMAT JSONEachRow"
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     client.command(statement)
