@@ -335,22 +335,12 @@ def node_status_gaps(response: observer_pb2.GetFlowsResponse) -> list[GapRow]:
     return gaps
 
 
-def _range_gap(kind: str, source: str, node: str, first_ns: int, last_ns: int, message: str) -> GapRow:
-    gap_id = hashlib.blake2b(f"{kind}|{source}|{node}|{first_ns}|{last_ns}".encode(), digest_size=16).hexdigest()
-    row = {"time": last_ns, "node": node, "gap_id": gap_id, "kind": kind, "source": source,
-           "count": 0, "first": first_ns, "last": last_ns, "message": message}
-    return GapRow(gap_id, last_ns, _gap_row(row))
-
-
 def interruption_gap(source: str, node: str, first_ns: int, last_ns: int, message: str) -> GapRow:
     """A stream that broke between first_ns and last_ns; resuming may or may not cover it."""
-    return _range_gap("stream_interrupted", source, node, first_ns, last_ns, message)
-
-
-def overwritten_gap(source: str, node: str, first_ns: int, last_ns: int, message: str) -> GapRow:
-    """Flows between first_ns and last_ns that Hubble no longer holds (its buffer was
-    overwritten, or the agent restarted): any L7 flows among them cannot be stored."""
-    return _range_gap("buffer_overwritten", source, node, first_ns, last_ns, message)
+    gap_id = hashlib.blake2b(f"{source}|{node}|{first_ns}|{last_ns}".encode(), digest_size=16).hexdigest()
+    row = {"time": last_ns, "node": node, "gap_id": gap_id, "kind": "stream_interrupted", "source": source,
+           "count": 0, "first": first_ns, "last": last_ns, "message": message}
+    return GapRow(gap_id, last_ns, _gap_row(row))
 
 
 def unreadable_spool_gap(kept_at: str, written_ns: int, reported_ns: int, reason: str) -> GapRow:

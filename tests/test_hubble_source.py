@@ -9,11 +9,10 @@ import time
 import pytest
 from google.protobuf import json_format
 
-from ingest import queries
 from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
 from ingest.decode import L7_EVENT_TYPE
-from ingest.observer_server import FlowBuffer, ObserverServer, response_time_ns
+from ingest.observer_server import FlowBuffer, ObserverServer
 from ingest.runner import Ingester
 
 from .conftest import ALL_FIXTURES, DNS_330, HTTP_348, fixture_lines
@@ -141,30 +140,3 @@ def test_namespace_and_verdict_filters_are_sent_to_hubble(config, client):
     namespaces = client.query(f"SELECT DISTINCT src_namespace = 'bookinfo' OR dst_namespace = 'bookinfo' "
                               f"FROM `{config.store.database}`.http_flows").result_rows
     assert namespaces == [(True,)]
-
-
-def test_flows_overwritten_while_the_ingester_was_away_are_recorded_as_a_gap(config, client):
-    responses = sorted(responses_of(fixture_lines(HTTP_348)), key=response_time_ns)
-    before, meanwhile = responses[:100], responses[100:300]
-    buffer = FlowBuffer(before, capacity=150)
-    db = config.store.database
-    with ObserverServer(buffer) as server:
-        config.source.address = server.address
-        with RunningIngester(config, client) as ingester:
-            wait_for(lambda: server.service.caught_up()
-                     and ingester.pipeline.committed_ns >= server.service.newest_sent_ns, what="first 100 stored")
-        # While the ingester is away, 200 more flows pass through a 150-flow buffer: 50 are gone.
-        buffer.extend(meanwhile)
-        with RunningIngester(config, client) as ingester:
-            wait_for(lambda: server.service.caught_up()
-                     and ingester.pipeline.committed_ns >= server.service.newest_sent_ns
-                     and count(client, config, "ingest_gaps") == 1, what="the rest stored and the gap recorded")
-        assert [r.number for r in server.service.first_requests] == [1]  # asked on resuming only
-    [gap] = client.query(f"SELECT kind, node, toUnixTimestamp64Nano(first), toUnixTimestamp64Nano(last), count "
-                         f"FROM `{db}`.ingest_gaps").result_rows
-    oldest_held = responses[150]
-    assert gap == ("buffer_overwritten", oldest_held.flow.node_name, response_time_ns(responses[99]),
-                   response_time_ns(oldest_held), 0)
-    assert count(client, config, "l7_audit") == 250  # 100 before, and the 150 Hubble still held
-    rows = queries.load()["ingest_completeness"].rows(client, {"from": "2000-01-01", "until": "2200-01-01"}, db)
-    assert sum(r["buffer_overwritten"] for r in rows) == 1

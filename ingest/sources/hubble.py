@@ -3,9 +3,8 @@
 Asks only for L7 events (`event_type.type = 129`, what `hubble observe -t l7` asks),
 plus the configured namespace and verdict filters. Resumes with `since` = the newest
 flow already received (at start: the checkpoint, the newest flow durably stored), so
-a reconnect or a restart loses nothing Hubble still holds; flows at or before that time
-are marked as possibly stored, and the sink checks them. What Hubble no longer holds
-(its oldest flow is newer than `since`: overwritten meanwhile) becomes a gap row. Reconnects forever with exponential
+a reconnect or a restart loses nothing; flows at or before that time are marked as
+possibly stored, and the sink checks them. Reconnects forever with exponential
 backoff and full jitter. Lost events and node status messages become gap rows.
 """
 
@@ -26,16 +25,11 @@ from ..api.observer import observer_pb2, observer_pb2_grpc
 from ..api.relay import relay_pb2
 from ..config import SourceConfig
 from ..deadletter import DeadLetters
-from ..decode import (L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap, overwritten_gap,
-                      timestamp_ns)
+from ..decode import L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap, timestamp_ns
 from ..logs import RateLimitedLog
 from ..pipeline import Entry, Tally
 
 log = logging.getLogger(__name__)
-
-# How long to wait for the oldest flows Hubble holds before streaming; a server that does
-# not answer in time is reported by the stream itself.
-_OLDEST_FLOWS_TIMEOUT_S = 10.0
 
 # Measured here: grpcio's default client receives about 14,000 messages/s on a
 # server stream, with this option about 90,000.
@@ -160,8 +154,6 @@ class HubbleSource:
         channel = self.connector.open()
         try:
             stub = observer_pb2_grpc.ObserverStub(channel)
-            if since_ns:
-                self._record_overwritten(stub, since_ns)
             self._call = stub.GetFlows(flows_request(self.config, since_ns))
             if self.stop.is_set():
                 self._call.cancel()
@@ -190,32 +182,6 @@ class HubbleSource:
             metrics.CONNECTED.set(0)
             channel.close()
         return received
-
-    def _record_overwritten(self, stub, since_ns: int) -> None:
-        """Hubble's buffer holds minutes of flows: while this ingester (or the agent) was
-        down, flows after since_ns may have been overwritten, and `since` cannot bring them
-        back. The oldest flow each node still holds (Relay answers once per node) says from
-        when it has them; the time before that becomes a gap row."""
-        try:
-            oldest = list(stub.GetFlows(observer_pb2.GetFlowsRequest(number=1, first=True),
-                                        timeout=_OLDEST_FLOWS_TIMEOUT_S))
-        except grpc.RpcError:
-            return  # the stream that follows reports the server
-        for response in oldest:
-            if not response.HasField("flow"):
-                continue
-            flow = response.flow
-            oldest_ns = timestamp_ns(flow.time) if flow.HasField("time") else timestamp_ns(response.time)
-            if oldest_ns <= since_ns:
-                continue
-            node = flow.node_name or response.node_name
-            log.warning("Hubble on %s holds flows from %s on; those since %s were overwritten and cannot be "
-                        "stored (recorded in ingest_gaps)", node or self.config.address, _iso(oldest_ns),
-                        _iso(since_ns))
-            self.emit(Entry(overwritten_gap(self.config.address, node, since_ns, oldest_ns,
-                                            "Hubble's buffer no longer holds these flows (overwritten while the "
-                                            "ingester was away, or the agent restarted)"),
-                            False, self.config.address))
 
     def _connect_hint(self) -> str:
         """What to check when a TLS connection never delivered anything."""
