@@ -343,12 +343,13 @@ def interruption_gap(source: str, node: str, first_ns: int, last_ns: int, messag
     return GapRow(gap_id, last_ns, _gap_row(row))
 
 
-def unreadable_spool_gap(kept_at: str, written_ns: int, reported_ns: int, reason: str) -> GapRow:
+def unreadable_spool_gap(kept_at: str, file_id: str, written_ns: int, reason: str) -> GapRow:
     """A spooled batch that could not be read back: its flows are not stored, and how many
-    there were is unknown. first and last are when the file was written (its flows are a
-    little older); source is where the file is kept."""
-    gap_id = hashlib.blake2b(f"spool|{kept_at}".encode(), digest_size=16).hexdigest()
-    row = {"time": reported_ns, "node": "", "gap_id": gap_id, "kind": "spool_unreadable", "source": kept_at,
+    there were is unknown. The row's times are when the file was written (its flows are a
+    little older) and its id comes from the file (file_id: name, size, mtime), so working
+    on the same file again gives the same row; source is where the file is kept."""
+    gap_id = hashlib.blake2b(f"spool|{file_id}".encode(), digest_size=16).hexdigest()
+    row = {"time": written_ns, "node": "", "gap_id": gap_id, "kind": "spool_unreadable", "source": kept_at,
            "count": 0, "first": written_ns, "last": written_ns,
            "message": f"{reason}; the flows of this spooled batch are not stored"}
-    return GapRow(gap_id, reported_ns, _gap_row(row))
+    return GapRow(gap_id, written_ns, _gap_row(row))

@@ -25,7 +25,7 @@ from .config import BatchConfig
 from .decode import FlowRows, GapRow
 from .schema import INGEST_GAPS, INGEST_LEDGER, L7_AUDIT, Table
 from .sink import Sink
-from .spool import Spool, SpooledBatch
+from .spool import RECORD_SOURCE, Spool, SpooledBatch
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +267,8 @@ class Pipeline:
 
     def _committed(self, batch: SpooledBatch, inserted: dict[str, list[tuple]]) -> None:
         for table, rows in inserted.items():
-            if table == INGEST_LEDGER.name:
-                continue  # bookkeeping about the rows, not rows of flows
+            if table == INGEST_LEDGER.name or batch.source == RECORD_SOURCE:
+                continue  # bookkeeping about the rows, or about a spool file: not input of this run
             self.stored[table] = self.stored.get(table, 0) + len(rows)
             if self.on_commit is not None:
                 self.on_commit(table, rows)

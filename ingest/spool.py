@@ -27,7 +27,6 @@ import marshal
 import os
 import pickle
 import time
-import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -56,12 +55,23 @@ class SpooledBatch:
 
 
 _FIELDS = tuple(f.name for f in fields(SpooledBatch))
+# The source of the batches that record unreadable files: not input of this run.
+RECORD_SOURCE = "spool"
 _HEADER = b"flowlog-spool 2 marshal\n"
 _PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
 
 
 class SpoolError(RuntimeError):
     pass
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes a rename, link or unlink in directory durable."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 class Spool:
@@ -75,8 +85,10 @@ class Spool:
         # The batch last written, kept in memory: normally it is inserted right away, and
         # reading it back from disk would cost as much as writing it did.
         self._last: tuple[Path, SpooledBatch] | None = None
-        for path in [p for p in self._sizes if not p.stem.isdigit()]:
+        misnamed = [p for p in self._sizes if not (p.stem.isascii() and p.stem.isdigit())]
+        for path in misnamed:
             del self._sizes[path]
+        for path in misnamed:
             self._move_aside(path, SpoolError(f"{path}: not a spool file name (<sequence>.batch)"),
                              self.directory / f"{self._next_free():012d}.batch")
         self._next = self._next_free()
@@ -113,6 +125,10 @@ class Spool:
         self._write(path, batch)
 
     def _write(self, path: Path, batch: SpooledBatch) -> None:
+        self._put_in_place(self._write_aside(path, batch), path, batch)
+
+    def _write_aside(self, path: Path, batch: SpooledBatch) -> Path:
+        """The batch, durable in a temp file beside path (which a restart deletes)."""
         data = marshal.dumps({name: getattr(batch, name) for name in _FIELDS})
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
@@ -120,13 +136,13 @@ class Spool:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        return tmp
+
+    def _put_in_place(self, tmp: Path, path: Path, batch: SpooledBatch) -> None:
+        size = tmp.stat().st_size
         os.replace(tmp, path)
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        self._sizes[path] = len(_HEADER) + len(data)
+        _fsync_directory(self.directory)
+        self._sizes[path] = size
         self._last = (path, batch)
         self._publish()
 
@@ -166,24 +182,44 @@ class Spool:
 
     def _move_aside(self, path: Path, err: SpoolError, record_as: Path) -> None:
         """Keeps the file in unreadable/ (never over another one) and spools, as record_as,
-        a batch with the ingest_gaps row that puts the loss on record."""
-        written_ns = path.stat().st_mtime_ns
-        kept = self.directory / "unreadable"
-        kept.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside, copy = kept / f"{stamp}-{path.name}", 1
-        while aside.exists():
-            aside, copy = kept / f"{stamp}-{copy}-{path.name}", copy + 1
-        os.replace(path, aside)
+        a batch with the ingest_gaps row that puts the loss on record. The record is on
+        disk before the file leaves its place, so a crash in between at worst keeps the
+        file twice; the row is the same either time, and the sink stores it once."""
         metrics.SPOOL_UNREADABLE.inc()
-        log.error("%s; moved to %s: its flows are not stored (an ingest_gaps row of kind spool_unreadable "
-                  "records it)", err, aside)
-        gap = unreadable_spool_gap(str(aside), written_ns, time.time_ns(), str(err))
-        self._write(record_as, SpooledBatch(
-            batch_id=uuid.uuid4().hex, source="spool", rows={INGEST_GAPS.name: [gap.row]},
-            check_stored={INGEST_GAPS.name: {gap.gap_id}}, newest_ns=0, ids_at_newest=set(),
-            tallies={("spool", ""): {"oldest_ns": gap.time_ns, "newest_ns": gap.time_ns}},
-            created_ns=gap.time_ns))
+        kept = self.directory / "unreadable"
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        try:
+            kept.mkdir(exist_ok=True)
+            aside, copy = kept / f"{stamp}-{path.name}", 1
+            while aside.exists():
+                aside, copy = kept / f"{stamp}-{copy}-{path.name}", copy + 1
+            status = path.stat()
+            gap = unreadable_spool_gap(str(aside), f"{path.name}|{status.st_size}|{status.st_mtime_ns}",
+                                       status.st_mtime_ns, str(err))
+            record = SpooledBatch(
+                batch_id=gap.gap_id, source=RECORD_SOURCE, rows={INGEST_GAPS.name: [gap.row]},
+                check_stored={INGEST_GAPS.name: {gap.gap_id}}, newest_ns=0, ids_at_newest=set(),
+                tallies={(RECORD_SOURCE, ""): {"oldest_ns": gap.time_ns, "newest_ns": gap.time_ns}},
+                created_ns=gap.time_ns)
+            try:
+                tmp = self._write_aside(record_as, record)
+            except OSError as write_err:  # a full disk, most likely: keep the file all the same
+                os.replace(path, aside)
+                log.error("%s; moved to %s: its flows are not stored, and no ingest_gaps row records it "
+                          "(writing the record failed: %s)", err, aside, write_err)
+                return
+            os.link(path, aside)
+            _fsync_directory(kept)
+            self._put_in_place(tmp, record_as, record)
+            if record_as != path:
+                path.unlink()
+                _fsync_directory(self.directory)
+        except OSError as move_err:
+            log.error("%s; it could not be moved aside (%s): it stays, and is skipped until the next start",
+                      err, move_err)
+            return
+        log.error("%s; moved to %s: its flows are not stored (recorded in ingest_gaps as spool_unreadable)",
+                  err, aside)
 
     def oldest(self) -> tuple[Path, SpooledBatch] | None:
         return self._readable(min)

@@ -182,3 +182,13 @@ def test_replay_cli_reads_stdin_and_prints_one_summary_line(config, tmp_path):
          "SELECT count() FROM dns_flows WHERE rcode_name = 'NXDOMAIN'"],
         capture_output=True, cwd=REPO, timeout=120)
     assert query.stdout.decode().splitlines() == ["count()", "102"], query.stderr.decode()
+
+
+def test_a_spool_file_recorded_as_unreadable_is_not_counted_as_replayed(config, client):
+    spool = config.state_path / "spool"
+    spool.mkdir(parents=True)
+    (spool / "000000000001.batch").write_bytes(b"left by something else")
+    summary = replay(config, client, [str(HTTP_348)])
+    assert (summary.stored.get("ingest_gaps", 0), summary.duplicates) == (0, 0)
+    gaps = client.query(f"SELECT kind FROM `{config.store.database}`.ingest_gaps").result_rows
+    assert gaps == [("spool_unreadable",)]

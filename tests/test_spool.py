@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import marshal
+import os
 import pickle
 
 import pytest
@@ -73,26 +74,43 @@ def test_an_unreadable_file_is_moved_aside_and_recorded_in_its_place(tmp_path, c
     assert len(Spool(tmp_path, 1 << 20)) == 1
 
 
-def test_the_newest_readable_batch_is_found_past_an_unreadable_one(tmp_path):
+def test_newest_is_the_record_of_an_unreadable_newest_file(tmp_path):
+    # The runner advances the checkpoint from newest(); a record holds no flows, so it does
+    # not (the checkpoint was advanced when each batch was spooled anyway).
     spool = Spool(tmp_path, 1 << 20)
     spool.append(_batch("older"))
     spool.append(_batch("newer"))
     (tmp_path / "000000000002.batch").write_bytes(b"flowlog-spool 2 marshal\n")
     newest = Spool(tmp_path, 1 << 20).newest()
-    assert newest.rows["ingest_gaps"] and newest.newest_ns == 0  # the record, which holds no flows
+    assert newest.rows["ingest_gaps"] and newest.newest_ns == 0
     [aside] = (tmp_path / "unreadable").iterdir()
     assert aside.read_bytes() == b"flowlog-spool 2 marshal\n"
 
 
-def test_a_file_named_otherwise_is_moved_aside_at_start(tmp_path):
+def test_files_named_otherwise_are_moved_aside_at_start(tmp_path):
     Spool(tmp_path, 1 << 20).append(_batch("good"))
-    (tmp_path / "notes.batch").write_bytes(b"written by hand")
+    for name in ("notes.batch", "².batch"):  # '²' is a digit to str.isdigit, not to int()
+        (tmp_path / name).write_bytes(b"written by hand")
     spool = Spool(tmp_path, 1 << 20)
-    assert [p.name for p in spool._files()] == ["000000000001.batch", "000000000002.batch"]
-    assert [b.batch_id for b in (spool.oldest()[1],)] == ["good"]
-    assert spool.append(_batch("next")).name == "000000000003.batch"
-    [aside] = (tmp_path / "unreadable").iterdir()
-    assert aside.name.endswith("-notes.batch")
+    assert [p.name for p in spool._files()] == ["000000000001.batch", "000000000002.batch", "000000000003.batch"]
+    assert spool.oldest()[1].batch_id == "good"
+    assert spool.append(_batch("next")).name == "000000000004.batch"
+    assert sorted(p.name.split("-", 1)[1] for p in (tmp_path / "unreadable").iterdir()) == ["notes.batch", "².batch"]
+
+
+def test_a_full_disk_keeps_the_file_aside_without_a_record(tmp_path, monkeypatch, caplog):
+    import errno
+
+    (tmp_path / "000000000001.batch").write_bytes(b"hello")
+
+    def disk_full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Spool, "_write_aside", disk_full)
+    with caplog.at_level("ERROR", logger="ingest.spool"):
+        assert Spool(tmp_path, 1 << 20).oldest() is None
+    assert [p.read_bytes() for p in (tmp_path / "unreadable").iterdir()] == [b"hello"]
+    assert "no ingest_gaps row records it" in caplog.text and "No space left on device" in caplog.text
 
 
 def test_files_moved_aside_under_the_same_name_are_all_kept(tmp_path, monkeypatch):
@@ -119,5 +137,13 @@ def test_the_loss_reaches_the_store_and_the_completeness_query(config, client, t
     gaps = client.query(f"SELECT kind, source, node FROM `{db}`.ingest_gaps").result_rows
     [aside] = (config.state_path / "spool" / "unreadable").iterdir()
     assert gaps == [("spool_unreadable", str(aside), "")]
+    # A file moved aside again after a crash (its record already stored) gives the same row,
+    # which the sink finds stored.
+    (config.state_path / "spool" / "000000000003.batch").write_bytes(aside.read_bytes())
+    os.utime(config.state_path / "spool" / "000000000003.batch", ns=(aside.stat().st_atime_ns,
+                                                                     aside.stat().st_mtime_ns))
+    (config.state_path / "spool" / "000000000003.batch").rename(config.state_path / "spool" / "000000000001.batch")
+    assert sink.drain(Spool(config.state_path / "spool", 1 << 20), force=True)
+    assert client.query(f"SELECT count() FROM `{db}`.ingest_gaps").result_rows == [(1,)]
     rows = queries.load()["ingest_completeness"].rows(client, {"from": "2000-01-01", "until": "2200-01-01"}, db)
     assert [(r["node"], r["spool_batches_lost"]) for r in rows if r["spool_batches_lost"]] == [("", 1)]

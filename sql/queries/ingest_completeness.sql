@@ -6,8 +6,8 @@
 -- flows, not stored by design; quarantined: input written to the dead-letter file (node '' when
 -- the input named none); lost: events Hubble reported lost (lost_events gaps); interruptions:
 -- stream interruptions; node_events: Relay node status changes; spool_batches_lost: spooled
--- batches that could not be read back (spool_unreadable gaps, node '', in the hour they were
--- found): their flows are not stored and how many there were is unknown.
+-- batches that could not be read back (spool_unreadable gaps, node '', in the hour the file was
+-- written): their flows are not stored and how many there were is unknown.
 -- complete_pct = 100 * received / (received + lost + quarantined), 100 when all three are 0; it
 -- cannot count the flows of lost spool batches.
 --
