@@ -4,10 +4,6 @@ Written atomically (temp file, fsync, rename) and only after the batch holding t
 flow was acknowledged by the store, so a restart resumes with `since` = this time
 and loses nothing. The ids of the flows stored at exactly that time are kept too,
 so that the flows Hubble sends again at that instant are recognised.
-
-A clean stop also records until when Hubble's stream was read (this host's clock):
-what Hubble no longer holds from before that was read in full, so it is not a gap. The
-mark is dropped at the next advance, so after a crash there is none.
 """
 
 from __future__ import annotations
@@ -29,12 +25,10 @@ class Checkpoint:
         self.source = source
         self.time_ns = 0
         self.ids_at_time: set[str] = set()
-        self.read_until_ns = 0
         if self.path.exists():
             data = json.loads(self.path.read_text())
             self.time_ns = int(data["time_ns"])
             self.ids_at_time = set(data["ids_at_time"])
-            self.read_until_ns = int(data.get("read_until_ns", 0))
 
     def advance(self, time_ns: int, ids_at_time: set[str]) -> None:
         """Record that every flow up to time_ns (and these ids at time_ns) is stored."""
@@ -43,20 +37,12 @@ class Checkpoint:
         if time_ns == self.time_ns:
             ids_at_time = self.ids_at_time | ids_at_time
         self.time_ns, self.ids_at_time = time_ns, set(ids_at_time)
-        self.read_until_ns = 0
-        self._write()
-
-    def record_clean_stop(self, read_until_ns: int) -> None:
-        """Every flow Hubble sent until read_until_ns is durable."""
-        self.read_until_ns = read_until_ns
         self._write()
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         data = {"source": self.source, "time_ns": self.time_ns, "ids_at_time": sorted(self.ids_at_time)}
-        if self.read_until_ns:
-            data["read_until_ns"] = self.read_until_ns
         with open(tmp, "w") as handle:
             json.dump(data, handle)
             handle.flush()

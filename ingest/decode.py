@@ -343,17 +343,6 @@ def interruption_gap(source: str, node: str, first_ns: int, last_ns: int, messag
     return GapRow(gap_id, last_ns, _gap_row(row))
 
 
-def overwritten_gap(source: str, node: str, first_ns: int, last_ns: int, message: str) -> GapRow:
-    """From first_ns to last_ns Hubble holds no flows any more (its buffer was overwritten,
-    or the agent restarted): any L7 flows of that time cannot be stored. Its id and time
-    depend only on where the range starts, so a range found again (a later, larger
-    last_ns) is the same row, which the sink finds stored."""
-    gap_id = hashlib.blake2b(f"buffer_overwritten|{source}|{node}|{first_ns}".encode(), digest_size=16).hexdigest()
-    row = {"time": first_ns, "node": node, "gap_id": gap_id, "kind": "buffer_overwritten", "source": source,
-           "count": 0, "first": first_ns, "last": last_ns, "message": message}
-    return GapRow(gap_id, first_ns, _gap_row(row))
-
-
 def unreadable_spool_gap(kept_at: str, file_id: str, written_ns: int, reason: str) -> GapRow:
     """A spooled batch that could not be read back: its flows are not stored, and how many
     there were is unknown. The row's times are when the file was written (its flows are a

@@ -2,8 +2,8 @@
 
 It serves `/observer.Observer/GetFlows` and `/observer.Observer/ServerStatus` like a
 node's Hubble server: responses are kept in time order, as in Hubble's ring buffer;
-`since`, `follow`, `first` with `number`, and the whitelist filters the ingester sends
-(event type, source/destination pod prefix, verdict) are honoured. It can also misbehave on
+`since`, `follow` and the whitelist filters the ingester sends (event type,
+source/destination pod prefix, verdict) are honoured. It can also misbehave on
 purpose: end a stream after a number of messages, as a restarting agent does.
 """
 
@@ -86,10 +86,6 @@ class FlowBuffer:
             start = position + lost - self.overwritten
             return self._items[start:start + limit], lost
 
-    def oldest_flows(self, number: int) -> list[observer_pb2.GetFlowsResponse]:
-        with self._changed:
-            return [response for _, _, response in self._items if response.HasField("flow")][:number]
-
     def first_position_since(self, since_ns: int) -> int:
         with self._changed:
             return self.overwritten + bisect.bisect_left(self._items, since_ns, key=lambda item: item[0])
@@ -104,9 +100,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         self.buffer = buffer
         # Each entry ends one stream (in order of calls) after that many messages.
         self.drop_after = list(drop_after or [])
-        # Streams asked for (follow or since); requests for the oldest flows are in `first_requests`.
         self.requests: list[observer_pb2.GetFlowsRequest] = []
-        self.first_requests: list[observer_pb2.GetFlowsRequest] = []
         self.sent = 0
         self.newest_sent_ns = 0
         self.lost_reported = 0
@@ -115,11 +109,6 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         self._lock = threading.Lock()
 
     def GetFlows(self, request, context):
-        if request.first:
-            with self._lock:
-                self.first_requests.append(request)
-            yield from self.buffer.oldest_flows(request.number)
-            return
         with self._lock:
             self.requests.append(request)
             limit = self.drop_after.pop(0) if self.drop_after else None

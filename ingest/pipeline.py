@@ -171,8 +171,6 @@ class Pipeline:
         # None: wait for the store as long as it takes (a replay); else the SIGTERM bound.
         self.shutdown_timeout_s = shutdown_timeout_s
         self.stored: dict[str, int] = {}
-        # Items dropped at shutdown because the spool was full and the store failing.
-        self.left_undurable = 0
         self.committed = threading.Condition()
         self.committed_ns = checkpoint.time_ns if checkpoint else 0
         self._next_collection = 0.0
@@ -247,7 +245,6 @@ class Pipeline:
             if self.stop.is_set():
                 log.warning("stopping with the spool full and the store failing: %d items not made durable; "
                             "they are read from Hubble again after the restart", batch.size)
-                self.left_undurable += batch.size
                 return began
             time.sleep(0.05)
             self._collect_when_due()

@@ -75,8 +75,7 @@ class Ingester:
         self.pipeline = Pipeline(self.sink, self.spool, config.batch, self.checkpoint, self.l7_metrics.observe,
                                  self.stop, config.shutdown_timeout_s)
         self.source = HubbleSource(config.source, Decoder(config.http), self.dead_letters, self.pipeline.put,
-                                   self.stop, self.checkpoint.time_ns, self.checkpoint.ids_at_time,
-                                   self.checkpoint.read_until_ns)
+                                   self.stop, self.checkpoint.time_ns, self.checkpoint.ids_at_time)
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
         self.endpoint = None
         if config.metrics.address:
@@ -119,8 +118,6 @@ class Ingester:
         for thread in (writer, reader):
             if thread.error is not None:
                 raise thread.error
-        if self.source.read_until_ns and not self.pipeline.left_undurable:
-            self.checkpoint.record_clean_stop(self.source.read_until_ns)
         log.info("stopped; stored %s; checkpoint at %d", self.pipeline.stored, self.checkpoint.time_ns)
 
     def request_stop(self) -> None:

@@ -264,8 +264,7 @@ INGEST_GAPS = Table(
         Column("time", TIME, "Delta, ZSTD(1)", comment="when the gap was reported"),
         Column("node", LC),
         Column("gap_id", "String", "ZSTD(1)", comment="hash of the report, so a replay stores it once"),
-        Column("kind", LC, comment="lost_events, node_status, stream_interrupted, buffer_overwritten or "
-               "spool_unreadable"),
+        Column("kind", LC, comment="lost_events, node_status, stream_interrupted or spool_unreadable"),
         Column("source", LC, comment="who lost them (HUBBLE_RING_BUFFER, ...) or the source address"),
         Column("count", "UInt64", comment="events lost; 0 when unknown"),
         Column("first", TIME, comment="first time covered by the gap"),

@@ -3,19 +3,16 @@ fixture flows, the real ingester stores them in the real embedded ClickHouse."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 from google.protobuf import json_format
 
-from ingest import queries
 from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
-from ingest.checkpoint import Checkpoint
-from ingest.decode import L7_EVENT_TYPE, overwritten_gap
-from ingest.observer_server import FlowBuffer, ObserverServer, response_time_ns
+from ingest.decode import L7_EVENT_TYPE
+from ingest.observer_server import FlowBuffer, ObserverServer
 from ingest.runner import Ingester
 
 from .conftest import ALL_FIXTURES, DNS_330, HTTP_348, fixture_lines
@@ -143,95 +140,3 @@ def test_namespace_and_verdict_filters_are_sent_to_hubble(config, client):
     namespaces = client.query(f"SELECT DISTINCT src_namespace = 'bookinfo' OR dst_namespace = 'bookinfo' "
                               f"FROM `{config.store.database}`.http_flows").result_rows
     assert namespaces == [(True,)]
-
-
-def _timed(responses, start_ns: int, step_ns: int = 10_000_000):
-    """Copies of responses whose flows happen from start_ns on, one every step_ns."""
-    timed = []
-    for index, response in enumerate(responses):
-        copy = observer_pb2.GetFlowsResponse()
-        copy.CopyFrom(response)
-        copy.flow.time.FromNanoseconds(start_ns + index * step_ns)
-        timed.append(copy)
-    return timed
-
-
-def _not_l7(responses):
-    """The same flows as L3/L4 trace events, which the ingester does not ask for."""
-    for response in responses:
-        response.flow.ClearField("l7")
-        response.flow.Type = flow_pb2.L3_L4
-        response.flow.event_type.type = 4
-    return responses
-
-
-def _overwritten_while_away(config, client, crash: bool):
-    """100 flows stored; the ingester stops (cleanly, or as if it crashed); 200 more pass
-    through Hubble's 150-flow buffer before it starts again. Returns (gaps, expected
-    start of the gap, the oldest flow Hubble still held)."""
-    http = sorted(responses_of(fixture_lines(HTTP_348)), key=response_time_ns)
-    before = _timed(http[:100], time.time_ns() - 30_000_000_000)
-    buffer = FlowBuffer(before, capacity=150)
-    with ObserverServer(buffer) as server:
-        config.source.address = server.address
-        with RunningIngester(config, client) as ingester:
-            wait_for(lambda: server.service.caught_up()
-                     and ingester.pipeline.committed_ns >= server.service.newest_sent_ns, what="first 100 stored")
-        checkpoint = Checkpoint(config.state_path, server.address)
-        assert checkpoint.read_until_ns > response_time_ns(before[-1])  # the clean stop's mark
-        if crash:
-            data = json.loads(checkpoint.path.read_text())
-            del data["read_until_ns"]
-            checkpoint.path.write_text(json.dumps(data))
-        meanwhile = _timed(http[100:300], time.time_ns() + 1_000_000_000)
-        buffer.extend(meanwhile)
-        with RunningIngester(config, client) as ingester:
-            wait_for(lambda: server.service.caught_up()
-                     and ingester.pipeline.committed_ns >= server.service.newest_sent_ns
-                     and count(client, config, "ingest_gaps") == 1, what="the rest stored and the gap recorded")
-        assert [r.number for r in server.service.first_requests] == [1]  # asked on resuming only
-    assert count(client, config, "l7_audit") == 250  # 100 before, and the 150 Hubble still held
-    gaps = client.query(f"SELECT kind, node, toUnixTimestamp64Nano(first), toUnixTimestamp64Nano(last), count "
-                        f"FROM `{config.store.database}`.ingest_gaps").result_rows
-    expected_start = response_time_ns(before[-1]) if crash else checkpoint.read_until_ns - 1_000_000_000
-    return gaps, expected_start, meanwhile[50]
-
-
-@pytest.mark.parametrize("crash", [False, True], ids=["after a clean stop", "after a crash"])
-def test_flows_overwritten_while_the_ingester_was_away_are_recorded_as_a_gap(config, client, crash):
-    gaps, start, oldest_held = _overwritten_while_away(config, client, crash)
-    # After a clean stop the gap starts when reading stopped (less a second for clocks);
-    # after a crash, at the newest flow stored.
-    assert gaps == [("buffer_overwritten", oldest_held.flow.node_name, start, response_time_ns(oldest_held), 0)]
-    rows = queries.load()["ingest_completeness"].rows(client, {"from": "2000-01-01", "until": "2200-01-01"},
-                                                      config.store.database)
-    assert sum(r["buffer_overwritten"] for r in rows) == 1
-
-
-def test_flows_read_in_full_are_no_gap_however_old_the_last_l7_flow(config, client):
-    """Little L7 traffic: other events fill Hubble's buffer while the ingester reads it. A
-    restart finds the buffer newer than the last L7 flow, but nothing was missed."""
-    http = sorted(responses_of(fixture_lines(HTTP_348)), key=response_time_ns)
-    buffer = FlowBuffer(_timed(http[:1], time.time_ns() - 30_000_000_000), capacity=20)
-    with ObserverServer(buffer) as server:
-        config.source.address = server.address
-        with RunningIngester(config, client) as ingester:
-            wait_for(lambda: ingester.pipeline.committed_ns >= server.service.newest_sent_ns > 0,
-                     what="the L7 flow stored")
-            others = _not_l7(_timed(http[1:51], time.time_ns() - 20_000_000_000))
-            for start in range(0, len(others), 5):  # at a pace the reader keeps up with
-                buffer.extend(others[start:start + 5])
-                wait_for(server.service.caught_up, what="the stream read up")
-        assert buffer.overwritten == 31  # the L7 flow is gone from Hubble's buffer
-        with RunningIngester(config, client) as ingester:
-            wait_for(lambda: server.service.first_requests, what="the oldest flows asked for")
-            time.sleep(0.5)
-    gaps = client.query(f"SELECT kind FROM `{config.store.database}`.ingest_gaps").result_rows
-    assert gaps == []
-
-
-def test_a_range_found_again_is_the_same_row():
-    first = overwritten_gap("hubble:4245", "node-a", 1_000, 5_000, "overwritten")
-    again = overwritten_gap("hubble:4245", "node-a", 1_000, 9_000, "overwritten")
-    assert (first.gap_id, first.time_ns) == (again.gap_id, again.time_ns)
-    assert overwritten_gap("hubble:4245", "node-b", 1_000, 5_000, "overwritten").gap_id != first.gap_id

@@ -3,11 +3,9 @@
 Asks only for L7 events (`event_type.type = 129`, what `hubble observe -t l7` asks),
 plus the configured namespace and verdict filters. Resumes with `since` = the newest
 flow already received (at start: the checkpoint, the newest flow durably stored), so
-a reconnect or a restart loses nothing Hubble still holds; flows at or before that time
-are marked as possibly stored, and the sink checks them. What Hubble no longer holds
-(overwritten while reading had stopped) becomes a gap row. Reconnects forever with
-exponential backoff and full jitter. Lost events and node status messages become gap
-rows.
+a reconnect or a restart loses nothing; flows at or before that time are marked as
+possibly stored, and the sink checks them. Reconnects forever with exponential
+backoff and full jitter. Lost events and node status messages become gap rows.
 """
 
 from __future__ import annotations
@@ -27,17 +25,11 @@ from ..api.observer import observer_pb2, observer_pb2_grpc
 from ..api.relay import relay_pb2
 from ..config import SourceConfig
 from ..deadletter import DeadLetters
-from ..decode import (L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap, overwritten_gap,
-                      timestamp_ns)
+from ..decode import L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap, timestamp_ns
 from ..logs import RateLimitedLog
 from ..pipeline import Entry, Tally
 
 log = logging.getLogger(__name__)
-
-# How long to wait for the oldest flows Hubble holds before streaming.
-_OLDEST_FLOWS_TIMEOUT_S = 10.0
-# Our clock against the nodes' (Relay): a range this much shorter is not reported.
-_CLOCK_MARGIN_NS = 1_000_000_000
 
 # Measured here: grpcio's default client receives about 14,000 messages/s on a
 # server stream, with this option about 90,000.
@@ -107,8 +99,7 @@ def flows_request(config: SourceConfig, since_ns: int) -> observer_pb2.GetFlowsR
 
 class HubbleSource:
     def __init__(self, config: SourceConfig, decoder: Decoder, dead_letters: DeadLetters,
-                 emit, stop: threading.Event, resume_ns: int = 0, resume_ids: set[str] | None = None,
-                 read_until_ns: int = 0):
+                 emit, stop: threading.Event, resume_ns: int = 0, resume_ids: set[str] | None = None):
         self.config = config
         self.connector = Connector(config)
         self.decoder = decoder
@@ -120,9 +111,6 @@ class HubbleSource:
         self.resume_ns = resume_ns
         self.resume_ids = set(resume_ids or ())
         self.newest_ns = resume_ns
-        # When reading last stopped (this host's clock; 0: unknown, after a crash). Until
-        # then every L7 flow Hubble held was received, however long ago the newest was.
-        self.read_until_ns = read_until_ns
         self.connections = 0
         self._overlap_ns = 0
         self.connected = threading.Event()
@@ -166,8 +154,6 @@ class HubbleSource:
         channel = self.connector.open()
         try:
             stub = observer_pb2_grpc.ObserverStub(channel)
-            if since_ns:
-                self._record_overwritten(stub, max(since_ns, self.read_until_ns - _CLOCK_MARGIN_NS))
             self._call = stub.GetFlows(flows_request(self.config, since_ns))
             if self.stop.is_set():
                 self._call.cancel()
@@ -191,53 +177,11 @@ class HubbleSource:
                                                      f"{code.name if code else 'ERROR'}: {details}"),
                                     False, self.config.address))
         finally:
-            if received:
-                self.read_until_ns = time.time_ns()
             self._call = None
             self.connected.clear()
             metrics.CONNECTED.set(0)
             channel.close()
         return received
-
-    def _record_overwritten(self, stub, unread_from_ns: int) -> None:
-        """Hubble's buffer holds minutes of flows, or seconds on a busy node. What it
-        overwrote after unread_from_ns (when reading stopped, or the newest flow received)
-        cannot be fetched with `since`. The oldest flow each node still holds (Relay
-        answers once per node) says from when it has them; a later one makes the time in
-        between a gap row."""
-        call = stub.GetFlows(observer_pb2.GetFlowsRequest(number=1, first=True), timeout=_OLDEST_FLOWS_TIMEOUT_S)
-        self._call = call  # so that cancel() ends it at shutdown
-        oldest = []
-        try:
-            if self.stop.is_set():
-                call.cancel()
-            for response in call:
-                oldest.append(response)
-        except grpc.RpcError as err:
-            code = err.code() if hasattr(err, "code") else None
-            # An unreachable server is reported by the stream that follows.
-            if not self.stop.is_set() and code is not grpc.StatusCode.UNAVAILABLE:
-                self._connect_log.warning("Hubble %s did not say which flows it still holds (%s): a gap after %s "
-                                          "is not checked", self.config.address, code.name if code else err,
-                                          _iso(unread_from_ns))
-        finally:
-            self._call = None
-        for response in oldest:
-            if not response.HasField("flow"):
-                continue
-            flow = response.flow
-            oldest_ns = timestamp_ns(flow.time) if flow.HasField("time") else timestamp_ns(response.time)
-            if oldest_ns <= unread_from_ns:
-                continue
-            node = flow.node_name or response.node_name
-            log.warning("Hubble on %s holds flows from %s on; any L7 flows from %s to then were overwritten "
-                        "(recorded in ingest_gaps)", node or self.config.address, _iso(oldest_ns),
-                        _iso(unread_from_ns))
-            # Possibly stored already: found again after a failed connection, it is looked up.
-            self.emit(Entry(overwritten_gap(self.config.address, node, unread_from_ns, oldest_ns,
-                                            "Hubble's buffer no longer holds flows of this time (overwritten "
-                                            "while the ingester was away, or the agent restarted)"),
-                            True, self.config.address))
 
     def _connect_hint(self) -> str:
         """What to check when a TLS connection never delivered anything."""

@@ -110,7 +110,7 @@ CREATE TABLE IF NOT EXISTS `${database}`.`ingest_gaps`
     `time` DateTime64(9, 'UTC') CODEC(Delta, ZSTD(1)) COMMENT 'when the gap was reported',
     `node` LowCardinality(String),
     `gap_id` String CODEC(ZSTD(1)) COMMENT 'hash of the report, so a replay stores it once',
-    `kind` LowCardinality(String) COMMENT 'lost_events, node_status, stream_interrupted, buffer_overwritten or spool_unreadable',
+    `kind` LowCardinality(String) COMMENT 'lost_events, node_status, stream_interrupted or spool_unreadable',
     `source` LowCardinality(String) COMMENT 'who lost them (HUBBLE_RING_BUFFER, ...) or the source address',
     `count` UInt64 COMMENT 'events lost; 0 when unknown',
     `first` DateTime64(9, 'UTC') COMMENT 'first time covered by the gap',

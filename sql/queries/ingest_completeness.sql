@@ -5,18 +5,16 @@
 -- stored: L7 flows stored by that batch; duplicates: received but already stored; filtered: non-L7
 -- flows, not stored by design; quarantined: input written to the dead-letter file (node '' when
 -- the input named none); lost: events Hubble reported lost (lost_events gaps); interruptions:
--- stream interruptions; buffer_overwritten: time ranges whose flows Hubble no longer held when the
--- ingester resumed (any L7 flows in them are not stored; how many is unknown), in the hour the range
--- starts; node_events: Relay node status changes; spool_batches_lost: spooled batches that could
--- not be read back (spool_unreadable gaps, node '', in the hour the file was written): their flows
--- are not stored and how many there were is unknown.
+-- stream interruptions; node_events: Relay node status changes; spool_batches_lost: spooled
+-- batches that could not be read back (spool_unreadable gaps, node '', in the hour the file was
+-- written): their flows are not stored and how many there were is unknown.
 -- complete_pct = 100 * received / (received + lost + quarantined), 100 when all three are 0; it
 -- cannot count the flows of lost spool batches.
 --
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
 -- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
 -- columns: hour, node, received, stored, stored_http, stored_dns, duplicates, filtered, quarantined, lost
--- columns: interruptions, buffer_overwritten, node_events, spool_batches_lost, complete_pct
+-- columns: interruptions, node_events, spool_batches_lost, complete_pct
 SELECT
     hour,
     node,
@@ -29,7 +27,6 @@ SELECT
     quarantined,
     lost,
     interruptions,
-    buffer_overwritten,
     node_events,
     spool_batches_lost,
     if(received + lost + quarantined = 0, 100, round(100 * received / (received + lost + quarantined), 2))
@@ -57,7 +54,6 @@ FULL OUTER JOIN
         toString(node) AS node,
         sumIf(count, kind = 'lost_events') AS lost,
         countIf(kind = 'stream_interrupted') AS interruptions,
-        countIf(kind = 'buffer_overwritten') AS buffer_overwritten,
         countIf(kind = 'node_status') AS node_events,
         countIf(kind = 'spool_unreadable') AS spool_batches_lost
     FROM ingest_gaps
