@@ -70,10 +70,17 @@ class Sink:
                 return True
             path, batch = oldest
             try:
-                if not batch.resolved and self._resolve(batch):
-                    # Lookups may give another answer later (more rows stored by then): save
-                    # this one, so a re-insert after a crash sends exactly the same blocks.
-                    spool.replace(path, batch)
+                if not batch.resolved:
+                    # Lookups may give another answer later (more rows stored by then, some
+                    # by this very batch): the first answer is kept, so a re-insert after a
+                    # crash sends exactly the same blocks.
+                    if spool.nothing_stored(path):
+                        batch.check_stored = {}
+                    asked, dropped = self._resolve(batch)
+                    if dropped:
+                        spool.replace(path, batch)
+                    elif asked:
+                        spool.note_nothing_stored(path)  # cheaper than rewriting the batch
                 inserted = self._insert(batch)
             except StoreUnavailable as err:
                 self._failed(err)
@@ -108,10 +115,11 @@ class Sink:
             metrics.INSERT_ERRORS.labels(table.name, type(err).__name__).inc()
             raise StoreUnavailable(f"{table.name}: {type(err).__name__}: {err}") from err
 
-    def _resolve(self, batch: SpooledBatch) -> bool:
-        """Drop rows already stored and add the ledger rows; True if the store was asked
-        (without lookups, resolving the spooled batch again gives the same rows)."""
-        looked_up = bool(batch.check_stored)
+    def _resolve(self, batch: SpooledBatch) -> tuple[bool, bool]:
+        """Drop rows already stored and add the ledger rows. Returns whether the store was
+        asked and whether rows were dropped (without either, resolving the spooled batch
+        again gives the same rows)."""
+        asked = dropped = False
         for name, candidates in batch.check_stored.items():
             table = TABLES[name]
             rows = batch.rows.get(name, [])
@@ -120,13 +128,15 @@ class Sink:
             if not times:
                 continue
             stored = self._call(table, lambda: self.stored_ids(table, candidates, min(times), max(times)))
+            asked = True
             if stored:
                 metrics.DUPLICATES_DROPPED.labels(name).inc(len(stored))
                 batch.rows[name] = [row for row in rows if row[id_index] not in stored]
+                dropped = True
         batch.check_stored = {}
         batch.rows[INGEST_LEDGER.name] = ledger_rows(batch)
         batch.resolved = True
-        return looked_up
+        return asked, dropped
 
     def stored_ids(self, table: Table, ids: set[str], min_ns: int, max_ns: int) -> set[str]:
         source = f"`{self.database}`.`{table.name}`"

@@ -57,6 +57,8 @@ class SpooledBatch:
 _FIELDS = tuple(f.name for f in fields(SpooledBatch))
 # The source of the batches that record unreadable files: not input of this run.
 RECORD_SOURCE = "spool"
+# Beside `<sequence>.batch`: its lookups found nothing stored (see Sink.drain).
+_NOTHING_STORED = ".nothing-stored"
 _HEADER = b"flowlog-spool 2 marshal\n"
 _PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
 
@@ -82,6 +84,9 @@ class Spool:
         for stale in directory.glob("*.tmp"):
             stale.unlink()  # a write that a crash interrupted; its batch was never acknowledged
         self._sizes = {p: p.stat().st_size for p in self._files()}
+        for marker in directory.glob(f"*{_NOTHING_STORED}"):
+            if marker.with_suffix(".batch") not in self._sizes:
+                marker.unlink()  # its batch was removed, and a crash came before the marker
         # The batch last written, kept in memory: normally it is inserted right away, and
         # reading it back from disk would cost as much as writing it did.
         self._last: tuple[Path, SpooledBatch] | None = None
@@ -123,6 +128,18 @@ class Spool:
 
     def replace(self, path: Path, batch: SpooledBatch) -> None:
         self._write(path, batch)
+
+    def note_nothing_stored(self, path: Path) -> None:
+        """The lookups of the batch in path found none of its rows stored. Kept as an
+        empty file beside it, which costs nothing next to rewriting the batch: in a
+        replay every batch is looked up."""
+        marker = path.with_suffix(_NOTHING_STORED)
+        with open(marker, "wb") as handle:
+            os.fsync(handle.fileno())
+        _fsync_directory(self.directory)
+
+    def nothing_stored(self, path: Path) -> bool:
+        return path.with_suffix(_NOTHING_STORED).exists()
 
     def _write(self, path: Path, batch: SpooledBatch) -> None:
         self._put_in_place(self._write_aside(path, batch), path, batch)
@@ -210,6 +227,7 @@ class Spool:
                 return
             os.link(path, aside)
             _fsync_directory(kept)
+            path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)  # it was about the lost batch
             self._put_in_place(tmp, record_as, record)
             if record_as != path:
                 path.unlink()
@@ -230,6 +248,7 @@ class Spool:
 
     def remove(self, path: Path) -> None:
         path.unlink()
+        path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)  # after: a marker alone is cleared at start
         del self._sizes[path]
         if self._last is not None and self._last[0] == path:
             self._last = None

@@ -203,8 +203,13 @@ def test_a_batch_resumed_after_a_crash_is_inserted_and_counted_as_first_resolved
     # Calls 0 and 1 ask whether the http_flows and l7_audit ranges hold rows; call 2, the
     # http_flows insert, lands and then "fails".
     assert not Sink(FaultyClient(client, {2: FAIL_AFTER}), db).drain(spool)
+    # The answer (none of them stored) is an empty marker beside the batch, not a rewrite.
+    [batch_file] = (tmp_path / "spool").glob("*.batch")
+    assert batch_file.with_suffix(".nothing-stored").exists()
+    assert not Spool(tmp_path / "spool", 1 << 30)._read(batch_file).resolved
     restarted = Spool(tmp_path / "spool", 1 << 30)  # the process died: read back from disk
     assert Sink(client, db).drain(restarted)
+    assert list((tmp_path / "spool").iterdir()) == []
     ledger = client.query(f"SELECT stored_http, stored_audit, duplicates FROM `{db}`.ingest_ledger").result_rows
     assert ledger == [(2, 2, 0)]
     assert client.query(f"SELECT count() FROM `{db}`.http_flows").result_rows == [(2,)]
