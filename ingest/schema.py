@@ -261,7 +261,8 @@ INGEST_GAPS = Table(
     name="ingest_gaps",
     comment="Lost events, node status changes and stream interruptions: what may be missing",
     columns=(
-        Column("time", TIME, "Delta, ZSTD(1)", comment="when the gap was reported"),
+        Column("time", TIME, "Delta, ZSTD(1)", comment="when the gap was reported (spool_unreadable: when the "
+               "lost batch was written)"),
         Column("node", LC),
         Column("gap_id", "String", "ZSTD(1)", comment="hash of the report, so a replay stores it once"),
         Column("kind", LC, comment="lost_events, node_status, stream_interrupted or spool_unreadable"),

@@ -107,7 +107,7 @@ COMMENT 'Every ingested L7 flow in full (flow.Flow protobuf bytes), for audits a
 
 CREATE TABLE IF NOT EXISTS `${database}`.`ingest_gaps`
 (
-    `time` DateTime64(9, 'UTC') CODEC(Delta, ZSTD(1)) COMMENT 'when the gap was reported',
+    `time` DateTime64(9, 'UTC') CODEC(Delta, ZSTD(1)) COMMENT 'when the gap was reported (spool_unreadable: when the lost batch was written)',
     `node` LowCardinality(String),
     `gap_id` String CODEC(ZSTD(1)) COMMENT 'hash of the report, so a replay stores it once',
     `kind` LowCardinality(String) COMMENT 'lost_events, node_status, stream_interrupted or spool_unreadable',
