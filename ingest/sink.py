@@ -1,8 +1,9 @@
 """The sink: takes spooled batches to ClickHouse, oldest first, and retries until they land.
 
 For each batch: `resolve` looks up the rows that may be stored already (a replayed file,
-the overlap after a reconnect), drops those, and writes the ledger rows; the resolved
-batch is saved back to the spool, so what gets inserted never changes afterwards.
+the overlap after a reconnect), drops those, and writes the ledger rows; the answer is
+kept in the spool (the resolved batch when rows were dropped, else an empty marker file
+beside it), so what gets inserted never changes afterwards.
 Then each table's rows go in one insert carrying a deterministic
 `insert_deduplication_token` (the tables set `non_replicated_deduplication_window`),
 so re-inserting a batch after a timeout or a crash stores nothing twice. The ledger
@@ -118,25 +119,27 @@ class Sink:
     def _resolve(self, batch: SpooledBatch) -> tuple[bool, bool]:
         """Drop rows already stored and add the ledger rows. Returns whether the store was
         asked and whether rows were dropped (without either, resolving the spooled batch
-        again gives the same rows)."""
-        asked = dropped = False
+        again gives the same rows). Every table is asked before any row is dropped: a
+        lookup that fails leaves the batch as it was, for the retry to ask again."""
+        asked = False
+        found: dict[str, tuple[set[str], int]] = {}
         for name, candidates in batch.check_stored.items():
             table = TABLES[name]
-            rows = batch.rows.get(name, [])
             id_index = table.column_names.index(table.id_column)
-            times = [row[0] for row in rows if row[id_index] in candidates]
+            times = [row[0] for row in batch.rows.get(name, []) if row[id_index] in candidates]
             if not times:
                 continue
             stored = self._call(table, lambda: self.stored_ids(table, candidates, min(times), max(times)))
             asked = True
             if stored:
-                metrics.DUPLICATES_DROPPED.labels(name).inc(len(stored))
-                batch.rows[name] = [row for row in rows if row[id_index] not in stored]
-                dropped = True
+                found[name] = (stored, id_index)
+        for name, (stored, id_index) in found.items():
+            metrics.DUPLICATES_DROPPED.labels(name).inc(len(stored))
+            batch.rows[name] = [row for row in batch.rows[name] if row[id_index] not in stored]
         batch.check_stored = {}
         batch.rows[INGEST_LEDGER.name] = ledger_rows(batch)
         batch.resolved = True
-        return asked, dropped
+        return asked, bool(found)
 
     def stored_ids(self, table: Table, ids: set[str], min_ns: int, max_ns: int) -> set[str]:
         source = f"`{self.database}`.`{table.name}`"

@@ -221,13 +221,14 @@ class Spool:
             try:
                 tmp = self._write_aside(record_as, record)
             except OSError as write_err:  # a full disk, most likely: keep the file all the same
+                path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)
                 os.replace(path, aside)
                 log.error("%s; moved to %s: its flows are not stored, and no ingest_gaps row records it "
                           "(writing the record failed: %s)", err, aside, write_err)
                 return
+            path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)  # it was about the lost batch
             os.link(path, aside)
             _fsync_directory(kept)
-            path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)  # it was about the lost batch
             self._put_in_place(tmp, record_as, record)
             if record_as != path:
                 path.unlink()

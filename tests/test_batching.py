@@ -21,8 +21,8 @@ from ingest.schema import L7_AUDIT
 from ingest.sink import Sink
 from ingest.spool import Spool, SpooledBatch
 
-from .conftest import HTTP_348, fixture_lines
-from .faults import FAIL_AFTER, FaultyClient
+from .conftest import DNS_330, HTTP_348, fixture_lines
+from .faults import FAIL_AFTER, FAIL_BEFORE, FaultyClient
 
 WAIT_S = 60  # a stuck batcher fails the test instead of hanging the run
 
@@ -213,3 +213,53 @@ def test_a_batch_resumed_after_a_crash_is_inserted_and_counted_as_first_resolved
     ledger = client.query(f"SELECT stored_http, stored_audit, duplicates FROM `{db}`.ingest_ledger").result_rows
     assert ledger == [(2, 2, 0)]
     assert client.query(f"SELECT count() FROM `{db}`.http_flows").result_rows == [(2,)]
+
+
+class _FirstInsertLandsThenFails(FaultyClient):
+    """Its first insert lands and then reports failure; whatever it asked before did not count."""
+
+    def __init__(self, client):
+        super().__init__(client)
+        self._inserts = 0
+
+    def insert(self, *args, **kwargs):
+        self._faults = {self.calls: FAIL_AFTER} if self._inserts == 0 else {}
+        self._inserts += 1
+        return super().insert(*args, **kwargs)
+
+
+def _flow_of(path, flow_id: str, seconds: int):
+    response = json_format.ParseDict(fixture_lines(path)[0], observer_pb2.GetFlowsResponse())
+    response.flow.uuid = flow_id
+    response.flow.time.FromSeconds(seconds)
+    return Decoder().decode(response)
+
+
+def test_a_lookup_that_fails_partway_leaves_the_batch_as_it_was(config, client, tmp_path):
+    """One DNS flow of a replayed batch is stored already. The first attempt's lookups find
+    it in dns_flows and l7_audit, then the http_flows lookup fails; the retry in the same
+    process must ask again and keep that answer (not 'nothing stored'), so that after a
+    crash the same blocks go in and the flow is stored once."""
+    db = config.store.database
+    known = _flow_of(DNS_330, "00000000-0000-4000-8000-000000000000", 1_700_000_000)
+    new = [_flow_of(HTTP_348, f"00000000-0000-4000-8000-00000000000{i}", 1_700_000_000 + 100 * i) for i in (1, 2)]
+    spool = Spool(tmp_path / "spool", 1 << 30)
+    stored_before = pipeline_module.Batch()
+    stored_before.add(Entry(known, False, "file.jsonl"))
+    spool.append(stored_before.seal())
+    assert Sink(client, db).drain(spool)
+    batch = pipeline_module.Batch()
+    for flow in (known, *new):
+        batch.add(Entry(flow, True, "file.jsonl"))
+    spool.append(batch.seal())
+    # Calls: 0-1 dns_flows lookup (range, ids), 2-3 l7_audit, 4 the http_flows range: fails.
+    assert not Sink(FaultyClient(client, {4: FAIL_BEFORE}), db).drain(spool)
+    # The retry, in this process: its first insert lands and then "fails".
+    assert not Sink(_FirstInsertLandsThenFails(client), db).drain(spool)
+    assert Sink(client, db).drain(Spool(tmp_path / "spool", 1 << 30))  # after a crash
+    counts = {table: client.query(f"SELECT count(), uniqExact(flow_id) FROM `{db}`.{table}").result_rows[0]
+              for table in ("dns_flows", "http_flows", "l7_audit")}
+    assert counts == {"dns_flows": (1, 1), "http_flows": (2, 2), "l7_audit": (3, 3)}
+    ledger = client.query(f"SELECT stored_http, stored_dns, stored_audit, duplicates FROM `{db}`.ingest_ledger "
+                          "ORDER BY committed_at, stored_audit").result_rows
+    assert ledger == [(0, 1, 1, 0), (2, 0, 2, 1)]
