@@ -36,6 +36,7 @@ from .schema import INGEST_GAPS
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class SpooledBatch:
     batch_id: str
@@ -218,15 +219,14 @@ class Spool:
                 check_stored={INGEST_GAPS.name: {gap.gap_id}}, newest_ns=0, ids_at_newest=set(),
                 tallies={(RECORD_SOURCE, ""): {"oldest_ns": gap.time_ns, "newest_ns": gap.time_ns}},
                 created_ns=gap.time_ns)
+            path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)  # it was about the lost batch
             try:
                 tmp = self._write_aside(record_as, record)
             except OSError as write_err:  # a full disk, most likely: keep the file all the same
-                path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)
                 os.replace(path, aside)
                 log.error("%s; moved to %s: its flows are not stored, and no ingest_gaps row records it "
                           "(writing the record failed: %s)", err, aside, write_err)
                 return
-            path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)  # it was about the lost batch
             os.link(path, aside)
             _fsync_directory(kept)
             self._put_in_place(tmp, record_as, record)
