@@ -26,7 +26,7 @@ The timed statement is `INSERT INTO baseline.hubble_jsonpb FROM INFILE '...' FOR
 JSONEachRow`, which ClickHouse parses in parallel on every core (max_threads), or `...
 hubble_protobuf ... FORMAT Protobuf`, which it parses on one thread. It does less
 than flowlog does: no audit table, no ledger, no duplicate lookups, no checkpoint, and a
-flow without uuid gets an empty flow_id instead of a content hash. So the comparison
+flow without uuid gets the zero UUID as flow_id instead of a content hash. So the comparison
 favours the baseline. Prints one JSON line.
 """
 
@@ -85,7 +85,7 @@ _URL = "replaceRegexpOne(f.l7.http.url, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@', 
 COMMON = {
     "time": "parseDateTime64BestEffort(f.time, 9, 'UTC')",
     "node": "if(f.node_name != '', f.node_name, node_name)",
-    "flow_id": "f.uuid",
+    "flow_id": "toUUIDOrZero(f.uuid)",
     "verdict": "f.verdict",
     "l7_type": "f.l7.type",
     "traffic_direction": "f.traffic_direction",
@@ -109,8 +109,6 @@ HTTP = {
     "method": "f.l7.http.method",
     "url": _URL,
     "host": f"if(port({_URL}) != 0, concat(domain({_URL}), ':', toString(port({_URL}))), domain({_URL}))",
-    "path": f"path({_URL})",
-    "query": f"queryString({_URL})",
     "protocol": "f.l7.http.protocol",
     "status_code": "f.l7.http.code",
     # Hubble's name of the server; flowlog also falls back to the client's last DNS answer

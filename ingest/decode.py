@@ -49,6 +49,9 @@ _WORKLOAD_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:app=", "k8s:k8s-app=")
 _FIRST_ALLOCATED_IDENTITY = 256
 _KEEP, _REDACT, _DROP = object(), object(), object()
 _REDACTED = "[REDACTED]"
+# How Hubble writes a flow's uuid (Go's uuid.String()). The typed tables store flow_id as
+# a UUID, so anything else is replaced by the content hash (32 hex digits, also a UUID).
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Per-decoder caches of what repeats (pods, identities, URLs) are emptied when they reach this.
 _CACHE_ENTRIES = 50_000
 
@@ -57,8 +60,8 @@ _CACHE_ENTRIES = 50_000
 _ENDPOINT = ("namespace", "pod", "workload", "identity", "ip", "port", "labels", "names")
 _FLOW_ORDER = (("time", "node", "flow_id", "verdict", "l7_type", "traffic_direction", "is_reply")
                + tuple(f"src_{c}" for c in _ENDPOINT) + tuple(f"dst_{c}" for c in _ENDPOINT))
-_HTTP_ORDER = _FLOW_ORDER + ("method", "url", "host", "path", "query", "protocol", "status_code", "latency_ns",
-                             "headers", "dst_dns_name")
+_HTTP_ORDER = _FLOW_ORDER + ("method", "url", "host", "protocol", "status_code", "latency_ns", "headers",
+                             "dst_dns_name")
 _DNS_ORDER = _FLOW_ORDER + ("query", "qtypes", "rcode", "rcode_name", "ips", "ttl", "cnames", "rrtypes",
                             "observation_source", "latency_ns")
 _AUDIT_ORDER = ("time", "node", "flow_id", "type", "l7_type", "flow")
@@ -172,7 +175,7 @@ class Decoder:
             time_ns = timestamp_ns(response.time)
         else:
             raise DecodeError("flow.time: the flow has no time")
-        flow_id = flow.uuid or content_id(flow)
+        flow_id = flow.uuid if _UUID.fullmatch(flow.uuid) else content_id(flow)
         node = flow.node_name or (response.node_name if response is not None else "")
         l7 = flow.l7
         l7_type = _L7_TYPE.get(l7.type, str(l7.type))
@@ -245,11 +248,11 @@ class Decoder:
         return self.dns.name_for(f"{client.namespace}/{client.pod_name}", server_ip, time_ns)
 
     def _http(self, http: flow_pb2.HTTP) -> tuple:
-        """(method, url, host, path, query, protocol, status_code)."""
+        """(method, url, host, protocol, status_code); path and query are computed by ClickHouse."""
         return (http.method,) + self._url(http.url) + (http.protocol, http.code)
 
-    def _url(self, url: str) -> tuple[str, str, str, str]:
-        """(url as stored, host, path, query); the same URLs come again and again."""
+    def _url(self, url: str) -> tuple[str, str]:
+        """(url as stored, host); the same URLs come again and again."""
         known = self._urls.get(url)
         if known is not None:
             return known
@@ -258,9 +261,9 @@ class Decoder:
         # part once and append the query, as urlunsplit would. Only for URLs urlsplit takes
         # verbatim: no fragment, no characters it strips.
         if question and query and not self.strip_query and "#" not in url and url.isprintable() and url[0] > " ":
-            stored, host, path, _ = self._url(head)
-            return f"{stored}?{query}", host, path, query
-        host = path = query = ""
+            stored, host = self._url(head)
+            return f"{stored}?{query}", host
+        host = ""
         stored = url
         if url:
             try:
@@ -275,10 +278,9 @@ class Decoder:
             if self.strip_query:
                 parts = parts._replace(query="")
             stored = urlunsplit(parts)
-            path, query = parts.path, parts.query
         if len(self._urls) >= _CACHE_ENTRIES:
             self._urls.clear()
-        known = self._urls[url] = (stored, host, path, query)
+        known = self._urls[url] = (stored, host)
         return known
 
     def _headers(self, http: flow_pb2.HTTP) -> dict[str, str]:

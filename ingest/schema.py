@@ -4,16 +4,19 @@ The DDL (and so the versioned migrations in `sql/migrations/`), the insert colum
 lists and the decoder's row layout are all derived from the definitions here. Adding
 a column is one edit: append a `Column` with `since=<next version>`, give the decoder
 a value for it, and run `flowlog migrate --write-sql` to emit the new migration.
+Changing one is `changed(column, <next version>, ...)`: tables created before that
+version are altered to the new definition, and the older migrations still create them
+as they were.
 
 This module knows nothing about connections; `migrate` applies what it renders.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Bumped whenever a column, table or table setting is added; migrations 1..SCHEMA_VERSION exist.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 TIME = "DateTime64(9, 'UTC')"
 LC = "LowCardinality(String)"
@@ -32,15 +35,40 @@ class Column:
     since: int = 1
     # Rollups only: the expression over the source table that fills this column.
     expr: str = ""
+    # Not stored: ClickHouse computes it from this expression when it is read.
+    alias: str = ""
+    # The definition this one replaced, and the version that altered it (see `changed`).
+    previous: Column | None = None
+    changed: int = 0
 
     def ddl(self) -> str:
-        codec = f" CODEC({self.codec})" if self.codec else ""
+        kind = f" ALIAS {self.alias}" if self.alias else f" CODEC({self.codec})" if self.codec else ""
         comment = f" COMMENT {_quote(self.comment)}" if self.comment else ""
-        return f"`{self.name}` {self.type}{codec}{comment}"
+        return f"`{self.name}` {self.type}{kind}{comment}"
+
+    def as_of(self, version: int) -> Column:
+        """The definition a table had at that schema version."""
+        if self.previous is not None and version < self.changed:
+            return self.previous.as_of(version)
+        return self
+
+    def alter_sql(self, after: str) -> list[str]:
+        """The clauses that make the previous definition this one, in place after that column.
+        Either can run again on the altered table, as a migration cut short is redone whole."""
+        if self.alias and not self.previous.alias:
+            # A stored column with a codec cannot be modified into an ALIAS, and REMOVE
+            # CODEC fails once it has none; its values are what the alias computes.
+            return [f"DROP COLUMN IF EXISTS `{self.name}`", f"ADD COLUMN IF NOT EXISTS {self.ddl()} AFTER `{after}`"]
+        return [f"MODIFY COLUMN {self.ddl()}"]
 
     @property
     def is_aggregate(self) -> bool:
         return self.type.startswith(("AggregateFunction", "SimpleAggregateFunction"))
+
+
+def changed(column: Column, version: int, **definition) -> Column:
+    """The column as altered by migration `version` (type, codec, alias, comment)."""
+    return replace(column, **definition, previous=column, changed=version)
 
 
 @dataclass(frozen=True)
@@ -88,10 +116,15 @@ class Table:
 
     @property
     def column_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns)
+        """The stored columns: what rows hold and inserts name."""
+        return tuple(c.name for c in self.columns if not c.alias)
+
+    @property
+    def id_type(self) -> str:
+        return next(c.type for c in self.columns if c.name == self.id_column)
 
     def columns_as_of(self, version: int) -> tuple[Column, ...]:
-        return tuple(c for c in self.columns if c.since <= version)
+        return tuple(c.as_of(version) for c in self.columns if c.since <= version)
 
     def ttl_clause(self) -> str:
         return f"\nTTL toDateTime(time) + INTERVAL ${{{self.ttl_key}}} DAY" if self.ttl_key else ""
@@ -162,8 +195,9 @@ def _endpoint(side: str, what: str) -> tuple[Column, ...]:
         Column(f"{side}_pod", LC, comment=f"pod name of the {what}"),
         Column(f"{side}_workload", LC, comment=f"workload of the {what} (Hubble workloads, else derived from pod name or app label)"),
         Column(f"{side}_identity", "UInt32", "ZSTD(1)", comment=f"Cilium security identity of the {what}"),
-        Column(f"{side}_ip", "String", "ZSTD(1)", comment=f"IP address of the {what}"),
-        Column(f"{side}_port", "UInt16", "ZSTD(1)", comment=f"L4 port of the {what}"),
+        changed(Column(f"{side}_ip", "String", "ZSTD(1)", comment=f"IP address of the {what}"), 6, codec="ZSTD(3)"),
+        changed(Column(f"{side}_port", "UInt16", "ZSTD(1)", comment=f"L4 port of the {what}"), 6,
+                codec="T64, ZSTD(1)"),
         Column(f"{side}_labels", f"Array({LC})", comment=f"Cilium labels of the {what}"),
         Column(f"{side}_names", "Array(String)", "ZSTD(1)", comment=f"DNS names of the {what} known to Cilium"),
     )
@@ -186,7 +220,9 @@ _EXCHANGE_ORDER = ", ".join(["toStartOfHour(time)", _SERVER.format("namespace"),
 FLOW_COLUMNS = (
     Column("time", TIME, "Delta, ZSTD(1)", comment="time of the flow, UTC, nanoseconds"),
     Column("node", LC, comment="Cilium node that observed the flow"),
-    Column("flow_id", "String", "ZSTD(1)", comment="Hubble uuid, else a hash of the flow content"),
+    changed(Column("flow_id", "String", "ZSTD(1)", comment="Hubble uuid, else a hash of the flow content"), 6,
+            type="UUID", comment="Hubble's uuid, else a hash of the flow content; l7_audit.flow_id spells it "
+            "the same way as it came (a hash as 32 hex digits)"),
     Column("verdict", LC, comment="FORWARDED, DROPPED, ..."),
     Column("l7_type", LC, comment="REQUEST or RESPONSE"),
     Column("traffic_direction", LC, comment="INGRESS or EGRESS"),
@@ -200,14 +236,17 @@ HTTP_FLOWS = Table(
     comment="One row per L7 HTTP flow (requests and responses)",
     columns=FLOW_COLUMNS + (
         Column("method", LC),
-        Column("url", "String", "ZSTD(1)", comment="full URL as Hubble reported it (userinfo stripped)"),
+        changed(Column("url", "String", "ZSTD(1)", comment="full URL as Hubble reported it (userinfo stripped)"), 6,
+                codec="ZSTD(9)"),
         Column("host", LC),
-        Column("path", "String", "ZSTD(1)"),
-        Column("query", "String", "ZSTD(1)", comment="URL query string"),
+        changed(Column("path", "String", "ZSTD(1)"), 6, alias="path(url)", comment="path of the URL (computed)"),
+        changed(Column("query", "String", "ZSTD(1)", comment="URL query string"), 6, alias="queryString(url)",
+                comment="query string of the URL, without the ? (computed)"),
         Column("protocol", LC, comment="HTTP/1.1, HTTP/2, ..."),
         Column("status_code", "UInt16", "ZSTD(1)", comment="0 on requests"),
         Column("latency_ns", "UInt64", "ZSTD(1)", comment="request to response, on responses; 0 on requests"),
-        Column("headers", f"Map({LC}, String)", "ZSTD(1)", comment="allow-listed headers, sensitive values redacted"),
+        changed(Column("headers", f"Map({LC}, String)", "ZSTD(1)",
+                       comment="allow-listed headers, sensitive values redacted"), 6, codec="ZSTD(9)"),
         Column("dst_dns_name", LC, comment="DNS name of the server of the exchange (the request destination): "
                "Hubble's, else for a server with no pod the name the client pod last resolved to its IP", since=4),
     ),
@@ -400,7 +439,7 @@ for _table in DATA_TABLES:
 ROLLUPS = (HTTP_ROLLUP, DNS_ROLLUP)
 ALL_TABLES = DATA_TABLES + ROLLUPS + (SCHEMA_MIGRATIONS,)
 MIGRATION_NAMES = {1: "core_tables", 2: "rollups_1m", 3: "ingest_ledger", 4: "http_dst_dns_name",
-                   5: "vertical_merges"}
+                   5: "vertical_merges", 6: "smaller_flows"}
 
 
 def migration_statements(version: int, database: str, cluster: Cluster | None = None) -> list[str]:
@@ -414,11 +453,15 @@ def migration_statements(version: int, database: str, cluster: Cluster | None = 
             if isinstance(table, Rollup):
                 statements.append(table.view_sql(database, cluster))
             continue
-        for column in table.columns:
+        # On a cluster, the Distributed table's columns must match the shard-local table's.
+        names = [table.local_name, table.name] if cluster else [table.name]
+        for index, column in enumerate(table.columns):
             if column.since == version and table.since < version:
-                names = [table.local_name, table.name] if cluster else [table.name]
                 statements += [f"ALTER TABLE `{database}`.`{name}`{_on(cluster)} ADD COLUMN IF NOT EXISTS "
-                               f"{column.ddl()}" for name in names]
+                               f"{column.as_of(version).ddl()}" for name in names]
+            if column.changed == version and table.since < version:
+                statements += [f"ALTER TABLE `{database}`.`{name}`{_on(cluster)} {clause}"
+                               for name in names for clause in column.alter_sql(after=table.columns[index - 1].name)]
         altered = [setting.sql() for setting in table.settings
                    if setting.since == version and setting.alterable and table.since < version]
         if altered:

@@ -134,8 +134,9 @@ class Sink:
             if stored:
                 found[name] = (stored, id_index)
         for name, (stored, id_index) in found.items():
-            metrics.DUPLICATES_DROPPED.labels(name).inc(len(stored))
-            batch.rows[name] = [row for row in batch.rows[name] if row[id_index] not in stored]
+            kept = [row for row in batch.rows[name] if row[id_index] not in stored]
+            metrics.DUPLICATES_DROPPED.labels(name).inc(len(batch.rows[name]) - len(kept))
+            batch.rows[name] = kept
         batch.check_stored = {}
         batch.rows[INGEST_LEDGER.name] = ledger_rows(batch)
         batch.resolved = True
@@ -152,8 +153,12 @@ class Sink:
             return set()
         result = self.client.query(f"SELECT {table.id_column} FROM {source} WHERE {in_range} "
                                    f"AND {table.id_column} IN {{ids:Array(String)}}",
-                                   parameters={**bounds, "ids": sorted(ids)})
-        return {row[0] for row in result.result_rows}
+                                   parameters={**bounds, "ids": sorted(ids)}, query_formats={"UUID": "string"})
+        found = {row[0] for row in result.result_rows}
+        if table.id_type == "UUID":
+            # A UUID reads back with dashes; a batch spells a content hash without them.
+            found |= {stored.replace("-", "") for stored in found}
+        return found
 
     def _insert(self, batch: SpooledBatch) -> dict[str, list[tuple]]:
         inserted = {}

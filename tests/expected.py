@@ -6,6 +6,7 @@ Independent of ingest.decode on purpose: these read the proto3 JSON by hand.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 
 def rfc3339_ns(text: str) -> int:
@@ -44,8 +45,10 @@ def common(flow: dict) -> dict:
 def http_row(flow: dict) -> dict:
     http = flow["l7"]["http"]
     row = common(flow)
-    row.update(method=http.get("method", ""), url=http.get("url", ""), protocol=http.get("protocol", ""),
-               status_code=int(http.get("code", 0)), latency_ns=int(flow["l7"].get("latency_ns", 0)))
+    url = http.get("url", "")
+    row.update(method=http.get("method", ""), url=url, path=urlsplit(url).path, query=urlsplit(url).query,
+               protocol=http.get("protocol", ""), status_code=int(http.get("code", 0)),
+               latency_ns=int(flow["l7"].get("latency_ns", 0)))
     return row
 
 

@@ -28,8 +28,8 @@ def stored(client, database: str) -> dict:
                   "sum(duplicates), sum(lost) FROM DB.ingest_ledger")[0]
     return {
         "audit_ids": [r[0] for r in rows("SELECT flow_id FROM DB.l7_audit")],
-        "http_ids": [r[0] for r in rows("SELECT flow_id FROM DB.http_flows")],
-        "dns_ids": [r[0] for r in rows("SELECT flow_id FROM DB.dns_flows")],
+        "http_ids": [r[0] for r in rows("SELECT toString(flow_id) FROM DB.http_flows")],
+        "dns_ids": [r[0] for r in rows("SELECT toString(flow_id) FROM DB.dns_flows")],
         "gaps": [list(r) for r in rows("SELECT gap_id, kind, count FROM DB.ingest_gaps WHERE kind = 'lost_events'")],
         "ledger": dict(zip(["received", "stored_http", "stored_dns", "stored_audit", "stored_gaps", "duplicates",
                             "lost"], [int(v or 0) for v in ledger])),

@@ -35,14 +35,35 @@ def test_sensitive_headers_are_redacted_by_default_whatever_their_case():
     assert values["headers"] == {"Authorization": "[REDACTED]", "cookie": "[REDACTED]", "Set-Cookie": "[REDACTED]",
                                  "Proxy-Authorization": "[REDACTED]", "X-Request-Id": "r-1", "Accept": "*/*"}
     assert values["url"] == "http://api:8080/v1/items?token=t0k#frag"
-    assert (values["host"], values["path"], values["query"]) == ("api:8080", "/v1/items", "token=t0k")
+    assert values["host"] == "api:8080"
 
 
 def test_allow_list_and_query_stripping():
     decoder = Decoder(HTTPConfig(headers_allow=["X-Request-Id"], strip_query=True))
     values = http_values(decoder, http_flow("http://api/v1?token=t0k", SECRETS))
     assert values["headers"] == {"X-Request-Id": "r-1"}
-    assert values["url"] == "http://api/v1" and values["query"] == ""
+    assert values["url"] == "http://api/v1"
+
+
+@pytest.mark.parametrize("uuid, kept", [
+    ("1b4e28ba-2fa1-41d2-883f-0016d3cca427", True),
+    ("", False),  # Cilium < 1.15 sends none
+    ("1B4E28BA-2FA1-41D2-883F-0016D3CCA427", False),
+    ("flow-17", False),
+    ("1b4e28ba2fa141d2883f0016d3cca427", False),
+])
+def test_a_flow_id_is_hubbles_uuid_when_it_is_one_else_the_content_hash(uuid, kept):
+    response = http_flow("http://api/v1", {})
+    response.flow.uuid = uuid
+    flow_id = http_values(Decoder(), response)["flow_id"]
+    if kept:
+        assert flow_id == uuid
+    else:
+        # The typed tables store it as a UUID: 32 hex digits are one, and the same flow gets the same id.
+        assert len(flow_id) == 32 and int(flow_id, 16) >= 0
+        assert http_values(Decoder(), response)["flow_id"] == flow_id
+        response.flow.node_name = "another-node"
+        assert http_values(Decoder(), response)["flow_id"] != flow_id
 
 
 @pytest.mark.parametrize("endpoint, workload", [

@@ -149,7 +149,38 @@ def test_url_split_matches_urlsplit(scheme, host_and_path, query, strip_userinfo
         raise AssertionError(f"{url!r}: urlsplit refuses it, the decoder took it")
     if strip_userinfo and "@" in parts.netloc:
         parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
-    assert fast._url(url) == (urlunsplit(parts), host, parts.path, parts.query), url
+    assert fast._url(url) == (urlunsplit(parts), host), url
+
+
+_PCHAR = "abcXYZ019-._~!$&'()*+,;=:@%"
+_segment = st.text(alphabet=_PCHAR, max_size=8)
+absolute_urls = st.builds(
+    lambda scheme, userinfo, host, port, segments, query: (
+        f"{scheme}://{userinfo}{host}{port}{''.join('/' + s for s in segments)}{query}"),
+    st.sampled_from(["http", "https"]), st.sampled_from(["", "user:pw@"]),
+    st.from_regex(r"[a-z0-9-]{1,10}(\.[a-z0-9-]{1,10}){0,2}", fullmatch=True),
+    st.sampled_from(["", ":80", ":8080", ":65535"]), st.lists(_segment, min_size=1, max_size=4),
+    st.one_of(st.just(""), st.text(alphabet=_PCHAR + "/?", max_size=16).map(lambda q: "?" + q)))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(st.lists(absolute_urls, min_size=1, max_size=60))
+def test_clickhouse_computes_path_and_query_of_an_absolute_url_as_urlsplit_splits_it(client, urls):
+    """http_flows stores the URL and ClickHouse computes path and query from it when read.
+    For the absolute URLs Hubble reports (Envoy builds them from :scheme, :authority and
+    :path, which starts with a slash), they are what urlsplit gives, as when the decoder
+    stored them itself."""
+    from urllib.parse import urlsplit
+
+    from ingest.schema import HTTP_FLOWS
+
+    alias = {c.name: c.alias for c in HTTP_FLOWS.columns if c.alias}
+    decoder = Decoder()
+    stored = [decoder._url(url)[0] for url in urls]
+    computed = client.query(f"SELECT {alias['path']}, {alias['query']} FROM (SELECT arrayJoin({{urls:Array(String)}}) "
+                            "AS url)", parameters={"urls": stored}).result_rows
+    assert computed == [(urlsplit(url).path, urlsplit(url).query) for url in urls]
 
 
 @settings(max_examples=1500, deadline=None)

@@ -65,7 +65,8 @@ def count(client, config, table):
 
 HTTP_COLUMNS = ["time", "node", "verdict", "l7_type", "traffic_direction", "is_reply", "src_namespace", "src_pod",
                 "src_identity", "src_ip", "src_port", "src_labels", "dst_namespace", "dst_pod", "dst_identity",
-                "dst_ip", "dst_port", "dst_labels", "method", "url", "protocol", "status_code", "latency_ns"]
+                "dst_ip", "dst_port", "dst_labels", "method", "url", "path", "query", "protocol", "status_code",
+                "latency_ns"]
 DNS_COLUMNS = ["time", "node", "verdict", "l7_type", "traffic_direction", "is_reply", "src_namespace", "src_pod",
                "src_identity", "src_ip", "src_port", "src_labels", "dst_namespace", "dst_pod", "dst_identity",
                "dst_ip", "dst_port", "dst_labels", "query", "qtypes", "rcode", "ips", "ttl", "rrtypes", "cnames",

@@ -32,12 +32,20 @@ def test_every_fixture_replayed_is_stored_value_for_value(config, client, path):
     assert summary.counts.bad_lines == 0
 
 
+def duplicates_dropped() -> dict[str, float]:
+    return {s.labels["table"]: s.value for m in metrics.DUPLICATES_DROPPED.collect() for s in m.samples
+            if s.name.endswith("_total")}
+
+
 def test_replaying_twice_stores_nothing_new(config, client):
     first = replay(config, client, [str(HTTP_348), str(DNS_330)])
     assert first.stored == {"http_flows": 348, "dns_flows": 330, "l7_audit": 678}
+    before = duplicates_dropped()
     second = replay(config, client, [str(HTTP_348), str(DNS_330)])
     assert second.stored == {}
     assert second.duplicates == 678
+    dropped = {table: n - before.get(table, 0) for table, n in duplicates_dropped().items()}
+    assert dropped == {"http_flows": 348, "dns_flows": 330, "l7_audit": 678}
     assert_stored_equals_fixture(client, config, fixture_lines(HTTP_348) + fixture_lines(DNS_330))
 
 

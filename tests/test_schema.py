@@ -108,8 +108,9 @@ def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client)
                        f"FROM `{db}`.dns_rollup_1m").result_rows
     assert dns == [(165, 165, 102)]
     # An insert retried with the same token (its first attempt landed) counts once in the rollup too.
-    # As the decoder makes them: times in integer nanoseconds.
-    rows = client.query(f"SELECT * REPLACE (toUnixTimestamp64Nano(time) AS time) FROM `{db}`.http_flows "
+    # As the decoder makes them: times in integer nanoseconds, ids as text.
+    rows = client.query(f"SELECT * REPLACE (toUnixTimestamp64Nano(time) AS time, toString(flow_id) AS flow_id) "
+                        f"FROM `{db}`.http_flows "
                         "WHERE l7_type = 'RESPONSE' ORDER BY time LIMIT 3")
     copies = [tuple(r) for r in rows.result_rows]
     sink = Sink(client, db)
@@ -132,18 +133,20 @@ def _table_settings(client, db: str, table: str) -> str:
 
 
 def test_migration_5_turns_on_vertical_merges_in_a_store_created_before_it(config, client):
-    db = config.store.database
-    for table in ("http_flows", "dns_flows", "l7_audit"):
-        assert "vertical_merge_algorithm_min_rows_to_activate = 1" in _table_settings(client, db, table)
-        client.command(f"ALTER TABLE `{db}`.{table} RESET SETTING vertical_merge_algorithm_min_rows_to_activate, "
-                       "vertical_merge_algorithm_min_columns_to_activate")
-        assert "vertical_merge" not in _table_settings(client, db, table)
-    client.command(f"ALTER TABLE `{db}`.{SCHEMA_MIGRATIONS.name} DELETE WHERE version = 5",
-                   settings={"mutations_sync": 2})
-    assert migrate(client, config.store) == 1
-    for table in ("http_flows", "dns_flows", "l7_audit"):
-        assert ("vertical_merge_algorithm_min_rows_to_activate = 1, "
-                "vertical_merge_algorithm_min_columns_to_activate = 1") in _table_settings(client, db, table)
+    from dataclasses import replace
+
+    store = replace(config.store, database=config.store.database + "_v4")
+    _create_at(client, store, 4)
+    try:
+        for table in ("http_flows", "dns_flows", "l7_audit"):
+            assert "vertical_merge" not in _table_settings(client, store.database, table)
+        assert migrate(client, store) == SCHEMA_VERSION - 4
+        for table in ("http_flows", "dns_flows", "l7_audit"):
+            assert ("vertical_merge_algorithm_min_rows_to_activate = 1, "
+                    "vertical_merge_algorithm_min_columns_to_activate = 1") in _table_settings(client, store.database,
+                                                                                              table)
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{store.database}`")
 
 
 def test_audit_granules_hold_about_a_megabyte(config, client):
@@ -161,3 +164,101 @@ def test_audit_granules_hold_about_a_megabyte(config, client):
                          "AND table = 'l7_audit'", parameters={"db": db}).result_rows[0][0]
     # A part has one final mark after its last granule.
     assert 4 <= marks - 1 <= 6, marks
+
+
+def test_path_and_query_are_computed_from_the_stored_url_as_urlsplit_splits_it(config, client):
+    from urllib.parse import urlsplit
+
+    from ingest.config import HTTPConfig
+    from ingest.decode import Decoder
+    from ingest.schema import HTTP_FLOWS
+
+    from .test_decode import http_flow
+
+    db = config.store.database
+    urls = ["http://api:8080/v1/items?token=t0k#frag", "http://user:pw@api/v1/a%20b?x=1&y=%2F", "https://[::1]:443/p?",
+            "http://reviews:9080/reviews/0", "http://api", "http://h//double//slash?x=1", "http://h/p??x",
+            "grpc://svc.ns:50051/pkg.Svc/Method"]
+    rows = [Decoder().decode(http_flow(url, {})).row for url in urls]
+    rows.append(Decoder(HTTPConfig(strip_query=True)).decode(http_flow("http://api/v1?token=t0k", {})).row)
+    client.insert(f"`{db}`.http_flows", rows, column_names=HTTP_FLOWS.column_names)
+    stored = client.query(f"SELECT url, path, query FROM `{db}`.http_flows").result_rows
+    assert len(stored) == len(urls) + 1
+    assert sorted(stored) == sorted((url, urlsplit(url).path, urlsplit(url).query) for url, _, _ in stored)
+    assert ("http://api/v1", "/v1", "") in stored
+
+
+def _create_at(client, store, version: int) -> None:
+    client.command(f"CREATE DATABASE `{store.database}`")
+    for v in range(1, version + 1):
+        for statement in render(v, store):
+            client.command(statement)
+        client.insert(f"`{store.database}`.{SCHEMA_MIGRATIONS.name}", [[v, 0, "test"]],
+                      column_names=SCHEMA_MIGRATIONS.column_names)
+
+
+def _v5_rows(lines: list[bytes]) -> dict[str, list[tuple]]:
+    """The fixture flows as the decoder of schema version 5 made them: path and query stored."""
+    from urllib.parse import urlsplit
+
+    from ingest.decode import Decoder, FlowRows
+    from ingest.schema import HTTP_FLOWS, L7_AUDIT
+    from ingest.sources.files import parse_line
+
+    decoder, rows = Decoder(), {}
+    v6_names = HTTP_FLOWS.column_names
+    v5_names = [c.name for c in HTTP_FLOWS.columns_as_of(5)]
+    for line in lines:
+        decoded = decoder.decode(parse_line(line))
+        if not isinstance(decoded, FlowRows):
+            continue
+        row = decoded.row
+        if decoded.table is HTTP_FLOWS:
+            values = dict(zip(v6_names, row))
+            parts = urlsplit(values["url"])
+            values.update(path=parts.path, query=parts.query)
+            row = tuple(values[name] for name in v5_names)
+        rows.setdefault(decoded.table.name, []).append(row)
+        rows.setdefault(L7_AUDIT.name, []).append(decoded.audit_row)
+    return rows
+
+
+def test_migration_6_keeps_the_rows_of_a_store_created_before_it(config, client):
+    """flow_id becomes a UUID, path and query become computed, ports and IPs recompress:
+    the rows read the same afterwards, and a replay of the same flows finds them stored."""
+    from dataclasses import replace
+
+    from ingest.runner import replay
+    from ingest.schema import DNS_FLOWS, HTTP_FLOWS
+
+    from .conftest import DNS_330, HTTP_348
+
+    store = replace(config.store, database=config.store.database + "_v5")
+    db = store.database
+    _create_at(client, store, 5)
+    try:
+        lines = HTTP_348.read_bytes().splitlines() + DNS_330.read_bytes().splitlines()
+        for table, rows in _v5_rows(lines).items():
+            names = [c.name for c in next(t for t in DATA_TABLES if t.name == table).columns_as_of(5)]
+            client.insert(f"`{db}`.{table}", rows, column_names=names)
+        columns = {table: [c.name for c in table.columns_as_of(5)] for table in (HTTP_FLOWS, DNS_FLOWS)}
+
+        def stored(table) -> list[tuple]:
+            select = ", ".join("replaceAll(toString(flow_id), '-', '')" if c == "flow_id" else f"`{c}`"
+                               for c in columns[table])
+            return client.query(f"SELECT {select} FROM `{db}`.{table.name} ORDER BY time, 3",
+                                settings={"mutations_sync": 2}).result_rows
+
+        before = {table: stored(table) for table in columns}
+        assert len(before[HTTP_FLOWS]) == 348 and len(before[DNS_FLOWS]) == 330
+        assert migrate(client, store) == 1
+        # The statements can run again (a migration cut short is redone whole).
+        for statement in render(6, store):
+            client.command(statement)
+        assert column_drift(client, db) == []
+        for table, rows in before.items():
+            assert stored(table) == rows
+        again = replay(replace(config, store=store), client, [str(HTTP_348), str(DNS_330)])
+        assert again.stored == {} and again.duplicates == 678
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}`")

@@ -618,7 +618,7 @@ def http_row(**values) -> list:
             if column_type.startswith(prefix):
                 return value
         return ""
-    row = {c.name: zero(c.type) for c in HTTP_FLOWS.columns} | values
+    row = {name: zero(c.type) for c in HTTP_FLOWS.columns if (name := c.name) in HTTP_FLOWS.column_names} | values
     assert set(row) == set(HTTP_FLOWS.column_names), "unknown column"
     return [row[name] for name in HTTP_FLOWS.column_names]
 
