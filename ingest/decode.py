@@ -49,9 +49,10 @@ _WORKLOAD_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:app=", "k8s:k8s-app=")
 _FIRST_ALLOCATED_IDENTITY = 256
 _KEEP, _REDACT, _DROP = object(), object(), object()
 _REDACTED = "[REDACTED]"
-# How Hubble writes a flow's uuid (Go's uuid.String()). The typed tables store flow_id as
-# a UUID, so anything else is replaced by the content hash (32 hex digits, also a UUID).
+# How Hubble writes a flow's uuid (Go's uuid.String()).
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# What ClickHouse's toUUIDOrNull takes: the 36-character form or 32 hex digits, any case.
+_UUID_ANY_CASE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}")
 # Per-decoder caches of what repeats (pods, identities, URLs) are emptied when they reach this.
 _CACHE_ENTRIES = 50_000
 
@@ -109,6 +110,15 @@ def timestamp_ns(ts) -> int:
 def content_id(message) -> str:
     """A deterministic id for a message that carries none (flows from Cilium < 1.15)."""
     return hashlib.blake2b(message.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+
+
+def uuid_text(text: str) -> str:
+    """An id as the typed tables' UUID column holds it: a UUID in lower case, anything else
+    as the MD5 of its text (32 hex digits). Migration 6 rewrites the ids stored before it
+    the same way, so a flow replayed after it gets the id it was stored with."""
+    if _UUID_ANY_CASE.fullmatch(text):
+        return text.lower()
+    return hashlib.md5(text.encode()).hexdigest()
 
 
 def workload_of(endpoint: flow_pb2.Endpoint) -> str:
@@ -175,7 +185,8 @@ class Decoder:
             time_ns = timestamp_ns(response.time)
         else:
             raise DecodeError("flow.time: the flow has no time")
-        flow_id = flow.uuid if _UUID.fullmatch(flow.uuid) else content_id(flow)
+        uuid = flow.uuid
+        flow_id = uuid if _UUID.fullmatch(uuid) else uuid_text(uuid) if uuid else content_id(flow)
         node = flow.node_name or (response.node_name if response is not None else "")
         l7 = flow.l7
         l7_type = _L7_TYPE.get(l7.type, str(l7.type))

@@ -40,6 +40,10 @@ class Column:
     # The definition this one replaced, and the version that altered it (see `changed`).
     previous: Column | None = None
     changed: int = 0
+    # An ALTER clause run first, on the table that holds the rows, so that the stored
+    # values convert to the new type (a MODIFY that meets one it cannot convert fails,
+    # after the table has already taken the new type).
+    prepare: str = ""
 
     def ddl(self) -> str:
         kind = f" ALIAS {self.alias}" if self.alias else f" CODEC({self.codec})" if self.codec else ""
@@ -67,7 +71,7 @@ class Column:
 
 
 def changed(column: Column, version: int, **definition) -> Column:
-    """The column as altered by migration `version` (type, codec, alias, comment)."""
+    """The column as altered by migration `version` (type, codec, alias, comment, prepare)."""
     return replace(column, **definition, previous=column, changed=version)
 
 
@@ -221,8 +225,10 @@ FLOW_COLUMNS = (
     Column("time", TIME, "Delta, ZSTD(1)", comment="time of the flow, UTC, nanoseconds"),
     Column("node", LC, comment="Cilium node that observed the flow"),
     changed(Column("flow_id", "String", "ZSTD(1)", comment="Hubble uuid, else a hash of the flow content"), 6,
-            type="UUID", comment="Hubble's uuid, else a hash of the flow content; l7_audit.flow_id spells it "
-            "the same way as it came (a hash as 32 hex digits)"),
+            type="UUID", comment="Hubble's uuid, else a hash of the flow content; l7_audit.flow_id is its text "
+            "(a content hash as 32 hex digits)",
+            # As decode.uuid_text: an id stored before that is no UUID becomes the MD5 of its text.
+            prepare="UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL"),
     Column("verdict", LC, comment="FORWARDED, DROPPED, ..."),
     Column("l7_type", LC, comment="REQUEST or RESPONSE"),
     Column("traffic_direction", LC, comment="INGRESS or EGRESS"),
@@ -460,6 +466,9 @@ def migration_statements(version: int, database: str, cluster: Cluster | None = 
                 statements += [f"ALTER TABLE `{database}`.`{name}`{_on(cluster)} ADD COLUMN IF NOT EXISTS "
                                f"{column.as_of(version).ddl()}" for name in names]
             if column.changed == version and table.since < version:
+                if column.prepare:
+                    holder = table.local_name if cluster else table.name
+                    statements.append(f"ALTER TABLE `{database}`.`{holder}`{_on(cluster)} {column.prepare}")
                 statements += [f"ALTER TABLE `{database}`.`{name}`{_on(cluster)} {clause}"
                                for name in names for clause in column.alter_sql(after=table.columns[index - 1].name)]
         altered = [setting.sql() for setting in table.settings

@@ -14,6 +14,12 @@ times as fast as pickle (3.1 against 7.7 µs a flow); marshal reads what older P
 wrote. Earlier builds pickled the batch: those files are still read, so an upgrade
 inserts the batches that a shutdown left behind.
 
+A batch holds rows in the layout of the schema version that wrote it, which the file
+records; one written by an older build (before schema version 6 the file did not say,
+so it is told by the rows' lengths) is brought to this version's layout when read:
+columns matched by name, a column it lacks given its type's zero, a removed or computed
+one dropped, and a flow_id that is no UUID replaced as `decode.uuid_text` says.
+
 A file that cannot be read back (damaged on disk, put there by hand, or named otherwise
 than `<sequence>.batch`) is moved to `unreadable/` in the spool, logged with its path and
 the reason, and counted; in its place the spool queues a batch holding one
@@ -31,8 +37,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from . import metrics
-from .decode import unreadable_spool_gap
-from .schema import INGEST_GAPS
+from .decode import unreadable_spool_gap, uuid_text
+from .schema import DATA_TABLES, INGEST_GAPS, SCHEMA_VERSION, Table
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,55 @@ _PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
 
 class SpoolError(RuntimeError):
     pass
+
+
+_TABLES = {t.name: t for t in DATA_TABLES}
+# Spool files say the schema version of their rows' layout from this version on.
+_FIRST_RECORDED = 6
+
+
+def _zero(column_type: str):
+    for prefix, value in (("Array", []), ("Map", {}), ("Nullable", None), ("UInt", 0), ("Int", 0),
+                          ("DateTime", 0)):
+        if column_type.startswith(prefix):
+            return value
+    return ""
+
+
+def _layout(table: Table, version: int | None, row_length: int, path: Path) -> tuple[int, list[str]]:
+    """The schema version whose layout table's rows have, and its stored column names.
+    A file that does not say is from a build before _FIRST_RECORDED: the newest version
+    before that whose rows are that long."""
+    versions = [version] if version is not None else range(_FIRST_RECORDED - 1, table.since - 1, -1)
+    for v in versions:
+        names = [c.name for c in table.columns_as_of(v) if not c.alias]
+        if len(names) == row_length:
+            return v, names
+    raise SpoolError(f"{path}: {table.name} rows of {row_length} values fit no schema version up to {SCHEMA_VERSION}")
+
+
+def _to_current_layout(batch: SpooledBatch, version: int | None, path: Path) -> None:
+    for name, rows in batch.rows.items():
+        table = _TABLES.get(name)
+        if table is None:
+            raise SpoolError(f"{path}: rows of an unknown table {name}")
+        if not rows:
+            continue
+        written, names = _layout(table, version, len(rows[0]), path)
+        types = {c.name: c.type for c in table.columns_as_of(written)}
+        sources = []  # per current column: the old position, or None for a column it lacks
+        to_uuid = set()
+        for column in table.columns:
+            if column.alias:
+                continue
+            sources.append(names.index(column.name) if column.name in names else None)
+            if column.type == "UUID" and types.get(column.name) != "UUID":
+                to_uuid.add(len(sources) - 1)
+        zeros = [_zero(c.type) for c in table.columns if not c.alias]
+        batch.rows[name] = [tuple(zeros[i] if at is None else uuid_text(row[at]) if i in to_uuid else row[at]
+                                  for i, at in enumerate(sources)) for row in rows]
+        if to_uuid and name in batch.check_stored:
+            batch.check_stored[name] = {uuid_text(i) for i in batch.check_stored[name]}
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -147,7 +202,7 @@ class Spool:
 
     def _write_aside(self, path: Path, batch: SpooledBatch) -> Path:
         """The batch, durable in a temp file beside path (which a restart deletes)."""
-        data = marshal.dumps({name: getattr(batch, name) for name in _FIELDS})
+        data = marshal.dumps({name: getattr(batch, name) for name in _FIELDS} | {"schema_version": SCHEMA_VERSION})
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
             handle.write(_HEADER)
@@ -172,8 +227,11 @@ class Spool:
         except OSError as err:
             raise SpoolError(f"{path}: cannot be read: {err.strerror}") from None
         try:
+            version = None
             if data.startswith(_HEADER):
-                batch = SpooledBatch(**marshal.loads(memoryview(data)[len(_HEADER):]))
+                values = marshal.loads(memoryview(data)[len(_HEADER):])
+                version = values.pop("schema_version", None)
+                batch = SpooledBatch(**values)
             elif data.startswith(_PICKLE_PROTOCOL_2_OR_LATER):
                 batch = pickle.loads(data)
             else:
@@ -184,6 +242,8 @@ class Spool:
             raise SpoolError(f"{path}: unreadable spool file: {type(err).__name__}: {err}") from None
         if not isinstance(batch, SpooledBatch):
             raise SpoolError(f"{path}: holds a {type(batch).__name__}, not a spooled batch")
+        if version != SCHEMA_VERSION:
+            _to_current_layout(batch, version, path)
         return batch
 
     def _readable(self, pick) -> tuple[Path, SpooledBatch] | None:

@@ -44,7 +44,7 @@ def test_replaying_twice_stores_nothing_new(config, client):
     second = replay(config, client, [str(HTTP_348), str(DNS_330)])
     assert second.stored == {}
     assert second.duplicates == 678
-    dropped = {table: n - before.get(table, 0) for table, n in duplicates_dropped().items()}
+    dropped = {table: n - before.get(table, 0) for table, n in duplicates_dropped().items() if n > before.get(table, 0)}
     assert dropped == {"http_flows": 348, "dns_flows": 330, "l7_audit": 678}
     assert_stored_equals_fixture(client, config, fixture_lines(HTTP_348) + fixture_lines(DNS_330))
 

@@ -13,9 +13,10 @@ from ingest.spool import Spool, SpooledBatch
 
 
 def _batch(batch_id: str) -> SpooledBatch:
-    rows = {"http_flows": [(1741078800000263928, "node-1", "id-1", None, True, ["k8s:app=a"], {"Accept": "*/*"},
-                            b"\x0a\x00", 2 ** 63)]}
-    return SpooledBatch(batch_id, "hubble:4245", rows, {"http_flows": {"id-1"}}, 1741078800000263928, {"id-1"},
+    """Values of every kind a row holds, in a row as long as the table's."""
+    rows = {INGEST_GAPS.name: [(1741078800000263928, "node-1", "id-1", None, True, ["k8s:app=a"], {"Accept": "*/*"},
+                                b"\x0a\x00", 2 ** 63)]}
+    return SpooledBatch(batch_id, "hubble:4245", rows, {INGEST_GAPS.name: {"id-1"}}, 1741078800000263928, {"id-1"},
                         {("hubble:4245", "node-1"): {"received": 1, "oldest_ns": 5}}, created_ns=7)
 
 
@@ -30,6 +31,62 @@ def test_a_batch_pickled_by_an_earlier_build_is_read(tmp_path):
     spool = Spool(tmp_path, 1 << 20)
     spool.append(_batch("new"))
     assert [spool.oldest()[1].batch_id, spool.newest().batch_id] == ["old", "new"]
+
+
+def _v5_batch() -> SpooledBatch:
+    """A batch as the build of schema version 5 spooled it: http_flows rows with path and
+    query, and a flow_id in any text (here one that is no UUID)."""
+    from .conftest import DNS_330, HTTP_348
+    from .test_schema import _v5_rows
+
+    rows = _v5_rows(HTTP_348.read_bytes().splitlines()[:6] + DNS_330.read_bytes().splitlines()[:4])
+    first = rows["dns_flows"][0]
+    rows["dns_flows"][0] = first[:2] + ("flow-17",) + first[3:]
+    return SpooledBatch("v5", "file", rows, {"dns_flows": {"flow-17"}}, 0, set(), {("file", "node"): {"received": 10}},
+                        created_ns=7)
+
+
+@pytest.mark.parametrize("written_by", ["marshal", "pickle"])
+def test_a_batch_spooled_before_schema_version_6_is_read_in_its_layout(tmp_path, written_by):
+    from ingest.schema import DNS_FLOWS, HTTP_FLOWS
+
+    old = _v5_batch()
+    if written_by == "marshal":  # as the v5 build wrote it: no schema_version
+        data = b"flowlog-spool 2 marshal\n" + marshal.dumps({k: getattr(old, k) for k in old.__dataclass_fields__})
+    else:
+        data = pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL)
+    (tmp_path / "000000000001.batch").write_bytes(data)
+    batch = Spool(tmp_path, 1 << 20).oldest()[1]
+    v5_names = [c.name for c in HTTP_FLOWS.columns_as_of(5)]
+    for before, after in zip(_v5_batch().rows["http_flows"], batch.rows["http_flows"], strict=True):
+        assert dict(zip(HTTP_FLOWS.column_names, after)) == {k: v for k, v in zip(v5_names, before)
+                                                            if k not in ("path", "query")}
+    renamed = batch.rows["dns_flows"][0][DNS_FLOWS.column_names.index("flow_id")]
+    assert len(renamed) == 32 and int(renamed, 16) and batch.check_stored == {"dns_flows": {renamed}}
+    assert batch.rows["dns_flows"][1:] == _v5_batch().rows["dns_flows"][1:]
+    assert batch.rows["l7_audit"] == _v5_batch().rows["l7_audit"]
+
+
+def test_a_batch_spooled_before_schema_version_6_is_stored(config, client, tmp_path):
+    from ingest.sink import Sink
+
+    old = _v5_batch()
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "000000000001.batch").write_bytes(pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL))
+    assert Sink(client, config.store.database).drain(Spool(spool_dir, 1 << 20), force=True)
+    db = config.store.database
+    counts = client.query(f"SELECT (SELECT count() FROM `{db}`.http_flows), (SELECT count() FROM `{db}`.dns_flows), "
+                          f"(SELECT countIf(path != '') FROM `{db}`.http_flows)").result_rows
+    assert counts == [(len(old.rows["http_flows"]), len(old.rows["dns_flows"]), len(old.rows["http_flows"]))]
+
+
+def test_rows_that_fit_no_layout_make_the_file_unreadable(tmp_path):
+    broken = _v5_batch()
+    broken.rows["http_flows"][0] = broken.rows["http_flows"][0][:5]
+    (tmp_path / "000000000001.batch").write_bytes(pickle.dumps(broken, protocol=pickle.HIGHEST_PROTOCOL))
+    _, record = Spool(tmp_path, 1 << 20).oldest()
+    assert list(record.rows) == [INGEST_GAPS.name] and "fit no schema version" in record.rows[INGEST_GAPS.name][0][-1]
 
 
 def _moved() -> float:
