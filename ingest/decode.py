@@ -80,12 +80,13 @@ class DecodeError(ValueError):
 @dataclass(slots=True)
 class FlowRows:
     """One stored L7 flow: its typed row (if HTTP or DNS) and its audit row."""
-    flow_id: str
+    flow_id: str  # in the typed row: always a UUID's text (see uuid_text)
     time_ns: int
     node: str
     table: Table | None
     row: tuple | None
     audit_row: tuple
+    audit_id: str  # in the audit row and the checkpoint: Hubble's uuid as it came, else the content hash
 
 
 @dataclass(slots=True)
@@ -186,22 +187,25 @@ class Decoder:
         else:
             raise DecodeError("flow.time: the flow has no time")
         uuid = flow.uuid
-        flow_id = uuid if _UUID.fullmatch(uuid) else uuid_text(uuid) if uuid else content_id(flow)
+        audit_id = uuid or content_id(flow)
+        # The same but where Hubble's uuid is no lowercase UUID (it always is): l7_audit keeps
+        # it as it came, as before schema version 6, which cannot change its key column.
+        flow_id = audit_id if not uuid or _UUID.fullmatch(uuid) else uuid_text(uuid)
         node = flow.node_name or (response.node_name if response is not None else "")
         l7 = flow.l7
         l7_type = _L7_TYPE.get(l7.type, str(l7.type))
         record = l7.WhichOneof("record")
         if record is None:
             raise DecodeError("flow.l7: the l7 record holds no http, dns or kafka part")
-        audit = (time_ns, node, flow_id, record.upper(), l7_type, flow.SerializeToString())
+        audit = (time_ns, node, audit_id, record.upper(), l7_type, flow.SerializeToString())
         if record not in ("http", "dns"):
-            return FlowRows(flow_id, time_ns, node, None, None, audit)
+            return FlowRows(flow_id, time_ns, node, None, None, audit, audit_id)
         common = self._common(flow, time_ns, node, flow_id, l7_type)
         is_response = l7.type == flow_pb2.RESPONSE
         if record == "http":
             row = common + self._http(l7.http) + (l7.latency_ns, self._headers(l7.http),
                                                   self._server_name(flow, is_response, time_ns))
-            return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, row, audit)
+            return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, row, audit, audit_id)
         dns = l7.dns
         ips = list(dns.ips)
         if is_response and ips:
@@ -210,7 +214,7 @@ class Decoder:
         rcode_name = RCODE_NAMES.get(dns.rcode, f"RCODE{dns.rcode}") if is_response else ""
         row = common + (dns.query, list(dns.qtypes), dns.rcode, rcode_name, ips, dns.ttl, list(dns.cnames),
                         list(dns.rrtypes), dns.observation_source, l7.latency_ns)
-        return FlowRows(flow_id, time_ns, node, DNS_FLOWS, row, audit)
+        return FlowRows(flow_id, time_ns, node, DNS_FLOWS, row, audit, audit_id)
 
     def _common(self, flow: flow_pb2.Flow, time_ns: int, node: str, flow_id: str, l7_type: str) -> tuple:
         src_port, dst_port = _ports(flow.l4)

@@ -126,11 +126,11 @@ class Batch:
             tally["received"] = tally.get("received", 0) + 1
             if item.table is not None:
                 self._add_row(item.table, item.flow_id, item.row, entry.maybe_stored)
-            if self._add_row(L7_AUDIT, item.flow_id, item.audit_row, entry.maybe_stored):
+            if self._add_row(L7_AUDIT, item.audit_id, item.audit_row, entry.maybe_stored):
                 if item.time_ns > self.newest_ns:
-                    self.newest_ns, self.ids_at_newest = item.time_ns, {item.flow_id}
+                    self.newest_ns, self.ids_at_newest = item.time_ns, {item.audit_id}
                 elif item.time_ns == self.newest_ns:
-                    self.ids_at_newest.add(item.flow_id)
+                    self.ids_at_newest.add(item.audit_id)
         elif isinstance(item, GapRow):
             tally = self._tally(item.row[1], item.time_ns)
             if item.row[_GAP_KIND] == "lost_events":

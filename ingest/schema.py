@@ -228,7 +228,9 @@ FLOW_COLUMNS = (
             type="UUID", comment="Hubble's uuid, else a hash of the flow content; l7_audit.flow_id is its text "
             "(a content hash as 32 hex digits)",
             # As decode.uuid_text: an id stored before that is no UUID becomes the MD5 of its text.
-            prepare="UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL"),
+            # A server runs mutations in the background: the MODIFY must not start before it is done.
+            prepare="UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL "
+            "SETTINGS mutations_sync = 2"),
     Column("verdict", LC, comment="FORWARDED, DROPPED, ..."),
     Column("l7_type", LC, comment="REQUEST or RESPONSE"),
     Column("traffic_direction", LC, comment="INGRESS or EGRESS"),

@@ -90,8 +90,9 @@ def _zero(column_type: str):
 def _layout(table: Table, version: int | None, row_length: int, path: Path) -> tuple[int, list[str]]:
     """The schema version whose layout table's rows have, and its stored column names.
     A file that does not say is from a build before _FIRST_RECORDED: the newest version
-    before that whose rows are that long."""
-    versions = [version] if version is not None else range(_FIRST_RECORDED - 1, table.since - 1, -1)
+    before that whose rows are that long, else (a build between) that version's."""
+    versions = [version] if version is not None else [*range(_FIRST_RECORDED - 1, table.since - 1, -1),
+                                                        _FIRST_RECORDED]
     for v in versions:
         names = [c.name for c in table.columns_as_of(v) if not c.alias]
         if len(names) == row_length:
@@ -243,7 +244,12 @@ class Spool:
         if not isinstance(batch, SpooledBatch):
             raise SpoolError(f"{path}: holds a {type(batch).__name__}, not a spooled batch")
         if version != SCHEMA_VERSION:
-            _to_current_layout(batch, version, path)
+            try:
+                _to_current_layout(batch, version, path)
+            except SpoolError:
+                raise
+            except Exception as err:  # rows of uneven length, values of another type, ...
+                raise SpoolError(f"{path}: rows unlike any this build knows: {type(err).__name__}: {err}") from None
         return batch
 
     def _readable(self, pick) -> tuple[Path, SpooledBatch] | None:

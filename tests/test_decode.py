@@ -52,14 +52,16 @@ def test_allow_list_and_query_stripping():
     ("flow-17", "49f89fb5b42f6b68a569aff80eda40a0"),  # MD5, as ClickHouse's lower(hex(MD5('flow-17')))
     ("", None),  # Cilium < 1.15 sends none: the content hash
 ])
-def test_a_flow_id_is_what_a_uuid_column_holds(uuid, flow_id):
+def test_a_flow_id_is_what_a_uuid_column_holds_and_the_audit_row_keeps_it_as_it_came(uuid, flow_id):
     response = http_flow("http://api/v1", {})
     response.flow.uuid = uuid
-    values = http_values(Decoder(), response)
+    rows = Decoder().decode(response)
+    values = dict(zip(HTTP_FLOWS.column_names, rows.row))
+    assert rows.flow_id == values["flow_id"] and rows.audit_row[2] == rows.audit_id
     if flow_id is not None:
-        assert values["flow_id"] == flow_id
+        assert (values["flow_id"], rows.audit_id) == (flow_id, uuid)
         return
-    assert len(values["flow_id"]) == 32 and int(values["flow_id"], 16) >= 0
+    assert len(values["flow_id"]) == 32 and int(values["flow_id"], 16) >= 0 and rows.audit_id == values["flow_id"]
     assert http_values(Decoder(), response)["flow_id"] == values["flow_id"]
     response.flow.node_name = "another-node"
     assert http_values(Decoder(), response)["flow_id"] != values["flow_id"]

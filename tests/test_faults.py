@@ -60,7 +60,7 @@ def expected_ids(responses) -> dict[str, set[str]]:
     for response in responses:
         rows = decoder.decode(response)
         if isinstance(rows, FlowRows):
-            ids["audit"].add(rows.flow_id)
+            ids["audit"].add(rows.audit_id)
             ids[rows.table.name].add(str(uuid.UUID(rows.flow_id)))  # a UUID column reads back with dashes
     return ids
 

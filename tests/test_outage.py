@@ -36,7 +36,7 @@ def feed(buffer: FlowBuffer, responses: list, chunk: int, pause_s: float) -> thr
 
 def flow_ids(responses) -> set[str]:
     decoder = Decoder()
-    return {decoder.decode(r).flow_id for r in responses}
+    return {decoder.decode(r).audit_id for r in responses}
 
 
 def stored_ids(client, database: str) -> list[str]:

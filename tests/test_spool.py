@@ -39,15 +39,18 @@ def _v5_batch() -> SpooledBatch:
     from .conftest import DNS_330, HTTP_348
     from .test_schema import _v5_rows
 
-    rows = _v5_rows(HTTP_348.read_bytes().splitlines()[:6] + DNS_330.read_bytes().splitlines()[:4])
-    first = rows["dns_flows"][0]
-    rows["dns_flows"][0] = first[:2] + ("flow-17",) + first[3:]
-    return SpooledBatch("v5", "file", rows, {"dns_flows": {"flow-17"}}, 0, set(), {("file", "node"): {"received": 10}},
-                        created_ns=7)
+    lines = HTTP_348.read_bytes().splitlines()[:6] + DNS_330.read_bytes().splitlines()[:4]
+    lines[6] = lines[6].replace(b'"flow":{', b'"flow":{"uuid":"flow-17",', 1)
+    rows = _v5_rows(lines)
+    ids = {row[2] for row in rows["l7_audit"]}
+    assert "flow-17" in ids and rows["dns_flows"][0][2] == "flow-17"
+    return SpooledBatch("v5", "file", rows, {"dns_flows": {"flow-17"}, "l7_audit": ids}, 0, {"flow-17"},
+                        {("file", "node"): {"received": 10}}, created_ns=7)
 
 
 @pytest.mark.parametrize("written_by", ["marshal", "pickle"])
 def test_a_batch_spooled_before_schema_version_6_is_read_in_its_layout(tmp_path, written_by):
+    from ingest.decode import uuid_text
     from ingest.schema import DNS_FLOWS, HTTP_FLOWS
 
     old = _v5_batch()
@@ -58,13 +61,14 @@ def test_a_batch_spooled_before_schema_version_6_is_read_in_its_layout(tmp_path,
     (tmp_path / "000000000001.batch").write_bytes(data)
     batch = Spool(tmp_path, 1 << 20).oldest()[1]
     v5_names = [c.name for c in HTTP_FLOWS.columns_as_of(5)]
-    for before, after in zip(_v5_batch().rows["http_flows"], batch.rows["http_flows"], strict=True):
+    for before, after in zip(old.rows["http_flows"], batch.rows["http_flows"], strict=True):
         assert dict(zip(HTTP_FLOWS.column_names, after)) == {k: v for k, v in zip(v5_names, before)
                                                             if k not in ("path", "query")}
-    renamed = batch.rows["dns_flows"][0][DNS_FLOWS.column_names.index("flow_id")]
-    assert len(renamed) == 32 and int(renamed, 16) and batch.check_stored == {"dns_flows": {renamed}}
-    assert batch.rows["dns_flows"][1:] == _v5_batch().rows["dns_flows"][1:]
-    assert batch.rows["l7_audit"] == _v5_batch().rows["l7_audit"]
+    # The typed row's id as the decoder now makes it; the audit row's as it was.
+    assert batch.rows["dns_flows"][0][DNS_FLOWS.column_names.index("flow_id")] == uuid_text("flow-17")
+    assert batch.check_stored == {"dns_flows": {uuid_text("flow-17")}, "l7_audit": old.check_stored["l7_audit"]}
+    assert batch.rows["dns_flows"][1:] == old.rows["dns_flows"][1:]
+    assert batch.rows["l7_audit"] == old.rows["l7_audit"] and batch.ids_at_newest == {"flow-17"}
 
 
 def test_a_batch_spooled_before_schema_version_6_is_stored(config, client, tmp_path):
@@ -81,12 +85,30 @@ def test_a_batch_spooled_before_schema_version_6_is_stored(config, client, tmp_p
     assert counts == [(len(old.rows["http_flows"]), len(old.rows["dns_flows"]), len(old.rows["http_flows"]))]
 
 
-def test_rows_that_fit_no_layout_make_the_file_unreadable(tmp_path):
+@pytest.mark.parametrize("damage, reason", [
+    (lambda rows: rows.__setitem__(0, rows[0][:5]), "fit no schema version"),
+    (lambda rows: rows.__setitem__(1, rows[1][:5]), "rows unlike any this build knows: IndexError"),
+    (lambda rows: rows.__setitem__(0, rows[0][:2] + (17,) + rows[0][3:]), "rows unlike any this build knows"),
+])
+def test_old_rows_that_fit_no_layout_make_the_file_unreadable(tmp_path, damage, reason):
     broken = _v5_batch()
-    broken.rows["http_flows"][0] = broken.rows["http_flows"][0][:5]
+    damage(broken.rows["http_flows"])
     (tmp_path / "000000000001.batch").write_bytes(pickle.dumps(broken, protocol=pickle.HIGHEST_PROTOCOL))
     _, record = Spool(tmp_path, 1 << 20).oldest()
-    assert list(record.rows) == [INGEST_GAPS.name] and "fit no schema version" in record.rows[INGEST_GAPS.name][0][-1]
+    assert list(record.rows) == [INGEST_GAPS.name] and reason in record.rows[INGEST_GAPS.name][0][-1]
+
+
+def test_rows_of_the_current_layout_from_a_file_that_does_not_say_are_read_as_they_are(tmp_path):
+    """The first build of schema version 6 did not record it yet."""
+    from ingest.decode import Decoder
+    from ingest.sources.files import parse_line
+
+    from .conftest import HTTP_348
+
+    rows = [Decoder().decode(parse_line(line)).row for line in HTTP_348.read_bytes().splitlines()[:3]]
+    batch = SpooledBatch("v6", "file", {"http_flows": rows}, {}, 0, set(), {})
+    (tmp_path / "000000000001.batch").write_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+    assert Spool(tmp_path, 1 << 20).oldest()[1].rows == {"http_flows": rows}
 
 
 def _moved() -> float:

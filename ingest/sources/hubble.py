@@ -205,7 +205,7 @@ class HubbleSource:
             return
         if type(decoded) is FlowRows:  # nearly every message: the hot path
             self._received_l7.inc()
-            if decoded.time_ns == self.resume_ns and decoded.flow_id in self.resume_ids:
+            if decoded.time_ns == self.resume_ns and decoded.audit_id in self.resume_ids:
                 metrics.DUPLICATES_DROPPED.labels("l7_audit").inc()
                 return
             if decoded.time_ns > self.newest_ns:

@@ -2,7 +2,7 @@
 -- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
 -- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
 
-ALTER TABLE `${database}`.`http_flows` UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL;
+ALTER TABLE `${database}`.`http_flows` UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL SETTINGS mutations_sync = 2;
 
 ALTER TABLE `${database}`.`http_flows` MODIFY COLUMN `flow_id` UUID CODEC(ZSTD(1)) COMMENT 'Hubble\'s uuid, else a hash of the flow content; l7_audit.flow_id is its text (a content hash as 32 hex digits)';
 
@@ -26,7 +26,7 @@ ALTER TABLE `${database}`.`http_flows` ADD COLUMN IF NOT EXISTS `query` String A
 
 ALTER TABLE `${database}`.`http_flows` MODIFY COLUMN `headers` Map(LowCardinality(String), String) CODEC(ZSTD(9)) COMMENT 'allow-listed headers, sensitive values redacted';
 
-ALTER TABLE `${database}`.`dns_flows` UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL;
+ALTER TABLE `${database}`.`dns_flows` UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL SETTINGS mutations_sync = 2;
 
 ALTER TABLE `${database}`.`dns_flows` MODIFY COLUMN `flow_id` UUID CODEC(ZSTD(1)) COMMENT 'Hubble\'s uuid, else a hash of the flow content; l7_audit.flow_id is its text (a content hash as 32 hex digits)';
 
