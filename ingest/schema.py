@@ -193,6 +193,10 @@ class Rollup(Table):
                 f"AS SELECT\n    {select}\nFROM `{database}`.`{source}`{where}\nGROUP BY {group_by}")
 
 
+# Schema version 6 took http_flows from 69.2 to 58.2 bytes a flow and dns_flows from 31.5
+# to 28.3 on the bench's data: flow_id as a UUID -2.7, path and query computed from url
+# -4.1, T64 on ports -1.0, ZSTD(9) on url and headers -2.5, ZSTD(3) on IPs -0.7; no
+# throughput measurably lost (README, Performance).
 def _endpoint(side: str, what: str) -> tuple[Column, ...]:
     return (
         Column(f"{side}_namespace", LC, comment=f"Kubernetes namespace of the {what}"),
