@@ -29,8 +29,6 @@ from .spool import RECORD_SOURCE, Spool, SpooledBatch
 
 log = logging.getLogger(__name__)
 
-_GAP_KIND = INGEST_GAPS.column_names.index("kind")
-_GAP_COUNT = INGEST_GAPS.column_names.index("count")
 
 
 @dataclass(slots=True)
@@ -132,9 +130,7 @@ class Batch:
                 elif item.time_ns == self.newest_ns:
                     self.ids_at_newest.add(item.audit_id)
         elif isinstance(item, GapRow):
-            tally = self._tally(item.row[1], item.time_ns)
-            if item.row[_GAP_KIND] == "lost_events":
-                tally["lost"] = tally.get("lost", 0) + item.row[_GAP_COUNT]
+            self._tally(item.row[1], item.time_ns)
             self._add_row(INGEST_GAPS, item.gap_id, item.row, entry.maybe_stored)
         else:
             tally = self._tally(item.node, item.time_ns)

@@ -34,6 +34,8 @@ TABLES = {t.name: t for t in WRITE_ORDER}
 _NODE = 1  # every stored table has `node` as its second column
 _STORED_COLUMNS = {HTTP_FLOWS.name: "stored_http", DNS_FLOWS.name: "stored_dns", L7_AUDIT.name: "stored_audit",
                    INGEST_GAPS.name: "stored_gaps"}
+_GAP_KIND = INGEST_GAPS.column_names.index("kind")
+_GAP_COUNT = INGEST_GAPS.column_names.index("count")
 
 
 class StoreUnavailable(RuntimeError):
@@ -200,6 +202,11 @@ def ledger_rows(batch: SpooledBatch) -> list[tuple]:
         for row in batch.rows.get(name, ()):
             counts = stored.setdefault(row[_NODE], {})
             counts[column] = counts.get(column, 0) + 1
+    # A loss report that Hubble sends again after a reconnect is one loss: counted as stored.
+    for row in batch.rows.get(INGEST_GAPS.name, ()):
+        if row[_GAP_KIND] == "lost_events":
+            counts = stored[row[_NODE]]
+            counts["lost"] = counts.get("lost", 0) + row[_GAP_COUNT]
     committed_ms = batch.created_ns // 1_000_000
     rows = []
     for (source, node), tally in sorted(batch.tallies.items()):
@@ -212,7 +219,7 @@ def ledger_rows(batch: SpooledBatch) -> list[tuple]:
             "stored_http": counts.get("stored_http", 0), "stored_dns": counts.get("stored_dns", 0),
             "stored_audit": counts.get("stored_audit", 0), "stored_gaps": counts.get("stored_gaps", 0),
             "duplicates": tally.get("received", 0) - counts.get("stored_audit", 0),
-            "quarantined": tally.get("quarantined", 0), "lost": tally.get("lost", 0),
+            "quarantined": tally.get("quarantined", 0), "lost": counts.get("lost", 0),
         }
         rows.append(tuple(values[c] for c in INGEST_LEDGER.column_names))
     return rows

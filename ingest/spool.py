@@ -53,7 +53,7 @@ class SpooledBatch:
     check_stored: dict[str, set[str]]
     newest_ns: int
     ids_at_newest: set[str]
-    # (source, node) -> counters kept for the ledger: received, filtered, quarantined, lost,
+    # (source, node) -> counters kept for the ledger: received, filtered, quarantined,
     # and the oldest and newest flow time seen.
     tallies: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     created_ns: int = 0

@@ -200,3 +200,19 @@ def test_a_spool_file_recorded_as_unreadable_is_not_counted_as_replayed(config, 
     assert (summary.stored.get("ingest_gaps", 0), summary.duplicates) == (0, 0)
     gaps = client.query(f"SELECT kind FROM `{config.store.database}`.ingest_gaps").result_rows
     assert gaps == [("spool_unreadable",)]
+
+
+def test_a_loss_report_received_again_is_counted_once_in_the_ledger(config, client, tmp_path):
+    """Hubble sends a lost_events report again when a stream resumes before it; as a replay
+    of the same file does. The gap is stored once, and the ledger counts it once."""
+    lines = fixture_lines(DNS_330)
+    lost_at = lines[100]["flow"]["time"]
+    lost = {"lost_events": {"source": "HUBBLE_RING_BUFFER", "num_events_lost": "1234", "first": lost_at,
+                            "last": lost_at}, "node_name": lines[100]["flow"]["node_name"], "time": lost_at}
+    path = tmp_path / "with-loss.json"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines[:100] + [lost, lost] + lines[100:]))
+    replay(config, client, [str(path)])
+    replay(config, client, [str(path)])
+    db = config.store.database
+    assert client.query(f"SELECT sum(count) FROM `{db}`.ingest_gaps").result_rows == [(1234,)]
+    assert client.query(f"SELECT sum(lost), sum(stored_gaps) FROM `{db}`.ingest_ledger").result_rows == [(1234, 1)]
