@@ -230,7 +230,7 @@ FLOW_COLUMNS = (
     Column("node", LC, comment="Cilium node that observed the flow"),
     changed(Column("flow_id", "String", "ZSTD(1)", comment="Hubble uuid, else a hash of the flow content"), 6,
             type="UUID", comment="Hubble's uuid, else a hash of the flow content; l7_audit.flow_id is its text "
-            "(a content hash as 32 hex digits)",
+            "as it came (a content hash as 32 hex digits; an id that is no UUID is held here as its MD5)",
             # As decode.uuid_text: an id stored before that is no UUID becomes the MD5 of its text.
             # A server runs mutations in the background: the MODIFY must not start before it is done.
             prepare="UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL "

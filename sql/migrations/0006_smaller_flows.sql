@@ -4,7 +4,7 @@
 
 ALTER TABLE `${database}`.`http_flows` UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL SETTINGS mutations_sync = 2;
 
-ALTER TABLE `${database}`.`http_flows` MODIFY COLUMN `flow_id` UUID CODEC(ZSTD(1)) COMMENT 'Hubble\'s uuid, else a hash of the flow content; l7_audit.flow_id is its text (a content hash as 32 hex digits)';
+ALTER TABLE `${database}`.`http_flows` MODIFY COLUMN `flow_id` UUID CODEC(ZSTD(1)) COMMENT 'Hubble\'s uuid, else a hash of the flow content; l7_audit.flow_id is its text as it came (a content hash as 32 hex digits; an id that is no UUID is held here as its MD5)';
 
 ALTER TABLE `${database}`.`http_flows` MODIFY COLUMN `src_ip` String CODEC(ZSTD(3)) COMMENT 'IP address of the source';
 
@@ -28,7 +28,7 @@ ALTER TABLE `${database}`.`http_flows` MODIFY COLUMN `headers` Map(LowCardinalit
 
 ALTER TABLE `${database}`.`dns_flows` UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL SETTINGS mutations_sync = 2;
 
-ALTER TABLE `${database}`.`dns_flows` MODIFY COLUMN `flow_id` UUID CODEC(ZSTD(1)) COMMENT 'Hubble\'s uuid, else a hash of the flow content; l7_audit.flow_id is its text (a content hash as 32 hex digits)';
+ALTER TABLE `${database}`.`dns_flows` MODIFY COLUMN `flow_id` UUID CODEC(ZSTD(1)) COMMENT 'Hubble\'s uuid, else a hash of the flow content; l7_audit.flow_id is its text as it came (a content hash as 32 hex digits; an id that is no UUID is held here as its MD5)';
 
 ALTER TABLE `${database}`.`dns_flows` MODIFY COLUMN `src_ip` String CODEC(ZSTD(3)) COMMENT 'IP address of the source';
 
