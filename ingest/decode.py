@@ -52,7 +52,7 @@ _REDACTED = "[REDACTED]"
 # How Hubble writes a flow's uuid (Go's uuid.String()).
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # What ClickHouse's toUUIDOrNull takes: the 36-character form or 32 hex digits, any case.
-_UUID_ANY_CASE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}")
+_UUID_ANY_CASE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}", re.ASCII | re.I)
 # Per-decoder caches of what repeats (pods, identities, URLs) are emptied when they reach this.
 _CACHE_ENTRIES = 50_000
 

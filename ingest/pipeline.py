@@ -30,7 +30,6 @@ from .spool import RECORD_SOURCE, Spool, SpooledBatch
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(slots=True)
 class Tally:
     """Input that is counted in the ledger but not stored: non-L7 flows, dead letters."""
