@@ -116,6 +116,21 @@ def test_stream_dropped_twice_stores_each_flow_once(config, client):
     assert gaps == [("stream_interrupted", 2)]
 
 
+def test_a_loss_report_sent_again_after_a_reconnect_is_stored_once(config, client):
+    lines = fixture_lines(HTTP_348)
+    lost_at = lines[99]["flow"]["time"]
+    lost = {"lost_events": {"source": "HUBBLE_RING_BUFFER", "num_events_lost": "77", "first": lost_at,
+                            "last": lost_at}, "node_name": "gke-node-a", "time": lost_at}
+    # The stream ends right after the report; the reconnect resumes at its time and gets it again.
+    server, _ = ingest_lines(config, client, lines[:100] + [lost] + lines[100:], drop_after=[101])
+    assert server.service.requests[1].since.ToNanoseconds() == rfc3339_ns(lost_at)
+    assert_stored_equals_fixture(client, config, lines)
+    db = config.store.database
+    assert client.query(f"SELECT count(), sum(count) FROM `{db}`.ingest_gaps WHERE kind = 'lost_events'"
+                        ).result_rows == [(1, 77)]
+    assert client.query(f"SELECT sum(lost) FROM `{db}`.ingest_ledger").result_rows == [(77,)]
+
+
 def test_lost_events_are_stored_as_gaps_and_ingestion_continues(config, client):
     lines = fixture_lines(DNS_330)
     lost_at = lines[100]["flow"]["time"]
