@@ -116,14 +116,17 @@ def test_stream_dropped_twice_stores_each_flow_once(config, client):
     assert gaps == [("stream_interrupted", 2)]
 
 
-def test_a_loss_report_sent_again_after_a_reconnect_is_stored_once(config, client):
+@pytest.mark.parametrize("stamped_like", [99, 100], ids=["the flow before it", "the flow after it"])
+def test_a_loss_report_sent_again_after_a_reconnect_is_stored_once(config, client, stamped_like):
     lines = fixture_lines(HTTP_348)
-    lost_at = lines[99]["flow"]["time"]
+    lost_at = lines[stamped_like]["flow"]["time"]
     lost = {"lost_events": {"source": "HUBBLE_RING_BUFFER", "num_events_lost": "77", "first": lost_at,
                             "last": lost_at}, "node_name": "gke-node-a", "time": lost_at}
-    # The stream ends right after the report; the reconnect resumes at its time and gets it again.
+    # The stream ends right after the report; the reconnect resumes at the newest flow
+    # received (at or before the report's time) and gets the report again, in another batch.
+    config.batch.max_rows = 101
     server, _ = ingest_lines(config, client, lines[:100] + [lost] + lines[100:], drop_after=[101])
-    assert server.service.requests[1].since.ToNanoseconds() == rfc3339_ns(lost_at)
+    assert server.service.requests[1].since.ToNanoseconds() == rfc3339_ns(lines[99]["flow"]["time"])
     assert_stored_equals_fixture(client, config, lines)
     db = config.store.database
     assert client.query(f"SELECT count(), sum(count) FROM `{db}`.ingest_gaps WHERE kind = 'lost_events'"
