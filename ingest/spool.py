@@ -109,15 +109,10 @@ def _to_current_layout(batch: SpooledBatch, version: int | None, path: Path) -> 
             continue
         written, names = _layout(table, version, len(rows[0]), path)
         types = {c.name: c.type for c in table.columns_as_of(written)}
-        sources = []  # per current column: the old position, or None for a column it lacks
-        to_uuid = set()
-        for column in table.columns:
-            if column.alias:
-                continue
-            sources.append(names.index(column.name) if column.name in names else None)
-            if column.type == "UUID" and types.get(column.name) != "UUID":
-                to_uuid.add(len(sources) - 1)
-        zeros = [_zero(c.type) for c in table.columns if not c.alias]
+        stored = [c for c in table.columns if not c.alias]
+        sources = [names.index(c.name) if c.name in names else None for c in stored]  # None: a column it lacks
+        to_uuid = {i for i, c in enumerate(stored) if c.type == "UUID" and types.get(c.name) != "UUID"}
+        zeros = [_zero(c.type) for c in stored]
         batch.rows[name] = [tuple(zeros[i] if at is None else uuid_text(row[at]) if i in to_uuid else row[at]
                                   for i, at in enumerate(sources)) for row in rows]
         if to_uuid and name in batch.check_stored:
