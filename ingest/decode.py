@@ -53,6 +53,12 @@ _REDACTED = "[REDACTED]"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # What ClickHouse's toUUIDOrNull takes: the 36-character form or 32 hex digits, any case.
 _UUID_ANY_CASE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}", re.ASCII | re.I)
+# The time columns are DateTime64(9): nanoseconds since 1970 in an Int64, from 1900-01-01
+# (the earliest date ClickHouse supports) to 2262-04-11. A value a column cannot hold
+# would make the store's client refuse the whole batch, on every retry.
+_EARLIEST_NS = -2_208_988_800 * 1_000_000_000
+_LATEST_NS = 2**63 - 1
+_UINT16_MAX = 65535  # ports, HTTP status and DNS rcode are UInt16 columns; Hubble sends uint32
 # Per-decoder caches of what repeats (pods, identities, URLs) are emptied when they reach this.
 _CACHE_ENTRIES = 50_000
 
@@ -104,8 +110,22 @@ class Filtered:
     time_ns: int
 
 
-def timestamp_ns(ts) -> int:
-    return ts.seconds * 1_000_000_000 + ts.nanos
+def timestamp_ns(ts, field: str) -> int:
+    """A Timestamp in nanoseconds; DecodeError naming field when no time column can hold it."""
+    ns = ts.seconds * 1_000_000_000 + ts.nanos
+    if _EARLIEST_NS <= ns <= _LATEST_NS:
+        return ns
+    try:
+        shown = ts.ToJsonString()
+    except ValueError:  # beyond the years 1 to 9999
+        shown = f"{ts.seconds} s since 1970"
+    raise DecodeError(f"{field}: {shown} is outside the times ClickHouse stores (1900-01-01 to 2262-04-11)")
+
+
+def _uint16(value: int, field: str, what: str) -> int:
+    if value > _UINT16_MAX:
+        raise DecodeError(f"{field}: {value} is no {what} (at most {_UINT16_MAX})")
+    return value
 
 
 def content_id(message) -> str:
@@ -138,11 +158,15 @@ def workload_of(endpoint: flow_pb2.Endpoint) -> str:
     return ""
 
 
+_PORT_FIELDS = {p: (f"flow.l4.{p}.source_port", f"flow.l4.{p}.destination_port") for p in ("TCP", "UDP", "SCTP")}
+
+
 def _ports(l4: flow_pb2.Layer4) -> tuple[int, int]:
     protocol = l4.WhichOneof("protocol")
-    if protocol in ("TCP", "UDP", "SCTP"):
+    fields = _PORT_FIELDS.get(protocol)
+    if fields is not None:
         ports = getattr(l4, protocol)
-        return ports.source_port, ports.destination_port
+        return _uint16(ports.source_port, fields[0], "port"), _uint16(ports.destination_port, fields[1], "port")
     return 0, 0
 
 
@@ -179,11 +203,11 @@ class Decoder:
                 raise DecodeError("flow.l7: an L7 flow (Type L7) without an l7 record")
             kind = flow_pb2.FlowType.Name(flow.Type) if flow.Type in (0, 1, 3) else "UNKNOWN_TYPE"
             return Filtered(kind, flow.node_name or (response.node_name if response is not None else ""),
-                            timestamp_ns(flow.time))
+                            timestamp_ns(flow.time, "flow.time"))
         if flow.HasField("time"):
-            time_ns = timestamp_ns(flow.time)
+            time_ns = timestamp_ns(flow.time, "flow.time")
         elif response is not None and response.HasField("time"):
-            time_ns = timestamp_ns(response.time)
+            time_ns = timestamp_ns(response.time, "time")
         else:
             raise DecodeError("flow.time: the flow has no time")
         uuid = flow.uuid
@@ -211,8 +235,9 @@ class Decoder:
         if is_response and ips:
             asker = flow.destination
             self.dns.learn(f"{asker.namespace}/{asker.pod_name}", ips, dns.query, dns.ttl, time_ns)
-        rcode_name = RCODE_NAMES.get(dns.rcode, f"RCODE{dns.rcode}") if is_response else ""
-        row = common + (dns.query, list(dns.qtypes), dns.rcode, rcode_name, ips, dns.ttl, list(dns.cnames),
+        rcode = _uint16(dns.rcode, "flow.l7.dns.rcode", "DNS response code")
+        rcode_name = RCODE_NAMES.get(rcode, f"RCODE{rcode}") if is_response else ""
+        row = common + (dns.query, list(dns.qtypes), rcode, rcode_name, ips, dns.ttl, list(dns.cnames),
                         list(dns.rrtypes), dns.observation_source, l7.latency_ns)
         return FlowRows(flow_id, time_ns, node, DNS_FLOWS, row, audit, audit_id)
 
@@ -264,7 +289,8 @@ class Decoder:
 
     def _http(self, http: flow_pb2.HTTP) -> tuple:
         """(method, url, host, protocol, status_code); path and query are computed by ClickHouse."""
-        return (http.method,) + self._url(http.url) + (http.protocol, http.code)
+        return (http.method,) + self._url(http.url) + (http.protocol,
+                                                        _uint16(http.code, "flow.l7.http.code", "HTTP status"))
 
     def _url(self, url: str) -> tuple[str, str]:
         """(url as stored, host); the same URLs come again and again."""
@@ -327,9 +353,9 @@ class Decoder:
 
 def lost_events_gap(response: observer_pb2.GetFlowsResponse) -> GapRow:
     lost = response.lost_events
-    time_ns = timestamp_ns(response.time)
-    first = timestamp_ns(lost.first) if lost.HasField("first") else time_ns
-    last = timestamp_ns(lost.last) if lost.HasField("last") else time_ns
+    time_ns = timestamp_ns(response.time, "time")
+    first = timestamp_ns(lost.first, "lost_events.first") if lost.HasField("first") else time_ns
+    last = timestamp_ns(lost.last, "lost_events.last") if lost.HasField("last") else time_ns
     gap_id = content_id(response)
     row = {"time": time_ns, "node": response.node_name, "gap_id": gap_id, "kind": "lost_events",
            "source": _LOST_SOURCE.get(lost.source, str(lost.source)), "count": lost.num_events_lost,
@@ -340,7 +366,7 @@ def lost_events_gap(response: observer_pb2.GetFlowsResponse) -> GapRow:
 
 def node_status_gaps(response: observer_pb2.GetFlowsResponse) -> list[GapRow]:
     status = response.node_status
-    time_ns = timestamp_ns(response.time)
+    time_ns = timestamp_ns(response.time, "time")
     gap_id = content_id(response)
     gaps = []
     for index, node in enumerate(status.node_names or [response.node_name]):

@@ -23,8 +23,8 @@ from .decode import timestamp_ns
 
 def response_time_ns(response: observer_pb2.GetFlowsResponse) -> int:
     if response.HasField("flow") and response.flow.HasField("time"):
-        return timestamp_ns(response.flow.time)
-    return timestamp_ns(response.time)
+        return timestamp_ns(response.flow.time, "flow.time")
+    return timestamp_ns(response.time, "time")
 
 
 def _matches(flt, flow) -> bool:
@@ -112,7 +112,7 @@ class ObserverService(observer_pb2_grpc.ObserverServicer):
         with self._lock:
             self.requests.append(request)
             limit = self.drop_after.pop(0) if self.drop_after else None
-        since_ns = timestamp_ns(request.since) if request.HasField("since") else 0
+        since_ns = timestamp_ns(request.since, "since") if request.HasField("since") else 0
         position = self.buffer.first_position_since(since_ns)
         sent_here = 0
         while context.is_active():

@@ -8,7 +8,7 @@ from google.protobuf import json_format
 from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
 from ingest.config import HTTPConfig
-from ingest.decode import Decoder, FlowRows, GapRow, workload_of
+from ingest.decode import Decoder, DecodeError, FlowRows, GapRow, workload_of
 from ingest.schema import HTTP_FLOWS, INGEST_GAPS
 
 
@@ -126,3 +126,27 @@ def test_http_to_the_world_is_named_by_the_clients_last_dns_answer_within_its_tt
     assert name(7, "198.51.100.1") == ""  # never resolved
     assert name(7, "203.0.113.10", destination_names=["hubble.knows.example."]) == "hubble.knows.example."
     assert name(30 + 60 + 5, "203.0.113.10") == ""  # TTL 30 s plus 60 s grace ran out
+
+
+@pytest.mark.parametrize("change, error", [
+    (lambda r: r.flow.l4.TCP.SetInParent() or setattr(r.flow.l4.TCP, "destination_port", 70000),
+     "flow.l4.TCP.destination_port: 70000 is no port"),
+    (lambda r: r.flow.l4.SCTP.SetInParent() or setattr(r.flow.l4.SCTP, "source_port", 65536),
+     "flow.l4.SCTP.source_port: 65536 is no port"),
+    (lambda r: setattr(r.flow.l7.http, "code", 2**32 - 1), "flow.l7.http.code: 4294967295 is no HTTP status"),
+    (lambda r: r.flow.time.FromNanoseconds(2**63), "flow.time: 2262-04-11T23:47:16.854775808Z is outside"),
+    (lambda r: setattr(r.flow.time, "seconds", -2**62), "flow.time: -4611686018427387904 s since 1970 is outside"),
+])
+def test_a_value_its_column_cannot_hold_is_a_decode_error_naming_the_field(change, error):
+    """The gRPC path: Hubble's uint32 and Timestamp fields allow more than the columns hold."""
+    response = http_flow("http://a/", {})
+    change(response)
+    with pytest.raises(DecodeError, match=error):
+        Decoder().decode(response)
+
+
+@pytest.mark.parametrize("ns", [-2_208_988_800 * 10**9, 2**63 - 1], ids=["1900-01-01", "2262-04-11"])
+def test_the_first_and_last_instants_datetime64_9_holds_are_decoded(ns):
+    response = http_flow("http://a/", {})
+    response.flow.time.FromNanoseconds(ns)
+    assert Decoder().decode(response).time_ns == ns

@@ -89,6 +89,52 @@ def test_every_good_line_after_a_bad_one_is_stored(config, client, tmp_path, bad
     assert stored == len(GOOD)
 
 
+def _number_and_time_leaves(data, path=()):
+    """Paths to the numbers (JSON numbers, or 64-bit ones as strings) and times in a line."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _number_and_time_leaves(value, path + (key,))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _number_and_time_leaves(value, path + (index,))
+    elif isinstance(data, int) and not isinstance(data, bool) or isinstance(data, str) and data.isdigit():
+        yield path, "number"
+    elif isinstance(data, str) and path and path[-1] in ("time", "first", "last"):
+        yield path, "time"
+
+
+EXTREME_NUMBERS = [0, 255, 256, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**53, 2**63 - 1, 2**64 - 1, -1, -2**31]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 10_000), st.sampled_from(EXTREME_NUMBERS),
+                          st.integers(1, 9999)), min_size=1, max_size=4))
+def test_numbers_and_times_at_their_limits_are_stored_or_dead_lettered_never_refused(config, client, tmp_path,
+                                                                                    mutations):
+    """Any value Hubble's types allow either fits its column or is dead-lettered: the store's
+    client never refuses a batch (which sets the whole batch aside)."""
+    lines = [json.loads(line) for line in GOOD]
+    for index, pick, number, year in mutations:
+        leaves = list(_number_and_time_leaves(lines[index]))
+        path, kind = leaves[pick % len(leaves)]
+        target = lines[index]
+        for key in path[:-1]:
+            target = target[key]
+        if kind == "time":
+            target[path[-1]] = f"{year:04d}-12-31T23:59:59.999999999Z"
+        else:
+            target[path[-1]] = str(number) if isinstance(target[path[-1]], str) else number
+    path = tmp_path / f"limits-{len(list(tmp_path.iterdir()))}.json"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = replay(config, client, [str(path)])
+    db = config.store.database
+    set_aside = client.query(f"SELECT count() FROM `{db}`.ingest_gaps WHERE kind = 'spool_unreadable'").result_rows
+    assert set_aside == [(0,)]
+    counts = summary.counts
+    assert counts.l7_flows + counts.filtered + counts.gaps + counts.bad_lines == counts.lines == len(lines)
+
+
 def parsed_by_json_format(data) -> bytes | str:
     from google.protobuf import json_format
     try:

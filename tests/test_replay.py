@@ -150,6 +150,17 @@ MALFORMED = [
     (b'[1, 2]', "expected a JSON object"),
     (b'{"flow": {"l7": {"http": {"url": "http://[::1"}}, "Type": "L7", "time": "2021-10-04T11:22:26Z"}}',
      "l7.http.url"),
+    # Values Hubble's types allow and the columns do not: each used to stall the store forever.
+    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "l7": {"type": "RESPONSE", "http": {"code": 70000}}}}',
+     "flow.l7.http.code: 70000"),
+    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "l4": {"UDP": {"source_port": 65536}}, "l7": {"dns": {}}}}',
+     "flow.l4.UDP.source_port: 65536"),
+    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "l7": {"type": "RESPONSE", "dns": {"rcode": 4294967295}}}}',
+     "flow.l7.dns.rcode: 4294967295"),
+    (b'{"flow": {"time": "2262-04-12T00:00:00Z", "l7": {"dns": {}}}}', "flow.time: 2262-04-12T00:00:00Z is outside"),
+    (b'{"flow": {"time": "1899-12-31T23:59:59Z", "Type": "L3_L4"}}', "flow.time: 1899-12-31T23:59:59Z"),
+    (b'{"lost_events": {"num_events_lost": 3, "first": "9999-12-31T00:00:00Z"}, "time": "2021-10-04T11:22:26Z"}',
+     "lost_events.first"),
 ]
 
 
@@ -158,8 +169,8 @@ def test_malformed_lines_are_dead_lettered_with_line_numbers_and_the_rest_stored
     mixed, bad_at = [], {}
     for index, line in enumerate(good):
         mixed.append(line)
-        if index % 40 == 0 and index // 40 < len(MALFORMED):
-            bad, reason = MALFORMED[index // 40]
+        if index % 20 == 0 and index // 20 < len(MALFORMED):
+            bad, reason = MALFORMED[index // 20]
             mixed.append(bad)
             bad_at[len(mixed)] = (bad, reason)
     path = tmp_path / "mixed.json"
