@@ -10,7 +10,10 @@ so re-inserting a batch after a timeout or a crash stores nothing twice. The led
 is written last. Only then is the batch removed from the spool.
 
 A store that fails is retried with capped exponential backoff and full jitter, with
-one log line when failing starts and one when it recovers.
+one log line when failing starts and one when it recovers. A batch that the store's
+client refuses to encode (a value that no column can hold; the decoder checks for them,
+so only a defect gets here) would be refused on every retry and hold up the spool: it is
+set aside and recorded as an unreadable spool file is, and the next batch goes on.
 
 The sink does not know whether the store is a server or the embedded engine.
 """
@@ -21,6 +24,8 @@ import hashlib
 import logging
 import random
 import time
+
+from clickhouse_connect.driver.exceptions import DataError
 
 from . import metrics
 from .schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, INGEST_LEDGER, L7_AUDIT, Table
@@ -40,6 +45,20 @@ _GAP_COUNT = INGEST_GAPS.column_names.index("count")
 
 class StoreUnavailable(RuntimeError):
     """The store failed; the batch stays in the spool and is tried again later."""
+
+
+class BatchRefused(RuntimeError):
+    """The store's client cannot encode the batch's rows: trying again cannot help."""
+
+
+def _refused_by_client(err: BaseException) -> bool:
+    """clickhouse-connect raises DataError when it cannot encode a value, before the
+    store sees the rows; an HTTP connection may report it wrapped in a connection error."""
+    while err is not None:
+        if isinstance(err, DataError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def insert_token(batch_id: str, table: Table, rows: list[tuple]) -> str:
@@ -88,6 +107,9 @@ class Sink:
             except StoreUnavailable as err:
                 self._failed(err)
                 return False
+            except BatchRefused as err:
+                spool.set_aside(path, str(err))
+                continue
             self._recovered()
             spool.remove(path)
             if on_commit is not None:
@@ -111,11 +133,15 @@ class Sink:
         self._next_try = 0.0
         metrics.STORE_UP.set(1)
 
-    def _call(self, table: Table, call):
+    def _call(self, table: Table, call, stored_before: tuple[str, ...] = ()):
         try:
             return call()
         except Exception as err:  # any failure of the store is retried later, none is fatal
             metrics.INSERT_ERRORS.labels(table.name, type(err).__name__).inc()
+            if _refused_by_client(err):
+                stored = f" (its {', '.join(stored_before)} rows are stored)" if stored_before else ""
+                raise BatchRefused(f"the store's client refused its {table.name} rows{stored}: "
+                                   f"{type(err).__name__}: {err}") from err
             raise StoreUnavailable(f"{table.name}: {type(err).__name__}: {err}") from err
 
     def _resolve(self, batch: SpooledBatch) -> tuple[bool, bool]:
@@ -187,7 +213,7 @@ class Sink:
                     sent.clear()
                 metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
 
-            self._call(table, insert)
+            self._call(table, insert, tuple(inserted))
             metrics.ROWS_INSERTED.labels(table.name).inc(len(rows))
             metrics.BATCHES_INSERTED.labels(table.name).inc()
             inserted[table.name] = rows

@@ -23,7 +23,8 @@ one dropped, and a flow_id that is no UUID replaced as `decode.uuid_text` says.
 A file that cannot be read back (damaged on disk, put there by hand, or named otherwise
 than `<sequence>.batch`) is moved to `unreadable/` in the spool, logged with its path and
 the reason, and counted; in its place the spool queues a batch holding one
-`ingest_gaps` row (kind `spool_unreadable`), so the loss is on record in the store.
+`ingest_gaps` row (kind `spool_unreadable`), so the loss is on record in the store. A
+batch that the store's client refuses (see Sink) is set aside the same way.
 """
 
 from __future__ import annotations
@@ -100,11 +101,23 @@ def _layout(table: Table, version: int | None, row_length: int, path: Path) -> t
     raise SpoolError(f"{path}: {table.name} rows of {row_length} values fit no schema version up to {SCHEMA_VERSION}")
 
 
-def _to_current_layout(batch: SpooledBatch, version: int | None, path: Path) -> None:
+def _check_widths(batch: SpooledBatch, version: int | None, path: Path) -> None:
+    """Each table's rows are all as long as each other, and as this build's if it wrote them."""
     for name, rows in batch.rows.items():
         table = _TABLES.get(name)
         if table is None:
             raise SpoolError(f"{path}: rows of an unknown table {name}")
+        widths = set(map(len, rows))
+        if len(widths) > 1:
+            raise SpoolError(f"{path}: {name} rows of uneven length ({min(widths)} to {max(widths)} values)")
+        if version == SCHEMA_VERSION and widths and widths != {len(table.column_names)}:
+            raise SpoolError(f"{path}: {name} rows of {widths.pop()} values, where schema version "
+                             f"{SCHEMA_VERSION} has {len(table.column_names)}")
+
+
+def _to_current_layout(batch: SpooledBatch, version: int | None, path: Path) -> None:
+    for name, rows in batch.rows.items():
+        table = _TABLES[name]
         if not rows:
             continue
         written, names = _layout(table, version, len(rows[0]), path)
@@ -238,13 +251,14 @@ class Spool:
             raise SpoolError(f"{path}: unreadable spool file: {type(err).__name__}: {err}") from None
         if not isinstance(batch, SpooledBatch):
             raise SpoolError(f"{path}: holds a {type(batch).__name__}, not a spooled batch")
-        if version != SCHEMA_VERSION:
-            try:
+        try:
+            _check_widths(batch, version, path)
+            if version != SCHEMA_VERSION:
                 _to_current_layout(batch, version, path)
-            except SpoolError:
-                raise
-            except Exception as err:  # rows of uneven length, values of another type, ...
-                raise SpoolError(f"{path}: rows unlike any this build knows: {type(err).__name__}: {err}") from None
+        except SpoolError:
+            raise
+        except Exception as err:  # rows that are no tuples, values of another type, ...
+            raise SpoolError(f"{path}: rows unlike any this build knows: {type(err).__name__}: {err}") from None
         return batch
 
     def _readable(self, pick) -> tuple[Path, SpooledBatch] | None:
@@ -300,6 +314,14 @@ class Spool:
             return
         log.error("%s; moved to %s: its flows are not stored (recorded in ingest_gaps as spool_unreadable)",
                   err, aside)
+
+    def set_aside(self, path: Path, reason: str) -> None:
+        """The store cannot take the batch in path: kept and recorded as an unreadable file is."""
+        del self._sizes[path]
+        if self._last is not None and self._last[0] == path:
+            self._last = None
+        self._move_aside(path, SpoolError(f"{path}: {reason}"), path)
+        self._publish()
 
     def oldest(self) -> tuple[Path, SpooledBatch] | None:
         return self._readable(min)

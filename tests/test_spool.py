@@ -86,8 +86,10 @@ def test_a_batch_spooled_before_schema_version_6_is_stored(config, client, tmp_p
 
 
 @pytest.mark.parametrize("damage, reason", [
-    (lambda rows: rows.__setitem__(0, rows[0][:5]), "fit no schema version"),
-    (lambda rows: rows.__setitem__(1, rows[1][:5]), "rows unlike any this build knows: IndexError"),
+    (lambda rows: rows.__setitem__(slice(None), [row[:5] for row in rows]), "fit no schema version"),
+    (lambda rows: rows.__setitem__(1, rows[1][:5]), "http_flows rows of uneven length (5 to 33 values)"),
+    (lambda rows: rows.__setitem__(1, rows[1] + ("more",)), "http_flows rows of uneven length (33 to 34 values)"),
+    (lambda rows: rows.__setitem__(1, 17), "rows unlike any this build knows: TypeError"),
     (lambda rows: rows.__setitem__(0, rows[0][:2] + (17,) + rows[0][3:]), "rows unlike any this build knows"),
 ])
 def test_old_rows_that_fit_no_layout_make_the_file_unreadable(tmp_path, damage, reason):
@@ -96,6 +98,23 @@ def test_old_rows_that_fit_no_layout_make_the_file_unreadable(tmp_path, damage, 
     (tmp_path / "000000000001.batch").write_bytes(pickle.dumps(broken, protocol=pickle.HIGHEST_PROTOCOL))
     _, record = Spool(tmp_path, 1 << 20).oldest()
     assert list(record.rows) == [INGEST_GAPS.name] and reason in record.rows[INGEST_GAPS.name][0][-1]
+
+
+@pytest.mark.parametrize("cut", [1, -1], ids=["one value short", "one value more"])
+def test_rows_of_another_length_than_the_current_layout_make_the_file_unreadable(tmp_path, cut):
+    """Before, such a row reached the sink, which failed on it at every start."""
+    from ingest.schema import SCHEMA_VERSION
+
+    batch = _batch("short")
+    [row] = batch.rows[INGEST_GAPS.name]
+    batch.rows[INGEST_GAPS.name] = [row[:-1] if cut == 1 else row + (None,)]
+    values = {k: getattr(batch, k) for k in batch.__dataclass_fields__} | {"schema_version": SCHEMA_VERSION}
+    (tmp_path / "000000000001.batch").write_bytes(b"flowlog-spool 2 marshal\n" + marshal.dumps(values))
+    _, record = Spool(tmp_path, 1 << 20).oldest()
+    assert record.source == "spool"
+    width = len(INGEST_GAPS.column_names)
+    assert (f"ingest_gaps rows of {width - cut} values, where schema version {SCHEMA_VERSION} has {width}"
+            in record.rows[INGEST_GAPS.name][0][-1])
 
 
 def test_rows_of_the_current_layout_from_a_file_that_does_not_say_are_read_as_they_are(tmp_path):
@@ -226,3 +245,53 @@ def test_the_loss_reaches_the_store_and_the_completeness_query(config, client, t
     assert client.query(f"SELECT count() FROM `{db}`.ingest_gaps").result_rows == [(1,)]
     rows = queries.load()["ingest_completeness"].rows(client, {"from": "2000-01-01", "until": "2200-01-01"}, db)
     assert [(r["node"], r["spool_batches_lost"]) for r in rows if r["spool_batches_lost"]] == [("", 1)]
+
+
+def _decoded_batch(batch_id: str, lines: list[bytes], bad_status_at: int | None = None,
+                   bad_rcode_at: int | None = None) -> SpooledBatch:
+    """A spooled batch of decoded fixture lines; optionally one typed row given a value its
+    UInt16 column cannot hold, as only a defect in the decoder would."""
+    from ingest.decode import Decoder
+    from ingest.schema import DNS_FLOWS, HTTP_FLOWS
+    from ingest.sources.files import parse_line
+
+    decoder = Decoder()
+    rows: dict[str, list[tuple]] = {}
+    for line in lines:
+        flow = decoder.decode(parse_line(line))
+        rows.setdefault(flow.table.name, []).append(flow.row)
+        rows.setdefault("l7_audit", []).append(flow.audit_row)
+    for at, table, column in ((bad_status_at, HTTP_FLOWS, "status_code"), (bad_rcode_at, DNS_FLOWS, "rcode")):
+        if at is not None:
+            row, index = rows[table.name][at], table.column_names.index(column)
+            rows[table.name][at] = row[:index] + (70000,) + row[index + 1:]
+    return SpooledBatch(batch_id, "file", rows, {}, 0, set(), {("file", "node"): {"received": len(lines)}},
+                        created_ns=7)
+
+
+@pytest.mark.parametrize("bad, refused, stored_before", [
+    ({"bad_status_at": 1}, "http_flows", ""),
+    ({"bad_rcode_at": 0}, "dns_flows", " (its http_flows rows are stored)"),
+], ids=["first table", "after one table stored"])
+def test_a_batch_the_store_client_refuses_is_set_aside_and_the_next_one_stored(config, client, tmp_path, bad, refused,
+                                                                                stored_before):
+    from ingest.sink import Sink
+
+    from .conftest import DNS_330, HTTP_348
+
+    http, dns = HTTP_348.read_bytes().splitlines(), DNS_330.read_bytes().splitlines()
+    spool = Spool(tmp_path, 1 << 20)
+    spool.append(_decoded_batch("refused", http[:3] + dns[:2], **bad))
+    spool.append(_decoded_batch("next", http[3:7]))
+    before = _moved()
+    assert Sink(client, config.store.database).drain(spool, force=True)  # before the fix: retried forever
+    assert len(spool) == 0 and _moved() - before == 1
+    [aside] = (tmp_path / "unreadable").iterdir()
+    assert aside.name.endswith("-000000000001.batch")
+    db = config.store.database
+    [(kind, source, message)] = client.query(f"SELECT kind, source, message FROM `{db}`.ingest_gaps").result_rows
+    assert (kind, source) == ("spool_unreadable", str(aside))
+    assert f"the store's client refused its {refused} rows{stored_before}: DataError" in message
+    counts = client.query(f"SELECT (SELECT count() FROM `{db}`.http_flows), (SELECT count() FROM `{db}`.dns_flows), "
+                          f"(SELECT count() FROM `{db}`.l7_audit)").result_rows
+    assert counts == [(4 + (3 if stored_before else 0), 0, 4)]
