@@ -25,7 +25,7 @@ from ..api.observer import observer_pb2, observer_pb2_grpc
 from ..api.relay import relay_pb2
 from ..config import SourceConfig
 from ..deadletter import DeadLetters
-from ..decode import L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap, timestamp_ns
+from ..decode import L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap
 from ..logs import RateLimitedLog
 from ..pipeline import Entry, Tally
 
