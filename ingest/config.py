@@ -88,6 +88,13 @@ class SpoolConfig:
 
 
 @dataclass
+class DeadLettersConfig:
+    # dead-letter.jsonl is moved to dead-letter.jsonl.1 (replacing the one before) when it
+    # reaches this size: bad input that keeps coming cannot fill the node's disk.
+    max_mb: int = 64
+
+
+@dataclass
 class HTTPConfig:
     # Headers stored in http_flows.headers; "*" keeps every header.
     headers_allow: list[str] = field(default_factory=lambda: ["*"])
@@ -145,6 +152,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    dead_letters: DeadLettersConfig = field(default_factory=DeadLettersConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -2,7 +2,8 @@
 
 One JSON object per line: `time`, `origin` (file:line, or the stream and message
 number), `error` (naming the field), and the input itself as `raw` text, or as
-`raw_base64` when it is not valid UTF-8.
+`raw_base64` when it is not valid UTF-8. At `max_bytes` the file is moved to
+`dead-letter.jsonl.1`, replacing the one before, so the two hold the newest entries.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,11 +23,16 @@ log = logging.getLogger(__name__)
 
 
 class DeadLetters:
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, max_bytes: int):
         self.path = state_dir / "dead-letter.jsonl"
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._warn = RateLimitedLog(log)
         self.count = 0
+        try:
+            self._size = self.path.stat().st_size
+        except FileNotFoundError:
+            self._size = 0
 
     def add(self, origin: str, error: str, raw: bytes | str) -> None:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "origin": origin, "error": error}
@@ -36,10 +43,21 @@ class DeadLetters:
                 entry["raw_base64"] = base64.b64encode(raw).decode("ascii")
         else:
             entry["raw"] = raw
+        line = (json.dumps(entry) + "\n").encode()
         with self._lock:
+            if self._size and self._size + len(line) > self.max_bytes:
+                self._rotate()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            with open(self.path, "ab") as handle:
+                handle.write(line)
+            self._size += len(line)
             self.count += 1
         metrics.DEAD_LETTERS.inc()
         self._warn.warning("%s: %s (kept in %s)", origin, error, self.path)
+
+    def _rotate(self) -> None:
+        older = self.path.with_name(self.path.name + ".1")
+        os.replace(self.path, older)
+        self._size = 0
+        log.warning("%s is full (dead_letters.max_mb): moved to %s, replacing the entries that were there",
+                    self.path, older)

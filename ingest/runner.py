@@ -69,7 +69,7 @@ class Ingester:
         if newest_spooled is not None and newest_spooled.newest_ns:
             # Spooled before a crash but not yet in the checkpoint: durable all the same.
             self.checkpoint.advance(newest_spooled.newest_ns, newest_spooled.ids_at_newest)
-        self.dead_letters = DeadLetters(state)
+        self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
         self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
         self.pipeline = Pipeline(self.sink, self.spool, config.batch, self.checkpoint, self.l7_metrics.observe,
@@ -149,7 +149,7 @@ def replay(config: Config, client, paths: list[str], progress=None) -> ReplaySum
     """`flowlog replay`: every line of every file through the same decoder into the store."""
     state = config.state_path
     state.mkdir(parents=True, exist_ok=True)
-    dead_letters = DeadLetters(state)
+    dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
     sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
     pipeline = Pipeline(sink, Spool(state / "spool", config.spool.max_mb * 1024 * 1024), config.batch)
     source = FileSource(paths, Decoder(config.http), dead_letters, pipeline.put, progress)

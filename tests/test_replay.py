@@ -227,3 +227,20 @@ def test_a_loss_report_received_again_is_counted_once_in_the_ledger(config, clie
     db = config.store.database
     assert client.query(f"SELECT sum(count) FROM `{db}`.ingest_gaps").result_rows == [(1234,)]
     assert client.query(f"SELECT sum(lost), sum(stored_gaps) FROM `{db}`.ingest_ledger").result_rows == [(1234, 1)]
+
+
+def test_the_dead_letter_file_is_rotated_at_its_size_limit_keeping_the_newest_entries(tmp_path, caplog):
+    from ingest.deadletter import DeadLetters
+
+    letters = DeadLetters(tmp_path, max_bytes=2000)
+    for number in range(40):
+        letters.add(f"f.json:{number}", "not JSON", b"x" * 100)
+    current, older = tmp_path / "dead-letter.jsonl", tmp_path / "dead-letter.jsonl.1"
+    kept = [json.loads(line)["origin"] for path in (older, current) for line in path.read_text().splitlines()]
+    assert current.stat().st_size <= 2000 and older.stat().st_size <= 2000
+    assert kept == [f"f.json:{n}" for n in range(40 - len(kept), 40)] and len(kept) >= 20
+    assert letters.count == 40 and "dead_letters.max_mb" in caplog.text
+    # A restart goes on with the file as it is, not from an empty one.
+    size = current.stat().st_size
+    DeadLetters(tmp_path, max_bytes=size + 10).add("f.json:40", "not JSON", b"x" * 100)
+    assert json.loads(older.read_text().splitlines()[-1])["origin"] == "f.json:39"
