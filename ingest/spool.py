@@ -21,8 +21,8 @@ columns matched by name, a column it lacks given its type's zero, a removed or c
 one dropped, and a flow_id that is no UUID replaced as `decode.uuid_text` says.
 
 A file that cannot be read back (damaged on disk, put there by hand, or named otherwise
-than `<sequence>.batch`) is moved to `unreadable/` in the spool, logged with its path and
-the reason, and counted; in its place the spool queues a batch holding one
+than `<sequence>.batch`) is moved to `unreadable/` in the spool (which keeps the newest
+files within the spool's own size), logged with its path and the reason, and counted; in its place the spool queues a batch holding one
 `ingest_gaps` row (kind `spool_unreadable`), so the loss is on record in the store. A
 batch that the store's client refuses (see Sink) is set aside the same way.
 """
@@ -301,6 +301,7 @@ class Spool:
                 os.replace(path, aside)
                 log.error("%s; moved to %s: its flows are not stored, and no ingest_gaps row records it "
                           "(writing the record failed: %s)", err, aside, write_err)
+                self._prune_kept(kept, aside)
                 return
             os.link(path, aside)
             _fsync_directory(kept)
@@ -314,6 +315,23 @@ class Spool:
             return
         log.error("%s; moved to %s: its flows are not stored (recorded in ingest_gaps as spool_unreadable)",
                   err, aside)
+        self._prune_kept(kept, aside)
+
+    def _prune_kept(self, kept: Path, newest: Path) -> None:
+        """unreadable/ holds at most max_bytes, the files moved there last (and newest, whatever
+        its size): files that keep going bad cannot fill the disk."""
+        try:
+            older = sorted((p for p in kept.iterdir() if p != newest), reverse=True)  # names begin with the time
+            total = newest.stat().st_size
+            for path in older:
+                total += path.stat().st_size
+                if total <= self.max_bytes:
+                    continue
+                path.unlink()
+                log.warning("deleted %s to keep %s within spool.max_mb (its loss is recorded in ingest_gaps)",
+                            path, kept)
+        except OSError as err:
+            log.error("could not keep %s within spool.max_mb: %s", kept, err)
 
     def set_aside(self, path: Path, reason: str) -> None:
         """The store cannot take the batch in path: kept and recorded as an unreadable file is."""

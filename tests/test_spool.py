@@ -295,3 +295,18 @@ def test_a_batch_the_store_client_refuses_is_set_aside_and_the_next_one_stored(c
     counts = client.query(f"SELECT (SELECT count() FROM `{db}`.http_flows), (SELECT count() FROM `{db}`.dns_flows), "
                           f"(SELECT count() FROM `{db}`.l7_audit)").result_rows
     assert counts == [(4 + (3 if stored_before else 0), 0, 4)]
+
+
+def test_unreadable_keeps_the_newest_files_within_the_spools_size(tmp_path, caplog):
+    kept = tmp_path / "unreadable"
+    for number in range(1, 6):
+        (tmp_path / f"{number:012d}.batch").write_bytes(b"x" * 400)
+        Spool(tmp_path, 1000).oldest()  # each read in its own start: moved aside, a record in its place
+        for record in list(tmp_path.glob("*.batch")):
+            record.unlink()
+    # Each start moved one file; the newest two fit in 1000 bytes, the third would not.
+    assert sorted(p.name[17:] for p in kept.iterdir()) == ["000000000004.batch", "000000000005.batch"]
+    assert "within spool.max_mb" in caplog.text
+    (tmp_path / "000000000006.batch").write_bytes(b"x" * 5000)
+    Spool(tmp_path, 1000).oldest()
+    assert [p.name[17:] for p in kept.iterdir()] == ["000000000006.batch"]  # the newest, whatever its size
