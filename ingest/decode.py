@@ -53,11 +53,12 @@ _REDACTED = "[REDACTED]"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # What ClickHouse's toUUIDOrNull takes: the 36-character form or 32 hex digits, any case.
 _UUID_ANY_CASE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}", re.ASCII | re.I)
-# The time columns are DateTime64(9): nanoseconds since 1970 in an Int64, from 1900-01-01
-# (the earliest date ClickHouse supports) to 2262-04-11. A value a column cannot hold
-# would make the store's client refuse the whole batch, on every retry.
-_EARLIEST_NS = -2_208_988_800 * 1_000_000_000
-_LATEST_NS = 2**63 - 1
+# Flow times are DateTime64(9) (1900 to 2262), partitioned by day (a Date: 1970 to 2149)
+# and rolled up into minutes (a DateTime: 1970 to 2106-02-07 06:28:15). Outside the
+# narrowest of these, a row lands in a wrapped partition or a clamped minute, or (beyond
+# 2262) the store's client refuses the whole batch, on every retry.
+_EARLIEST_NS = 0
+_LATEST_NS = (2**32 - 1) * 1_000_000_000 + 999_999_999
 _UINT16_MAX = 65535  # ports, HTTP status and DNS rcode are UInt16 columns; Hubble sends uint32
 # Per-decoder caches of what repeats (pods, identities, URLs) are emptied when they reach this.
 _CACHE_ENTRIES = 50_000
@@ -119,7 +120,7 @@ def timestamp_ns(ts, field: str) -> int:
         shown = ts.ToJsonString()
     except ValueError:  # beyond the years 1 to 9999
         shown = f"{ts.seconds} s since 1970"
-    raise DecodeError(f"{field}: {shown} is outside the times ClickHouse stores (1900-01-01 to 2262-04-11)")
+    raise DecodeError(f"{field}: {shown} is outside the times the tables hold (1970-01-01 to 2106-02-07)")
 
 
 def _uint16(value: int, field: str, what: str) -> int:
@@ -231,11 +232,11 @@ class Decoder:
                                                   self._server_name(flow, is_response, time_ns))
             return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, row, audit, audit_id)
         dns = l7.dns
+        rcode = _uint16(dns.rcode, "flow.l7.dns.rcode", "DNS response code")
         ips = list(dns.ips)
         if is_response and ips:
             asker = flow.destination
             self.dns.learn(f"{asker.namespace}/{asker.pod_name}", ips, dns.query, dns.ttl, time_ns)
-        rcode = _uint16(dns.rcode, "flow.l7.dns.rcode", "DNS response code")
         rcode_name = RCODE_NAMES.get(rcode, f"RCODE{rcode}") if is_response else ""
         row = common + (dns.query, list(dns.qtypes), rcode, rcode_name, ips, dns.ttl, list(dns.cnames),
                         list(dns.rrtypes), dns.observation_source, l7.latency_ns)
@@ -386,13 +387,13 @@ def interruption_gap(source: str, node: str, first_ns: int, last_ns: int, messag
     return GapRow(gap_id, last_ns, _gap_row(row))
 
 
-def unreadable_spool_gap(kept_at: str, file_id: str, written_ns: int, reason: str) -> GapRow:
-    """A spooled batch that could not be read back: its flows are not stored, and how many
-    there were is unknown. The row's times are when the file was written (its flows are a
-    little older) and its id comes from the file (file_id: name, size, mtime), so working
-    on the same file again gives the same row; source is where the file is kept."""
+def unreadable_spool_gap(kept_at: str, file_id: str, written_ns: int, message: str) -> GapRow:
+    """A spooled batch that could not be read back or stored: its flows (or, as message
+    says, some of them) are not stored, and how many there were is unknown. The row's
+    times are when the file was written (its flows are a little older) and its id comes
+    from the file (file_id: name, size, mtime), so working on the same file again gives
+    the same row; source is where the file is kept."""
     gap_id = hashlib.blake2b(f"spool|{file_id}".encode(), digest_size=16).hexdigest()
     row = {"time": written_ns, "node": "", "gap_id": gap_id, "kind": "spool_unreadable", "source": kept_at,
-           "count": 0, "first": written_ns, "last": written_ns,
-           "message": f"{reason}; the flows of this spooled batch are not stored"}
+           "count": 0, "first": written_ns, "last": written_ns, "message": message}
     return GapRow(gap_id, written_ns, _gap_row(row))

@@ -10,10 +10,13 @@ so re-inserting a batch after a timeout or a crash stores nothing twice. The led
 is written last. Only then is the batch removed from the spool.
 
 A store that fails is retried with capped exponential backoff and full jitter, with
-one log line when failing starts and one when it recovers. A batch that the store's
-client refuses to encode (a value that no column can hold; the decoder checks for them,
-so only a defect gets here) would be refused on every retry and hold up the spool: it is
-set aside and recorded as an unreadable spool file is, and the next batch goes on.
+one log line when failing starts and one when it recovers. A batch whose rows the
+store's client cannot encode (a value of the wrong type, or one its column cannot hold;
+the decoder rejects those, so only a defect gets here) would be refused on every retry
+and hold up the spool: it is set aside and recorded as an unreadable spool file is, and
+the next batch goes on. When the batch after it is refused too, the fault is not in one
+batch (the schema changed under the ingester, say): that is treated as a failing store,
+and the batches wait in the spool.
 
 The sink does not know whether the store is a server or the embedded engine.
 """
@@ -23,13 +26,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import struct
 import time
 
 from clickhouse_connect.driver.exceptions import DataError
 
 from . import metrics
 from .schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, INGEST_LEDGER, L7_AUDIT, Table
-from .spool import Spool, SpooledBatch
+from .spool import RECORD_SOURCE, Spool, SpooledBatch
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +54,23 @@ class StoreUnavailable(RuntimeError):
 class BatchRefused(RuntimeError):
     """The store's client cannot encode the batch's rows: trying again cannot help."""
 
+    def __init__(self, message: str, stored_tables: tuple[str, ...]):
+        super().__init__(message)
+        self.stored_tables = stored_tables
+
+
+# What encoding a value of the wrong type raises in clickhouse-connect's column writers
+# (a string where a number goes, None in an array, a lone surrogate, a malformed UUID).
+_ENCODING_ERRORS = (ValueError, TypeError, AttributeError, LookupError, ArithmeticError, struct.error)
+
 
 def _refused_by_client(err: BaseException) -> bool:
-    """clickhouse-connect raises DataError when it cannot encode a value, before the
-    store sees the rows; an HTTP connection may report it wrapped in a connection error."""
+    """Whether an insert failed because the client could not encode the rows, which no
+    retry changes: DataError (a value its column cannot hold), wherever it is in the
+    chain, or one of the errors encoding raises, as the insert call reports it. Neither
+    comes from a connection or from the server."""
+    if isinstance(err, _ENCODING_ERRORS):
+        return True
     while err is not None:
         if isinstance(err, DataError):
             return True
@@ -76,6 +93,8 @@ class Sink:
         self._delay = retry_initial_s
         self._next_try = 0.0
         self._failing_since: float | None = None
+        # A batch was set aside and no batch of flows has been stored since.
+        self._refused_last = False
 
     @property
     def healthy(self) -> bool:
@@ -108,9 +127,15 @@ class Sink:
                 self._failed(err)
                 return False
             except BatchRefused as err:
-                spool.set_aside(path, str(err))
+                if self._refused_last or batch.source == RECORD_SOURCE:
+                    self._failed(StoreUnavailable(f"{err} (the batch before it was refused too: not set aside)"))
+                    return False
+                self._refused_last = True
+                spool.set_aside(path, str(err), err.stored_tables)
                 continue
             self._recovered()
+            if batch.source != RECORD_SOURCE:
+                self._refused_last = False
             spool.remove(path)
             if on_commit is not None:
                 on_commit(batch, inserted)
@@ -133,15 +158,11 @@ class Sink:
         self._next_try = 0.0
         metrics.STORE_UP.set(1)
 
-    def _call(self, table: Table, call, stored_before: tuple[str, ...] = ()):
+    def _call(self, table: Table, call):
         try:
             return call()
         except Exception as err:  # any failure of the store is retried later, none is fatal
             metrics.INSERT_ERRORS.labels(table.name, type(err).__name__).inc()
-            if _refused_by_client(err):
-                stored = f" (its {', '.join(stored_before)} rows are stored)" if stored_before else ""
-                raise BatchRefused(f"the store's client refused its {table.name} rows{stored}: "
-                                   f"{type(err).__name__}: {err}") from err
             raise StoreUnavailable(f"{table.name}: {type(err).__name__}: {err}") from err
 
     def _resolve(self, batch: SpooledBatch) -> tuple[bool, bool]:
@@ -208,12 +229,22 @@ class Sink:
                                                  # so the rollups' views also drop a re-inserted block
                                                  "deduplicate_blocks_in_dependent_materialized_views": 1,
                                                  # on a cluster, so the token reaches the shard with the rows
-                                                 "distributed_foreground_insert": 1})
+                                                 "distributed_foreground_insert": 1,
+                                                 # a backfill of sparse days; else the server refuses
+                                                 # (more than 100 days) on every retry
+                                                 "max_partitions_per_insert_block": 0})
                 finally:
                     sent.clear()
                 metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
 
-            self._call(table, insert, tuple(inserted))
+            try:
+                self._call(table, insert)
+            except StoreUnavailable as err:
+                cause = err.__cause__
+                if _refused_by_client(cause):
+                    raise BatchRefused(f"the store's client refused its {table.name} rows: "
+                                       f"{type(cause).__name__}: {cause}", tuple(inserted)) from cause
+                raise
             metrics.ROWS_INSERTED.labels(table.name).inc(len(rows))
             metrics.BATCHES_INSERTED.labels(table.name).inc()
             inserted[table.name] = rows

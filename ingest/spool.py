@@ -22,9 +22,10 @@ one dropped, and a flow_id that is no UUID replaced as `decode.uuid_text` says.
 
 A file that cannot be read back (damaged on disk, put there by hand, or named otherwise
 than `<sequence>.batch`) is moved to `unreadable/` in the spool (which keeps the newest
-files within the spool's own size), logged with its path and the reason, and counted; in its place the spool queues a batch holding one
-`ingest_gaps` row (kind `spool_unreadable`), so the loss is on record in the store. A
-batch that the store's client refuses (see Sink) is set aside the same way.
+files within the spool's own size), logged with its path and the reason, and counted;
+in its place the spool queues a batch holding one `ingest_gaps` row (kind
+`spool_unreadable`), so the loss is on record in the store. A batch that the store's
+client refuses (see Sink) is set aside the same way.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ RECORD_SOURCE = "spool"
 _NOTHING_STORED = ".nothing-stored"
 _HEADER = b"flowlog-spool 2 marshal\n"
 _PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
+_NOT_STORED = "the flows of this spooled batch are not stored"
 
 
 class SpoolError(RuntimeError):
@@ -273,7 +275,7 @@ class Spool:
                 self._move_aside(path, err, path)
         return None
 
-    def _move_aside(self, path: Path, err: SpoolError, record_as: Path) -> None:
+    def _move_aside(self, path: Path, err: SpoolError, record_as: Path, outcome: str = _NOT_STORED) -> None:
         """Keeps the file in unreadable/ (never over another one) and spools, as record_as,
         a batch with the ingest_gaps row that puts the loss on record. The record is on
         disk before the file leaves its place, so a crash in between at worst keeps the
@@ -288,7 +290,7 @@ class Spool:
                 aside, copy = kept / f"{stamp}-{copy}-{path.name}", copy + 1
             status = path.stat()
             gap = unreadable_spool_gap(str(aside), f"{path.name}|{status.st_size}|{status.st_mtime_ns}",
-                                       status.st_mtime_ns, str(err))
+                                       status.st_mtime_ns, f"{err}; {outcome}")
             record = SpooledBatch(
                 batch_id=gap.gap_id, source=RECORD_SOURCE, rows={INGEST_GAPS.name: [gap.row]},
                 check_stored={INGEST_GAPS.name: {gap.gap_id}}, newest_ns=0, ids_at_newest=set(),
@@ -299,8 +301,8 @@ class Spool:
                 tmp = self._write_aside(record_as, record)
             except OSError as write_err:  # a full disk, most likely: keep the file all the same
                 os.replace(path, aside)
-                log.error("%s; moved to %s: its flows are not stored, and no ingest_gaps row records it "
-                          "(writing the record failed: %s)", err, aside, write_err)
+                log.error("%s; moved to %s: %s, and no ingest_gaps row records it "
+                          "(writing the record failed: %s)", err, aside, outcome, write_err)
                 self._prune_kept(kept, aside)
                 return
             os.link(path, aside)
@@ -313,8 +315,7 @@ class Spool:
             log.error("%s; it could not be moved aside (%s): it stays, and is skipped until the next start",
                       err, move_err)
             return
-        log.error("%s; moved to %s: its flows are not stored (recorded in ingest_gaps as spool_unreadable)",
-                  err, aside)
+        log.error("%s; moved to %s: %s (recorded in ingest_gaps as spool_unreadable)", err, aside, outcome)
         self._prune_kept(kept, aside)
 
     def _prune_kept(self, kept: Path, newest: Path) -> None:
@@ -333,12 +334,14 @@ class Spool:
         except OSError as err:
             log.error("could not keep %s within spool.max_mb: %s", kept, err)
 
-    def set_aside(self, path: Path, reason: str) -> None:
-        """The store cannot take the batch in path: kept and recorded as an unreadable file is."""
+    def set_aside(self, path: Path, reason: str, stored_tables: tuple[str, ...]) -> None:
+        """The store cannot take the batch in path (the rows of stored_tables it took already):
+        kept and recorded as an unreadable file is."""
         del self._sizes[path]
         if self._last is not None and self._last[0] == path:
             self._last = None
-        self._move_aside(path, SpoolError(f"{path}: {reason}"), path)
+        outcome = f"only its {', '.join(stored_tables)} rows are stored" if stored_tables else _NOT_STORED
+        self._move_aside(path, SpoolError(f"{path}: {reason}"), path, outcome)
         self._publish()
 
     def oldest(self) -> tuple[Path, SpooledBatch] | None:

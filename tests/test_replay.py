@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import json
 import subprocess
@@ -150,7 +151,7 @@ MALFORMED = [
     (b'[1, 2]', "expected a JSON object"),
     (b'{"flow": {"l7": {"http": {"url": "http://[::1"}}, "Type": "L7", "time": "2021-10-04T11:22:26Z"}}',
      "l7.http.url"),
-    # Values Hubble's types allow and the columns do not: each used to stall the store forever.
+    # Values Hubble's types allow and the tables do not hold: most used to stall the store forever.
     (b'{"flow": {"time": "2021-10-04T11:22:26Z", "l7": {"type": "RESPONSE", "http": {"code": 70000}}}}',
      "flow.l7.http.code: 70000"),
     (b'{"flow": {"time": "2021-10-04T11:22:26Z", "l4": {"UDP": {"source_port": 65536}}, "l7": {"dns": {}}}}',
@@ -158,7 +159,7 @@ MALFORMED = [
     (b'{"flow": {"time": "2021-10-04T11:22:26Z", "l7": {"type": "RESPONSE", "dns": {"rcode": 4294967295}}}}',
      "flow.l7.dns.rcode: 4294967295"),
     (b'{"flow": {"time": "2262-04-12T00:00:00Z", "l7": {"dns": {}}}}', "flow.time: 2262-04-12T00:00:00Z is outside"),
-    (b'{"flow": {"time": "1899-12-31T23:59:59Z", "Type": "L3_L4"}}', "flow.time: 1899-12-31T23:59:59Z"),
+    (b'{"flow": {"time": "1969-12-31T23:59:59Z", "Type": "L3_L4"}}', "flow.time: 1969-12-31T23:59:59Z"),
     (b'{"lost_events": {"num_events_lost": 3, "first": "9999-12-31T00:00:00Z"}, "time": "2021-10-04T11:22:26Z"}',
      "lost_events.first"),
 ]
@@ -244,3 +245,37 @@ def test_the_dead_letter_file_is_rotated_at_its_size_limit_keeping_the_newest_en
     size = current.stat().st_size
     DeadLetters(tmp_path, max_bytes=size + 10).add("f.json:40", "not JSON", b"x" * 100)
     assert json.loads(older.read_text().splitlines()[-1])["origin"] == "f.json:39"
+
+
+def test_the_first_and_last_instants_the_tables_hold_are_stored_in_their_day_and_minute(config, client, tmp_path):
+    line = fixture_lines(HTTP_348)[3]  # a response: the rollups count those
+    assert line["flow"]["l7"]["type"] == "RESPONSE"
+    first, last = json.loads(json.dumps(line)), json.loads(json.dumps(line))
+    first["flow"]["time"], last["flow"]["time"] = "1970-01-01T00:00:00Z", "2106-02-07T06:28:15.999999999Z"
+    first["flow"]["uuid"], last["flow"]["uuid"] = "00000000-0000-4000-8000-000000000001", \
+        "00000000-0000-4000-8000-000000000002"
+    path = tmp_path / "edges.json"
+    path.write_text(json.dumps(first) + "\n" + json.dumps(last) + "\n")
+    assert replay(config, client, [str(path)]).counts.bad_lines == 0
+    db = config.store.database
+    stored = client.query(f"SELECT toString(time), _partition_id FROM `{db}`.http_flows ORDER BY time").result_rows
+    assert stored == [("1970-01-01 00:00:00.000000000", "19700101"), ("2106-02-07 06:28:15.999999999", "21060207")]
+    minutes = client.query(f"SELECT toString(time) FROM `{db}`.http_rollup_1m ORDER BY time").result_rows
+    assert minutes == [("1970-01-01 00:00:00",), ("2106-02-07 06:28:00",)]
+
+
+def test_a_batch_spanning_more_than_a_hundred_days_is_stored(config, client, tmp_path):
+    """A backfill of a quiet cluster: before, the server refused the insert (more than 100
+    partitions in one block) on every retry, and the replay never ended."""
+    line = fixture_lines(HTTP_348)[3]
+    days = []
+    for day in range(150):
+        flow = json.loads(json.dumps(line))
+        flow["flow"]["time"] = f"{datetime.date(2021, 1, 1) + datetime.timedelta(days=day)}T12:00:00Z"
+        flow["flow"]["uuid"] = f"00000000-0000-4000-8000-{day:012d}"
+        days.append(json.dumps(flow))
+    path = tmp_path / "sparse.json"
+    path.write_text("\n".join(days) + "\n")
+    assert replay(config, client, [str(path)]).stored == {"http_flows": 150, "l7_audit": 150}
+    db = config.store.database
+    assert client.query(f"SELECT uniqExact(_partition_id) FROM `{db}`.http_flows").result_rows == [(150,)]
