@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
+from ingest.checkpoint import Checkpoint
 from ingest.decode import L7_EVENT_TYPE
 from ingest.observer_server import FlowBuffer, ObserverServer
 from ingest.runner import Ingester
@@ -114,6 +115,32 @@ def test_stream_dropped_twice_stores_each_flow_once(config, client):
     assert_stored_equals_fixture(client, config, lines)
     gaps = client.query(f"SELECT kind, count() FROM `{config.store.database}`.ingest_gaps GROUP BY kind").result_rows
     assert gaps == [("stream_interrupted", 2)]
+
+
+def test_a_resume_point_ahead_of_the_clock_asks_for_every_flow_and_stores_each_once(config, client):
+    """One flow stamped a day ahead (a node's clock ran ahead) made the checkpoint a day
+    ahead: the next start asked Hubble for flows since then, and got none for a day."""
+    import copy
+    import datetime
+
+    lines = fixture_lines(HTTP_348)
+    ahead = copy.deepcopy(lines[200])
+    ahead["flow"]["time"] = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)).strftime(
+        "%Y-%m-%dT%H:%M:%S.123456789Z")
+    ahead["flow"]["uuid"] = "00000000-0000-4000-8000-0000000a4ead"
+    buffer = FlowBuffer(responses_of(lines[:200] + [ahead]))
+    with ObserverServer(buffer) as server:
+        config.source.address = server.address
+        service = server.service
+        for restart in range(2):
+            with RunningIngester(config, client) as ingester:
+                wait_for(lambda: service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns,
+                         what="every flow sent and committed")
+            if not restart:
+                assert Checkpoint(config.state_path, server.address).time_ns == rfc3339_ns(ahead["flow"]["time"])
+                buffer.extend(responses_of(lines[201:]))  # Hubble saw more while the ingester was down
+    assert service.requests[-1].since.ToNanoseconds() == 0
+    assert_stored_equals_fixture(client, config, lines[:200] + [ahead] + lines[201:])
 
 
 @pytest.mark.parametrize("stamped_like", [99, 100], ids=["the flow before it", "the flow after it"])

@@ -79,6 +79,10 @@ def _read(key: str, path: str) -> bytes | None:
         raise SourceError(f"source.tls.{key}: cannot read {path}: {err.strerror}") from None
 
 
+# How far ahead of this host's clock the resume point may be before it is not used.
+_AHEAD_OF_CLOCK_NS = 60 * 1_000_000_000
+
+
 def flows_request(config: SourceConfig, since_ns: int) -> observer_pb2.GetFlowsRequest:
     base = dict(event_type=[flow_pb2.EventTypeFilter(type=L7_EVENT_TYPE)])
     if config.verdicts:
@@ -149,6 +153,14 @@ class HubbleSource:
         # After a reconnect in this process, flows up to since_ns may be in a batch or
         # already stored: the sink looks them up. At start the checkpoint is exact.
         self._overlap_ns = since_ns if self.connections else 0
+        now_ns = time.time_ns()
+        if since_ns > now_ns + _AHEAD_OF_CLOCK_NS:
+            # Hubble would skip every flow until that time comes: a node whose clock ran
+            # ahead and was put right, or one flow stamped in the future.
+            log.warning("the newest flow stored, at %s, is ahead of this host's clock (%s): asking %s for every "
+                        "flow it holds; those stored already are looked up and not stored again",
+                        _iso(since_ns), _iso(now_ns), self.config.address)
+            self._overlap_ns, since_ns = since_ns, 0
         self.connections += 1
         received = 0
         channel = self.connector.open()
