@@ -45,19 +45,27 @@ class DeadLetters:
             entry["raw"] = raw
         line = (json.dumps(entry) + "\n").encode()
         with self._lock:
-            if self._size and self._size + len(line) > self.max_bytes:
-                self._rotate()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "ab") as handle:
-                handle.write(line)
-            self._size += len(line)
             self.count += 1
+            try:
+                if self._size and self._size + len(line) > self.max_bytes:
+                    self._rotate()
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "ab") as handle:
+                    handle.write(line)
+                    self._size = handle.tell()  # the file's size, even if someone truncated or removed it
+            except OSError as err:  # a full disk, say: the input is counted and logged, and the rest goes on
+                metrics.DEAD_LETTERS.inc()
+                self._warn.warning("%s: %s (not kept: writing %s failed: %s)", origin, error, self.path, err)
+                return
         metrics.DEAD_LETTERS.inc()
         self._warn.warning("%s: %s (kept in %s)", origin, error, self.path)
 
     def _rotate(self) -> None:
         older = self.path.with_name(self.path.name + ".1")
-        os.replace(self.path, older)
         self._size = 0
+        try:
+            os.replace(self.path, older)
+        except FileNotFoundError:  # removed by hand: start a new one
+            return
         log.warning("%s is full (dead_letters.max_mb): moved to %s, replacing the entries that were there",
                     self.path, older)

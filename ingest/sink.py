@@ -14,9 +14,9 @@ one log line when failing starts and one when it recovers. A batch whose rows th
 store's client cannot encode (a value of the wrong type, or one its column cannot hold;
 the decoder rejects those, so only a defect gets here) would be refused on every retry
 and hold up the spool: it is set aside and recorded as an unreadable spool file is, and
-the next batch goes on. When the batch after it is refused too, the fault is not in one
-batch (the schema changed under the ingester, say): that is treated as a failing store,
-and the batches wait in the spool.
+the next batch goes on. When the next batch with rows for that table is refused too, the
+fault is not in one batch (the table changed under the ingester, say): that is treated
+as a failing store, and the batches wait in the spool.
 
 The sink does not know whether the store is a server or the embedded engine.
 """
@@ -52,10 +52,11 @@ class StoreUnavailable(RuntimeError):
 
 
 class BatchRefused(RuntimeError):
-    """The store's client cannot encode the batch's rows: trying again cannot help."""
+    """The store's client cannot encode the batch's rows for table: trying again cannot help."""
 
-    def __init__(self, message: str, stored_tables: tuple[str, ...]):
+    def __init__(self, message: str, table: str, stored_tables: tuple[str, ...]):
         super().__init__(message)
+        self.table = table
         self.stored_tables = stored_tables
 
 
@@ -93,8 +94,9 @@ class Sink:
         self._delay = retry_initial_s
         self._next_try = 0.0
         self._failing_since: float | None = None
-        # A batch was set aside and no batch of flows has been stored since.
-        self._refused_last = False
+        # Tables whose rows were refused (their batch set aside) and that no batch since has
+        # inserted rows into.
+        self._refusing: set[str] = set()
 
     @property
     def healthy(self) -> bool:
@@ -127,15 +129,16 @@ class Sink:
                 self._failed(err)
                 return False
             except BatchRefused as err:
-                if self._refused_last or batch.source == RECORD_SOURCE:
-                    self._failed(StoreUnavailable(f"{err} (the batch before it was refused too: not set aside)"))
+                if batch.source == RECORD_SOURCE or err.table in self._refusing:
+                    why = ("a record of a batch set aside is never set aside" if batch.source == RECORD_SOURCE
+                           else f"the last batch with {err.table} rows was refused too")
+                    self._failed(StoreUnavailable(f"{err} ({why}: it waits in the spool)"))
                     return False
-                self._refused_last = True
+                self._refusing.add(err.table)
                 spool.set_aside(path, str(err), err.stored_tables)
                 continue
             self._recovered()
-            if batch.source != RECORD_SOURCE:
-                self._refused_last = False
+            self._refusing.difference_update(inserted)
             spool.remove(path)
             if on_commit is not None:
                 on_commit(batch, inserted)
@@ -230,9 +233,7 @@ class Sink:
                                                  "deduplicate_blocks_in_dependent_materialized_views": 1,
                                                  # on a cluster, so the token reaches the shard with the rows
                                                  "distributed_foreground_insert": 1,
-                                                 # a backfill of sparse days; else the server refuses
-                                                 # (more than 100 days) on every retry
-                                                 "max_partitions_per_insert_block": 0})
+                                                 **_partitions_setting(rows)})
                 finally:
                     sent.clear()
                 metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
@@ -243,13 +244,27 @@ class Sink:
                 cause = err.__cause__
                 if _refused_by_client(cause):
                     raise BatchRefused(f"the store's client refused its {table.name} rows: "
-                                       f"{type(cause).__name__}: {cause}", tuple(inserted)) from cause
+                                       f"{type(cause).__name__}: {cause}", table.name, tuple(inserted)) from cause
                 raise
             metrics.ROWS_INSERTED.labels(table.name).inc(len(rows))
             metrics.BATCHES_INSERTED.labels(table.name).inc()
             inserted[table.name] = rows
         metrics.LAST_INSERT.set(time.time())
         return inserted
+
+
+_DAY_NS = 86_400 * 1_000_000_000
+# ClickHouse's default max_partitions_per_insert_block; the tables are partitioned by day.
+_PARTITIONS_PER_INSERT = 100
+
+
+def _partitions_setting(rows: list[tuple]) -> dict[str, int]:
+    """For a block spanning more days than the server takes in one insert (a backfill of a
+    quiet cluster), which it would refuse on every retry: lift the limit, for that block
+    only (where a settings profile forbids changing it, such a block fails as before)."""
+    if len({row[0] // _DAY_NS for row in rows}) > _PARTITIONS_PER_INSERT:
+        return {"max_partitions_per_insert_block": 0}
+    return {}
 
 
 def ledger_rows(batch: SpooledBatch) -> list[tuple]:

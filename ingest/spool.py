@@ -34,6 +34,7 @@ import logging
 import marshal
 import os
 import pickle
+import stat
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -319,20 +320,28 @@ class Spool:
         self._prune_kept(kept, aside)
 
     def _prune_kept(self, kept: Path, newest: Path) -> None:
-        """unreadable/ holds at most max_bytes, the files moved there last (and newest, whatever
-        its size): files that keep going bad cannot fill the disk."""
+        """unreadable/ holds at most max_bytes: the files written last (and newest, whatever
+        its size). Files that keep going bad cannot fill the disk."""
+        files = []
         try:
-            older = sorted((p for p in kept.iterdir() if p != newest), reverse=True)  # names begin with the time
             total = newest.stat().st_size
-            for path in older:
-                total += path.stat().st_size
-                if total <= self.max_bytes:
-                    continue
-                path.unlink()
-                log.warning("deleted %s to keep %s within spool.max_mb (its loss is recorded in ingest_gaps)",
-                            path, kept)
+            for path in kept.iterdir():
+                status = path.stat()
+                if path != newest and stat.S_ISREG(status.st_mode):
+                    files.append((status.st_mtime_ns, status.st_size, path))
         except OSError as err:
             log.error("could not keep %s within spool.max_mb: %s", kept, err)
+            return
+        for _, size, path in sorted(files, reverse=True):
+            total += size
+            if total <= self.max_bytes:
+                continue
+            try:
+                path.unlink()
+            except OSError as err:
+                log.error("could not delete %s to keep %s within spool.max_mb: %s", path, kept, err)
+                continue
+            log.warning("deleted %s to keep %s within spool.max_mb", path, kept)
 
     def set_aside(self, path: Path, reason: str, stored_tables: tuple[str, ...]) -> None:
         """The store cannot take the batch in path (the rows of stored_tables it took already):

@@ -117,7 +117,8 @@ def test_stream_dropped_twice_stores_each_flow_once(config, client):
     assert gaps == [("stream_interrupted", 2)]
 
 
-def test_a_resume_point_ahead_of_the_clock_asks_for_every_flow_and_stores_each_once(config, client):
+def test_a_resume_point_ahead_of_the_clock_asks_for_every_flow_and_stores_each_once(config, client,
+                                                                                    newest_committed_restored):
     """One flow stamped a day ahead (a node's clock ran ahead) made the checkpoint a day
     ahead: the next start asked Hubble for flows since then, and got none for a day."""
     import copy
@@ -132,15 +133,27 @@ def test_a_resume_point_ahead_of_the_clock_asks_for_every_flow_and_stores_each_o
     with ObserverServer(buffer) as server:
         config.source.address = server.address
         service = server.service
-        for restart in range(2):
-            with RunningIngester(config, client) as ingester:
-                wait_for(lambda: service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns,
-                         what="every flow sent and committed")
+        for restart, expected in enumerate((201, len(lines))):
+            with RunningIngester(config, client):
+                # committed_ns starts at the checkpoint, ahead of every flow: wait for the rows.
+                wait_for(lambda: count(client, config, "l7_audit") >= expected, what=f"{expected} flows stored")
             if not restart:
                 assert Checkpoint(config.state_path, server.address).time_ns == rfc3339_ns(ahead["flow"]["time"])
                 buffer.extend(responses_of(lines[201:]))  # Hubble saw more while the ingester was down
     assert service.requests[-1].since.ToNanoseconds() == 0
     assert_stored_equals_fixture(client, config, lines[:200] + [ahead] + lines[201:])
+
+
+@pytest.fixture
+def newest_committed_restored():
+    """The ingest-lag gauge follows the newest flow committed in this process; a flow stamped
+    a day ahead would leave it negative for the tests after this one."""
+    from ingest import metrics
+
+    before = metrics._last["committed"]
+    yield
+    metrics._last["committed"] = before
+    metrics.NEWEST_COMMITTED.set(before)
 
 
 @pytest.mark.parametrize("stamped_like", [99, 100], ids=["the flow before it", "the flow after it"])

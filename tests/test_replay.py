@@ -279,3 +279,17 @@ def test_a_batch_spanning_more_than_a_hundred_days_is_stored(config, client, tmp
     assert replay(config, client, [str(path)]).stored == {"http_flows": 150, "l7_audit": 150}
     db = config.store.database
     assert client.query(f"SELECT uniqExact(_partition_id) FROM `{db}`.http_flows").result_rows == [(150,)]
+
+
+def test_a_dead_letter_file_removed_by_hand_is_started_again(tmp_path):
+    from ingest.deadletter import DeadLetters
+
+    letters = DeadLetters(tmp_path, max_bytes=1000)
+    for number in range(2):
+        letters.add(f"f.json:{number}", "not JSON", b"x" * 300)
+    (tmp_path / "dead-letter.jsonl").unlink()
+    for number in range(2, 6):  # before: the third needed a rotation of the file that was gone, and raised
+        letters.add(f"f.json:{number}", "not JSON", b"x" * 300)
+    kept = [json.loads(line)["origin"] for name in ("dead-letter.jsonl.1", "dead-letter.jsonl")
+            for line in (tmp_path / name).read_text().splitlines()]
+    assert kept == ["f.json:2", "f.json:3", "f.json:4", "f.json:5"] and letters.count == 6

@@ -314,17 +314,30 @@ def test_batch_after_batch_refused_is_a_failing_store_not_batches_to_set_aside(c
     changed under the ingester, say): setting batches aside would discard them all."""
     from ingest.sink import Sink
 
-    http, _ = _http_and_dns_lines()
+    http, dns = _http_and_dns_lines()
     spool = Spool(tmp_path, 1 << 20)
-    for number in range(3):
-        spool.append(_decoded_batch(f"b{number}", http[number * 3:number * 3 + 3],
-                                    ("http_flows", 0, "status_code", 70000) if number < 2 else None))
+    refused = ("http_flows", 0, "status_code", 70000)
+    spool.append(_decoded_batch("http 1", http[:3], refused))
+    spool.append(_decoded_batch("dns", dns[:3]))  # stored: it has no rows for the refusing table
+    spool.append(_decoded_batch("http 2", http[3:6], refused))
+    spool.append(_decoded_batch("http 3", http[6:9]))
     sink = Sink(client, config.store.database)
     assert not sink.drain(spool, force=True)
     assert len(list((tmp_path / "unreadable").iterdir())) == 1 and not sink.healthy
-    # The first batch's record was stored; the second batch waits, and the third behind it.
-    assert [spool.oldest()[1].batch_id, len(spool)] == ["b1", 2]
+    # The first batch's record and the DNS batch were stored; the second HTTP batch waits, the third behind it.
+    assert [spool.oldest()[1].batch_id, len(spool)] == ["http 2", 2]
     assert not sink.drain(spool, force=True) and len(spool) == 2
+    db = config.store.database
+    assert client.query(f"SELECT (SELECT count() FROM `{db}`.dns_flows), (SELECT count() FROM `{db}`.http_flows)"
+                        ).result_rows == [(3, 0)]
+
+
+@pytest.mark.parametrize("days, lifted", [(100, False), (101, True)])
+def test_the_partition_limit_is_lifted_only_for_a_block_spanning_more_days_than_it_allows(days, lifted):
+    from ingest.sink import _partitions_setting
+
+    rows = [(day * 86_400 * 10**9 + 5,) for day in range(days)] * 2
+    assert _partitions_setting(rows) == ({"max_partitions_per_insert_block": 0} if lifted else {})
 
 
 def test_unreadable_keeps_the_newest_files_within_the_spools_size(tmp_path, caplog):
