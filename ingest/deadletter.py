@@ -62,10 +62,11 @@ class DeadLetters:
 
     def _rotate(self) -> None:
         older = self.path.with_name(self.path.name + ".1")
-        self._size = 0
         try:
             os.replace(self.path, older)
         except FileNotFoundError:  # removed by hand: start a new one
+            self._size = 0
             return
+        self._size = 0
         log.warning("%s is full (dead_letters.max_mb): moved to %s, replacing the entries that were there",
                     self.path, older)

@@ -17,7 +17,8 @@ FLOWS_FILTERED = Counter("flowlog_flows_filtered_total",
                          "Flows received but not stored because they are not L7, by flow type", ["type"])
 DECODE_ERRORS = Counter("flowlog_decode_errors_total",
                         "Input that could not be decoded, by source kind", ["source"])
-DEAD_LETTERS = Counter("flowlog_dead_letters_total", "Entries written to the dead-letter file")
+DEAD_LETTERS = Counter("flowlog_dead_letters_total",
+                       "Bad input dead-lettered (kept in the dead-letter file unless writing it failed)")
 DUPLICATES_DROPPED = Counter("flowlog_duplicates_dropped_total",
                              "Rows not inserted because the same id was already stored or batched", ["table"])
 ROWS_INSERTED = Counter("flowlog_rows_inserted_total", "Rows inserted, by table", ["table"])

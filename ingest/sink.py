@@ -134,11 +134,13 @@ class Sink:
                            else f"the last batch with {err.table} rows was refused too")
                     self._failed(StoreUnavailable(f"{err} ({why}: it waits in the spool)"))
                     return False
+                self._refusing.difference_update(err.stored_tables)
                 self._refusing.add(err.table)
                 spool.set_aside(path, str(err), err.stored_tables)
                 continue
             self._recovered()
-            self._refusing.difference_update(inserted)
+            if batch.source != RECORD_SOURCE:  # a record's gap and ledger rows are no proof: see above
+                self._refusing.difference_update(inserted)
             spool.remove(path)
             if on_commit is not None:
                 on_commit(batch, inserted)

@@ -324,14 +324,20 @@ class Spool:
         its size). Files that keep going bad cannot fill the disk."""
         files = []
         try:
-            total = newest.stat().st_size
-            for path in kept.iterdir():
-                status = path.stat()
-                if path != newest and stat.S_ISREG(status.st_mode):
-                    files.append((status.st_mtime_ns, status.st_size, path))
+            entries = list(os.scandir(kept))
         except OSError as err:
             log.error("could not keep %s within spool.max_mb: %s", kept, err)
             return
+        total = 0
+        for entry in entries:
+            try:
+                status = entry.stat(follow_symlinks=False)
+            except OSError:  # gone since it was listed
+                continue
+            if entry.path == str(newest):
+                total += status.st_size
+            elif stat.S_ISREG(status.st_mode):
+                files.append((status.st_mtime_ns, status.st_size, Path(entry.path)))
         for _, size, path in sorted(files, reverse=True):
             total += size
             if total <= self.max_bytes:

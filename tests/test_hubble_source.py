@@ -144,18 +144,6 @@ def test_a_resume_point_ahead_of_the_clock_asks_for_every_flow_and_stores_each_o
     assert_stored_equals_fixture(client, config, lines[:200] + [ahead] + lines[201:])
 
 
-@pytest.fixture
-def newest_committed_restored():
-    """The ingest-lag gauge follows the newest flow committed in this process; a flow stamped
-    a day ahead would leave it negative for the tests after this one."""
-    from ingest import metrics
-
-    before = metrics._last["committed"]
-    yield
-    metrics._last["committed"] = before
-    metrics.NEWEST_COMMITTED.set(before)
-
-
 @pytest.mark.parametrize("stamped_like", [99, 100], ids=["the flow before it", "the flow after it"])
 def test_a_loss_report_sent_again_after_a_reconnect_is_stored_once(config, client, stamped_like):
     lines = fixture_lines(HTTP_348)

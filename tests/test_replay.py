@@ -247,7 +247,8 @@ def test_the_dead_letter_file_is_rotated_at_its_size_limit_keeping_the_newest_en
     assert json.loads(older.read_text().splitlines()[-1])["origin"] == "f.json:39"
 
 
-def test_the_first_and_last_instants_the_tables_hold_are_stored_in_their_day_and_minute(config, client, tmp_path):
+def test_the_first_and_last_instants_the_tables_hold_are_stored_in_their_day_and_minute(config, client, tmp_path,
+                                                                                        newest_committed_restored):
     line = fixture_lines(HTTP_348)[3]  # a response: the rollups count those
     assert line["flow"]["l7"]["type"] == "RESPONSE"
     first, last = json.loads(json.dumps(line)), json.loads(json.dumps(line))

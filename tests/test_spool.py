@@ -332,6 +332,20 @@ def test_batch_after_batch_refused_is_a_failing_store_not_batches_to_set_aside(c
                         ).result_rows == [(3, 0)]
 
 
+def test_a_table_that_took_rows_before_a_refusal_at_the_next_table_is_no_longer_refusing(config, client, tmp_path):
+    from ingest.sink import Sink
+
+    http, dns = _http_and_dns_lines()
+    spool = Spool(tmp_path, 1 << 20)
+    spool.append(_decoded_batch("http refused", http[:3], ("http_flows", 0, "status_code", 70000)))
+    # Its http_flows rows go in (the table takes rows again), then its dns_flows rows are refused.
+    spool.append(_decoded_batch("dns refused", http[3:6] + dns[:2], ("dns_flows", 0, "rcode", 70000)))
+    spool.append(_decoded_batch("http refused again", http[6:9], ("http_flows", 1, "status_code", 70000)))
+    sink = Sink(client, config.store.database)
+    assert sink.drain(spool, force=True) and sink.healthy  # each refusal was about one batch
+    assert len(list((tmp_path / "unreadable").iterdir())) == 3
+
+
 @pytest.mark.parametrize("days, lifted", [(100, False), (101, True)])
 def test_the_partition_limit_is_lifted_only_for_a_block_spanning_more_days_than_it_allows(days, lifted):
     from ingest.sink import _partitions_setting

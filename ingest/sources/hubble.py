@@ -6,9 +6,9 @@ flow already received (at start: the checkpoint, the newest flow durably stored)
 a reconnect or a restart loses nothing; flows at or before that time are marked as
 possibly stored, and the sink checks them. A resume point ahead of this host's clock
 (flows stamped in the future) would make Hubble skip every flow until that time: then
-it asks for all Hubble holds, and marks what it may have sent before. Reconnects
-forever with exponential backoff and full jitter. Lost events and node status
-messages become gap rows.
+it asks for all Hubble holds, and marks every flow of that connection as possibly
+stored. Reconnects forever with exponential backoff and full jitter. Lost events and
+node status messages become gap rows.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ def _read(key: str, path: str) -> bytes | None:
         raise SourceError(f"source.tls.{key}: cannot read {path}: {err.strerror}") from None
 
 
-# How far ahead of this host's clock a flow's time may be and still count as now (clocks
-# of Relay's nodes differ a little); a resume point further ahead is not used.
+# How far ahead of this host's clock the resume point may be and still be used (the
+# clocks of Relay's nodes differ a little): flows stamped up to that much before it, on
+# nodes whose clocks are right, would not be asked for.
 _AHEAD_OF_CLOCK_NS = 1_000_000_000
 
 
@@ -121,8 +122,6 @@ class HubbleSource:
         self.newest_ns = resume_ns
         self.connections = 0
         self._overlap_ns = 0
-        # This connection asked for everything because the resume point was ahead of the clock.
-        self._resume_point_ahead = False
         self.connected = threading.Event()
         self._call = None
         self._lost_log = RateLimitedLog(log)
@@ -160,16 +159,14 @@ class HubbleSource:
         # already stored: the sink looks them up. At start the checkpoint is exact.
         self._overlap_ns = since_ns if self.connections else 0
         now_ns = time.time_ns()
-        self._resume_point_ahead = since_ns > now_ns + _AHEAD_OF_CLOCK_NS
-        if self._resume_point_ahead:
-            # Hubble would skip every flow until that time comes (a node whose clock ran
-            # ahead and was put right, or one flow stamped in the future). What it sends
-            # now that may have been sent before: its buffer, up to now, and flows stamped
-            # ahead of the clock (see _handle).
-            log.warning("the newest flow received, at %s, is ahead of this host's clock (%s): asking %s for "
-                        "every flow it holds; those it may have sent before are looked up",
+        if since_ns > now_ns + _AHEAD_OF_CLOCK_NS:
+            # Hubble would skip every flow until that time comes: a node whose clock ran
+            # ahead and was put right, or one flow stamped in the future. Every flow it
+            # sends may have been sent before, up to since_ns: all are looked up.
+            log.warning("the newest flow received, at %s, is ahead of this host's clock (%s): asking %s for every "
+                        "flow it holds; each is looked up and not stored again",
                         _iso(since_ns), _iso(now_ns), self.config.address)
-            self._overlap_ns, since_ns = now_ns + _AHEAD_OF_CLOCK_NS, 0
+            self._overlap_ns, since_ns = since_ns, 0
         self.connections += 1
         received = 0
         channel = self.connector.open()
@@ -231,9 +228,7 @@ class HubbleSource:
                 return
             if decoded.time_ns > self.newest_ns:
                 self.newest_ns = decoded.time_ns
-            maybe_stored = decoded.time_ns <= self._overlap_ns or (
-                self._resume_point_ahead and decoded.time_ns > time.time_ns() + _AHEAD_OF_CLOCK_NS)
-            self.emit(Entry(decoded, maybe_stored, self.config.address))
+            self.emit(Entry(decoded, decoded.time_ns <= self._overlap_ns, self.config.address))
             return
         if isinstance(decoded, list):
             status = response.node_status
