@@ -14,9 +14,10 @@ one log line when failing starts and one when it recovers. A batch whose rows th
 store's client cannot encode (a value of the wrong type, or one its column cannot hold;
 the decoder rejects those, so only a defect gets here) would be refused on every retry
 and hold up the spool: it is set aside and recorded as an unreadable spool file is, and
-the next batch goes on. When the next batch with rows for that table is refused too, the
-fault is not in one batch (the table changed under the ingester, say): that is treated
-as a failing store, and the batches wait in the spool.
+the next batch goes on. When a later batch is refused at that table too, before any batch
+of flows has inserted rows into it, the fault is not in one batch (the table changed
+under the ingester, say): that is treated as a failing store, and the batches wait in
+the spool.
 
 The sink does not know whether the store is a server or the embedded engine.
 """
