@@ -44,6 +44,7 @@ class DeadLetters:
         else:
             entry["raw"] = raw
         line = (json.dumps(entry) + "\n").encode()
+        metrics.DEAD_LETTERS.inc()
         with self._lock:
             self.count += 1
             try:
@@ -54,19 +55,17 @@ class DeadLetters:
                     handle.write(line)
                     self._size = handle.tell()  # the file's size, even if someone truncated or removed it
             except OSError as err:  # a full disk, say: the input is counted and logged, and the rest goes on
-                metrics.DEAD_LETTERS.inc()
                 self._warn.warning("%s: %s (not kept: writing %s failed: %s)", origin, error, self.path, err)
                 return
-        metrics.DEAD_LETTERS.inc()
         self._warn.warning("%s: %s (kept in %s)", origin, error, self.path)
 
     def _rotate(self) -> None:
         older = self.path.with_name(self.path.name + ".1")
         try:
             os.replace(self.path, older)
-        except FileNotFoundError:  # removed by hand: start a new one
-            self._size = 0
-            return
+        except FileNotFoundError:  # removed by hand: a new one is started
+            pass
+        else:
+            log.warning("%s is full (dead_letters.max_mb): moved to %s, replacing the entries that were there",
+                        self.path, older)
         self._size = 0
-        log.warning("%s is full (dead_letters.max_mb): moved to %s, replacing the entries that were there",
-                    self.path, older)

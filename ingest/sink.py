@@ -130,10 +130,12 @@ class Sink:
                 self._failed(err)
                 return False
             except BatchRefused as err:
-                if batch.source == RECORD_SOURCE or err.table in self._refusing:
-                    why = ("a record of a batch set aside is never set aside" if batch.source == RECORD_SOURCE
-                           else f"the last batch with {err.table} rows was refused too")
-                    self._failed(StoreUnavailable(f"{err} ({why}: it waits in the spool)"))
+                if batch.source == RECORD_SOURCE:
+                    self._failed(StoreUnavailable(f"{err} (a record of a batch set aside is never set aside)"))
+                    return False
+                if err.table in self._refusing:
+                    self._failed(StoreUnavailable(f"{err} (the last batch with {err.table} rows was refused too: "
+                                                  "it waits in the spool)"))
                     return False
                 self._refusing.difference_update(err.stored_tables)
                 self._refusing.add(err.table)
