@@ -1,4 +1,5 @@
-"""Shared fixtures: the real embedded ClickHouse engine and real Hubble fixture files.
+"""Shared fixtures: the real embedded ClickHouse engine, a Kubernetes API stand-in, and the
+ingest-lag gauge put back. Helpers and the fixture files' paths are in helpers.py.
 
 chdb serves one data directory per process, so the whole test process shares one
 directory and each test gets a database of its own.
@@ -7,23 +8,18 @@ directory and each test gets a database of its own.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from ingest import config as config_mod
 from ingest.runner import open_store
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures" / "hubble"
-HTTP_348 = FIXTURES / "basic-sample-348-http-flows.json"
-DNS_330 = FIXTURES / "basic-sample-330-dns-flows.json"
-ALL_FIXTURES = sorted(FIXTURES.glob("*.json"))
-
-
-def fixture_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from .kube_api import FakeKubeAPI, Request
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +56,37 @@ def newest_committed_restored():
     yield
     metrics._last["committed"] = before
     metrics.NEWEST_COMMITTED.set(before)
+
+
+@pytest.fixture
+def kube_api(tmp_path):
+    api = FakeKubeAPI()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            parts = urlsplit(self.path)
+            request = Request(self.command, parts.path, {k: v[-1] for k, v in parse_qs(parts.query).items()},
+                              self.headers.get("Content-Type"), body)
+            api.requests.append(request)
+            request.status, answer = api.serve(request)
+            out = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+            self.send_response(request.status)
+            self.send_header("Content-Type", "application/json" if out.startswith(b"{") else "text/plain")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        do_GET = do_PATCH = do_DELETE = _handle
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    api.port = server.server_port
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api.kubeconfig_path = api.kubeconfig(tmp_path / "kubeconfig")
+    yield api
+    server.shutdown()
+    server.server_close()

@@ -23,7 +23,7 @@ from datetime import datetime
 
 import yaml
 
-from .conftest import REPO
+from .helpers import REPO
 
 GRAFANA = REPO / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))

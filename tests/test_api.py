@@ -9,9 +9,9 @@ from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
 from ingest.api.relay import relay_pb2
 
-from .conftest import REPO
+from .helpers import CILIUM
 
-FIELDS_TSV = REPO.parent / "shared" / "reference" / "hubble-api-v1-fields.tsv"
+FIELDS_TSV = CILIUM / "hubble-api-v1-fields.tsv"
 
 
 def upstream() -> dict[tuple[str, str, str], tuple[str, str]]:

@@ -21,7 +21,7 @@ from ingest.schema import L7_AUDIT
 from ingest.sink import Sink
 from ingest.spool import Spool, SpooledBatch
 
-from .conftest import DNS_330, HTTP_348, fixture_lines
+from .helpers import DNS_330, HTTP_348, fixture_lines
 from .faults import FAIL_AFTER, FAIL_BEFORE, FaultyClient
 
 WAIT_S = 60  # a stuck batcher fails the test instead of hanging the run

@@ -9,7 +9,7 @@ import sys
 from ingest.migrate import render
 from ingest.schema import ALL_TABLES, SCHEMA_VERSION, Cluster
 
-from .conftest import REPO
+from .helpers import REPO
 
 CLUSTER = Cluster("flowlog_cluster")
 

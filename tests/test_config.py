@@ -10,7 +10,7 @@ import yaml
 
 from ingest.config import ConfigError, dump_yaml, load
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 def test_precedence_file_then_env_then_flags(tmp_path):

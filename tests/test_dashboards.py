@@ -18,7 +18,7 @@ from ingest.config import StoreConfig
 from ingest.l7metrics import L7Metrics
 from ingest.runner import replay
 
-from .conftest import ALL_FIXTURES
+from .helpers import ALL_FIXTURES
 from .dashboard_queries import (CLICKHOUSE, DASHBOARD_FILES, GRAFANA, PROMETHEUS, QueryContext, Selected,
                                 label_values_query, load_dashboards, panels, provisioned_datasources,
                                 render_clickhouse, render_promql, targets, variables)

@@ -11,13 +11,7 @@ from ingest.config import HTTPConfig
 from ingest.decode import Decoder, DecodeError, FlowRows, GapRow, workload_of
 from ingest.schema import HTTP_FLOWS, INGEST_GAPS
 
-
-def http_flow(url: str, headers: dict[str, str]) -> observer_pb2.GetFlowsResponse:
-    return json_format.ParseDict({"flow": {
-        "time": "2026-11-26T10:00:00.123456789Z", "Type": "L7", "node_name": "n1", "verdict": "FORWARDED",
-        "l7": {"type": "REQUEST", "http": {"method": "GET", "url": url,
-                                           "headers": [{"key": k, "value": v} for k, v in headers.items()]}}}},
-        observer_pb2.GetFlowsResponse())
+from .helpers import http_flow
 
 
 def http_values(decoder: Decoder, response) -> dict:

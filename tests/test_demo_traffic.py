@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ingest.api.flow import flow_pb2
 from ingest.demo_traffic import DemoTraffic
 
-from .conftest import DNS_330, HTTP_348, fixture_lines
+from .helpers import DNS_330, HTTP_348, fixture_lines
 
 S = 1_000_000_000
 START = 1_700_000_000 * S

@@ -17,9 +17,7 @@ import yaml
 
 from ingest.config import load
 
-from .conftest import REPO
-from .test_visibility import flowlog
-from .test_visibility import kube_api as kube_api  # a fixture, used by name
+from .helpers import REPO, flowlog
 
 DEPLOY = REPO / "deploy"
 KUBERNETES_VERSION = "1.30.0"

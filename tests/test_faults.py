@@ -29,8 +29,7 @@ from ingest.checkpoint import Checkpoint
 from ingest.decode import Decoder, FlowRows
 from ingest.observer_server import FlowBuffer, ObserverServer
 
-from .conftest import DNS_330, HTTP_348, REPO, fixture_lines
-from .test_hubble_source import responses_of
+from .helpers import DNS_330, HTTP_348, REPO, fixture_lines, responses_of
 
 SCHEDULES = int(os.environ.get("FLOWLOG_FAULT_SCHEDULES", "30"))
 MAX_RUNS = 4

@@ -15,7 +15,7 @@ from ingest.decode import Decoder, DecodeError
 from ingest.runner import replay
 from ingest.sources.files import parse_line
 
-from .conftest import DNS_330, HTTP_348, fixture_lines
+from .helpers import DNS_330, HTTP_348, fixture_lines
 
 GOOD = [json.dumps(line).encode() for line in fixture_lines(HTTP_348)[:40] + fixture_lines(DNS_330)[:40]]
 decoder = Decoder()
@@ -153,7 +153,7 @@ def parsed_by_jsonpb(data) -> bytes | str:
 
 
 def test_the_fast_json_route_builds_the_same_messages_as_json_format_on_every_fixture():
-    from .conftest import ALL_FIXTURES
+    from .helpers import ALL_FIXTURES
     for path in ALL_FIXTURES:
         for line in fixture_lines(path):
             assert parsed_by_jsonpb(line) == parsed_by_json_format(line)

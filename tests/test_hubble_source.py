@@ -3,82 +3,16 @@ fixture flows, the real ingester stores them in the real embedded ClickHouse."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
-from google.protobuf import json_format
 
 from ingest.api.flow import flow_pb2
-from ingest.api.observer import observer_pb2
 from ingest.checkpoint import Checkpoint
 from ingest.decode import L7_EVENT_TYPE
 from ingest.observer_server import FlowBuffer, ObserverServer
-from ingest.runner import Ingester
 
-from .conftest import ALL_FIXTURES, DNS_330, HTTP_348, fixture_lines
-from .expected import expected_rows, rfc3339_ns, stored_rows
-
-
-def responses_of(lines: list[dict]) -> list[observer_pb2.GetFlowsResponse]:
-    return [json_format.ParseDict(line, observer_pb2.GetFlowsResponse()) for line in lines]
-
-
-class RunningIngester:
-    """`flowlog run` in a thread of the test process, stopped as SIGTERM would."""
-
-    def __init__(self, config, client):
-        self.ingester = Ingester(config, client)
-        self.thread = threading.Thread(target=self.ingester.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self.ingester
-
-    def __exit__(self, *exc):
-        self.ingester.request_stop()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "ingester did not stop"
-
-
-def wait_for(condition, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def ingest_lines(config, client, lines, drop_after=None):
-    with ObserverServer(FlowBuffer(responses_of(lines)), drop_after=drop_after) as server:
-        config.source.address = server.address
-        service = server.service
-        with RunningIngester(config, client) as ingester:
-            wait_for(lambda: service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns,
-                     what="every flow sent and committed")
-        return server, ingester
-
-
-def count(client, config, table):
-    return client.query(f"SELECT count() FROM `{config.store.database}`.`{table}`").result_rows[0][0]
-
-
-HTTP_COLUMNS = ["time", "node", "verdict", "l7_type", "traffic_direction", "is_reply", "src_namespace", "src_pod",
-                "src_identity", "src_ip", "src_port", "src_labels", "dst_namespace", "dst_pod", "dst_identity",
-                "dst_ip", "dst_port", "dst_labels", "method", "url", "path", "query", "protocol", "status_code",
-                "latency_ns"]
-DNS_COLUMNS = ["time", "node", "verdict", "l7_type", "traffic_direction", "is_reply", "src_namespace", "src_pod",
-               "src_identity", "src_ip", "src_port", "src_labels", "dst_namespace", "dst_pod", "dst_identity",
-               "dst_ip", "dst_port", "dst_labels", "query", "qtypes", "rcode", "ips", "ttl", "rrtypes", "cnames",
-               "observation_source"]
-
-
-def assert_stored_equals_fixture(client, config, lines):
-    http, dns = expected_rows(lines)
-    assert stored_rows(client, config.store.database, "http_flows", HTTP_COLUMNS) == http
-    assert stored_rows(client, config.store.database, "dns_flows", DNS_COLUMNS) == dns
-    assert count(client, config, "l7_audit") == len(http) + len(dns)
+from .helpers import (ALL_FIXTURES, DNS_330, HTTP_348, RunningIngester, assert_stored_equals_fixture, count,
+                      fixture_lines, ingest_lines, responses_of, wait_for)
+from .expected import rfc3339_ns
 
 
 @pytest.mark.parametrize("path", ALL_FIXTURES, ids=lambda p: p.name)

@@ -11,8 +11,7 @@ from ingest.l7metrics import L7Metrics
 from ingest.observer_server import FlowBuffer, ObserverServer
 from ingest.schema import HTTP_FLOWS
 
-from .conftest import DNS_330, HTTP_348, fixture_lines
-from .test_hubble_source import RunningIngester, responses_of, wait_for
+from .helpers import DNS_330, HTTP_348, fixture_lines, responses_of, RunningIngester, wait_for
 from ingest.decode import workload_of
 
 

@@ -13,7 +13,7 @@ from ingest.demo_traffic import DemoTraffic
 from ingest.observer_server import FlowBuffer, ObserverServer
 
 from .faults import FaultyClient
-from .test_hubble_source import RunningIngester, wait_for
+from .helpers import RunningIngester, wait_for
 
 START_NS = 1_790_000_000 * 1_000_000_000
 

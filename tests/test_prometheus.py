@@ -22,9 +22,8 @@ from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
 from ingest.observer_server import FlowBuffer, ObserverServer, response_time_ns
 
-from .conftest import DNS_330, HTTP_348, fixture_lines
+from .helpers import DNS_330, HTTP_348, fixture_lines, responses_of, RunningIngester, wait_for
 from .dashboard_queries import PROMETHEUS, label_values_query, load_dashboards, render_promql, targets, variables
-from .test_hubble_source import RunningIngester, responses_of, wait_for
 
 # Stands for $__rate_interval, $__interval and $__range: longer than the whole run, so that
 # rate() and increase() see every scrape of it.

@@ -21,7 +21,7 @@ from ingest.queries import QueryError
 from ingest.runner import open_store, replay
 
 from . import answers
-from .conftest import DNS_330, HTTP_348, fixture_lines
+from .helpers import DNS_330, HTTP_348, fixture_lines
 from .expected import rfc3339_ns
 
 DAY = {"from": "2021-10-04 00:00:00", "until": "2021-10-05 00:00:00"}  # the fixtures' day: 24 h, > 6 h

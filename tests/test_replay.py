@@ -13,8 +13,7 @@ import pytest
 from ingest import metrics
 from ingest.runner import replay
 
-from .conftest import ALL_FIXTURES, DNS_330, HTTP_348, REPO, fixture_lines
-from .test_hubble_source import assert_stored_equals_fixture
+from .helpers import ALL_FIXTURES, DNS_330, HTTP_348, REPO, assert_stored_equals_fixture, fixture_lines
 
 
 def filtered_total() -> float:

@@ -12,8 +12,7 @@ import time
 from ingest.checkpoint import Checkpoint
 from ingest.observer_server import FlowBuffer, ObserverServer
 
-from .conftest import DNS_330, HTTP_348, REPO, fixture_lines
-from .test_hubble_source import responses_of, wait_for
+from .helpers import DNS_330, HTTP_348, REPO, fixture_lines, responses_of, wait_for
 
 
 def start_ingester(address: str, tmp_path) -> subprocess.Popen:

@@ -8,6 +8,8 @@ from ingest.migrate import MigrationError, SQL_DIR, column_drift, migrate, migra
 from ingest.config import StoreConfig
 from ingest.schema import DATA_TABLES, ROLLUPS, SCHEMA_MIGRATIONS, SCHEMA_VERSION
 
+from .helpers import create_at, v5_rows
+
 
 def test_committed_sql_migrations_are_current():
     committed = {p.name: p.read_text() for p in SQL_DIR.glob("*.sql")}
@@ -70,7 +72,7 @@ def test_on_a_cluster_the_sort_keys_of_the_shard_local_tables_are_compared(confi
 def test_a_request_and_its_response_are_stored_side_by_side(config, client):
     from ingest.runner import replay
 
-    from .conftest import HTTP_348
+    from .helpers import HTTP_348
 
     replay(config, client, [str(HTTP_348)])
     db = config.store.database
@@ -95,7 +97,7 @@ def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client)
     from ingest.spool import Spool, SpooledBatch
     from ingest.schema import HTTP_FLOWS
 
-    from .conftest import DNS_330, HTTP_348
+    from .helpers import DNS_330, HTTP_348
 
     replay(config, client, [str(HTTP_348), str(DNS_330)])
     db = config.store.database
@@ -136,7 +138,7 @@ def test_migration_5_turns_on_vertical_merges_in_a_store_created_before_it(confi
     from dataclasses import replace
 
     store = replace(config.store, database=config.store.database + "_v4")
-    _create_at(client, store, 4)
+    create_at(client, store, 4)
     try:
         for table in ("http_flows", "dns_flows", "l7_audit"):
             assert "vertical_merge" not in _table_settings(client, store.database, table)
@@ -173,7 +175,7 @@ def test_path_and_query_are_computed_from_the_stored_url_as_urlsplit_splits_it(c
     from ingest.decode import Decoder
     from ingest.schema import HTTP_FLOWS
 
-    from .test_decode import http_flow
+    from .helpers import http_flow
 
     db = config.store.database
     urls = ["http://api:8080/v1/items?token=t0k#frag", "http://user:pw@api/v1/a%20b?x=1&y=%2F", "https://[::1]:443/p?",
@@ -188,43 +190,6 @@ def test_path_and_query_are_computed_from_the_stored_url_as_urlsplit_splits_it(c
     assert ("http://api/v1", "/v1", "") in stored
 
 
-def _create_at(client, store, version: int) -> None:
-    client.command(f"CREATE DATABASE `{store.database}`")
-    for v in range(1, version + 1):
-        for statement in render(v, store):
-            client.command(statement)
-        client.insert(f"`{store.database}`.{SCHEMA_MIGRATIONS.name}", [[v, 0, "test"]],
-                      column_names=SCHEMA_MIGRATIONS.column_names)
-
-
-def _v5_rows(lines: list[bytes]) -> dict[str, list[tuple]]:
-    """The flows as the decoder of schema version 5 made them: path and query stored, and
-    Hubble's uuid as it came in every table."""
-    from urllib.parse import urlsplit
-
-    from ingest.decode import Decoder, FlowRows
-    from ingest.schema import HTTP_FLOWS, L7_AUDIT
-    from ingest.sources.files import parse_line
-
-    decoder, rows = Decoder(), {}
-    v6_names = HTTP_FLOWS.column_names
-    v5_names = [c.name for c in HTTP_FLOWS.columns_as_of(5)]
-    for line in lines:
-        decoded = decoder.decode(parse_line(line))
-        if not isinstance(decoded, FlowRows):
-            continue
-        names = v6_names if decoded.table is HTTP_FLOWS else decoded.table.column_names
-        values = dict(zip(names, decoded.row), flow_id=decoded.audit_id)
-        if decoded.table is HTTP_FLOWS:
-            parts = urlsplit(values["url"])
-            values.update(path=parts.path, query=parts.query)
-            names = v5_names
-        row = tuple(values[name] for name in names)
-        rows.setdefault(decoded.table.name, []).append(row)
-        rows.setdefault(L7_AUDIT.name, []).append(decoded.audit_row)
-    return rows
-
-
 def test_migration_6_keeps_the_rows_of_a_store_created_before_it(config, client, tmp_path):
     """flow_id becomes a UUID (an id that is none becomes the MD5 of its text, as the decoder
     now makes it), path and query become computed, ports and IPs recompress: the rows read
@@ -236,7 +201,7 @@ def test_migration_6_keeps_the_rows_of_a_store_created_before_it(config, client,
     from ingest.runner import replay
     from ingest.schema import DNS_FLOWS, HTTP_FLOWS
 
-    from .conftest import DNS_330, HTTP_348
+    from .helpers import DNS_330, HTTP_348
 
     # Ids that version 5 kept as they came, and a UUID column cannot hold as they are.
     files = []
@@ -247,9 +212,9 @@ def test_migration_6_keeps_the_rows_of_a_store_created_before_it(config, client,
         files[-1].write_bytes(b"\n".join(lines) + b"\n")
     store = replace(config.store, database=config.store.database + "_v5")
     db = store.database
-    _create_at(client, store, 5)
+    create_at(client, store, 5)
     try:
-        for table, table_rows in _v5_rows([line for f in files for line in f.read_bytes().splitlines()]).items():
+        for table, table_rows in v5_rows([line for f in files for line in f.read_bytes().splitlines()]).items():
             names = [c.name for c in next(t for t in DATA_TABLES if t.name == table).columns_as_of(5)]
             client.insert(f"`{db}`.{table}", table_rows, column_names=names)
         columns = {table: [c.name for c in table.columns_as_of(5)] for table in (HTTP_FLOWS, DNS_FLOWS)}

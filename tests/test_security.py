@@ -17,8 +17,7 @@ from ingest.runner import Ingester
 from ingest.sources.hubble import SourceError
 
 from .certs import CA, write
-from .conftest import DNS_330, HTTP_348, REPO, fixture_lines
-from .test_hubble_source import RunningIngester, assert_stored_equals_fixture, responses_of, wait_for
+from .helpers import DNS_330, HTTP_348, REPO, assert_stored_equals_fixture, fixture_lines, responses_of, RunningIngester, wait_for
 
 RELAY_NAME = "hubble-relay.flowlog.test"
 

@@ -36,12 +36,12 @@ def test_a_batch_pickled_by_an_earlier_build_is_read(tmp_path):
 def _v5_batch() -> SpooledBatch:
     """A batch as the build of schema version 5 spooled it: http_flows rows with path and
     query, and a flow_id in any text (here one that is no UUID)."""
-    from .conftest import DNS_330, HTTP_348
-    from .test_schema import _v5_rows
+    from .helpers import DNS_330, HTTP_348
+    from .helpers import v5_rows
 
     lines = HTTP_348.read_bytes().splitlines()[:6] + DNS_330.read_bytes().splitlines()[:4]
     lines[6] = lines[6].replace(b'"flow":{', b'"flow":{"uuid":"flow-17",', 1)
-    rows = _v5_rows(lines)
+    rows = v5_rows(lines)
     ids = {row[2] for row in rows["l7_audit"]}
     assert "flow-17" in ids and rows["dns_flows"][0][2] == "flow-17"
     return SpooledBatch("v5", "file", rows, {"dns_flows": {"flow-17"}, "l7_audit": ids}, 0, {"flow-17"},
@@ -122,7 +122,7 @@ def test_rows_of_the_current_layout_from_a_file_that_does_not_say_are_read_as_th
     from ingest.decode import Decoder
     from ingest.sources.files import parse_line
 
-    from .conftest import HTTP_348
+    from .helpers import HTTP_348
 
     rows = [Decoder().decode(parse_line(line)).row for line in HTTP_348.read_bytes().splitlines()[:3]]
     batch = SpooledBatch("v6", "file", {"http_flows": rows}, {}, 0, set(), {})
@@ -270,7 +270,7 @@ def _decoded_batch(batch_id: str, lines: list[bytes], damage: tuple[str, int, st
 
 
 def _http_and_dns_lines() -> tuple[list[bytes], list[bytes]]:
-    from .conftest import DNS_330, HTTP_348
+    from .helpers import DNS_330, HTTP_348
 
     return HTTP_348.read_bytes().splitlines(), DNS_330.read_bytes().splitlines()
 

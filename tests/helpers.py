@@ -1,0 +1,143 @@
+"""What the tests share: the fixture files, a running ingester, waiting, and comparing the
+store with the fixtures. Fixtures (pytest's) are in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from ingest import cli
+from ingest.api.observer import observer_pb2
+from ingest.migrate import render
+from ingest.observer_server import FlowBuffer, ObserverServer
+from ingest.runner import Ingester
+from ingest.schema import SCHEMA_MIGRATIONS
+
+from .expected import expected_rows, stored_rows
+
+REPO = Path(__file__).resolve().parent.parent
+# The Hubble captures and the Cilium reference data, copied into the repository (see their READMEs).
+FIXTURES = REPO / "tests" / "fixtures" / "hubble"
+CILIUM = REPO / "tests" / "fixtures" / "cilium"
+HTTP_348 = FIXTURES / "basic-sample-348-http-flows.json"
+DNS_330 = FIXTURES / "basic-sample-330-dns-flows.json"
+ALL_FIXTURES = sorted(FIXTURES.glob("*.json"))
+
+
+def fixture_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def responses_of(lines: list[dict]) -> list[observer_pb2.GetFlowsResponse]:
+    return [json_format.ParseDict(line, observer_pb2.GetFlowsResponse()) for line in lines]
+
+
+class RunningIngester:
+    """`flowlog run` in a thread of the test process, stopped as SIGTERM would."""
+
+    def __init__(self, config, client):
+        self.ingester = Ingester(config, client)
+        self.thread = threading.Thread(target=self.ingester.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self.ingester
+
+    def __exit__(self, *exc):
+        self.ingester.request_stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "ingester did not stop"
+
+
+def wait_for(condition, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ingest_lines(config, client, lines, drop_after=None):
+    with ObserverServer(FlowBuffer(responses_of(lines)), drop_after=drop_after) as server:
+        config.source.address = server.address
+        service = server.service
+        with RunningIngester(config, client) as ingester:
+            wait_for(lambda: service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns,
+                     what="every flow sent and committed")
+        return server, ingester
+
+
+def count(client, config, table):
+    return client.query(f"SELECT count() FROM `{config.store.database}`.`{table}`").result_rows[0][0]
+
+
+HTTP_COLUMNS = ["time", "node", "verdict", "l7_type", "traffic_direction", "is_reply", "src_namespace", "src_pod",
+                "src_identity", "src_ip", "src_port", "src_labels", "dst_namespace", "dst_pod", "dst_identity",
+                "dst_ip", "dst_port", "dst_labels", "method", "url", "path", "query", "protocol", "status_code",
+                "latency_ns"]
+DNS_COLUMNS = ["time", "node", "verdict", "l7_type", "traffic_direction", "is_reply", "src_namespace", "src_pod",
+               "src_identity", "src_ip", "src_port", "src_labels", "dst_namespace", "dst_pod", "dst_identity",
+               "dst_ip", "dst_port", "dst_labels", "query", "qtypes", "rcode", "ips", "ttl", "rrtypes", "cnames",
+               "observation_source"]
+
+
+def assert_stored_equals_fixture(client, config, lines):
+    http, dns = expected_rows(lines)
+    assert stored_rows(client, config.store.database, "http_flows", HTTP_COLUMNS) == http
+    assert stored_rows(client, config.store.database, "dns_flows", DNS_COLUMNS) == dns
+    assert count(client, config, "l7_audit") == len(http) + len(dns)
+
+
+def flowlog(*argv: str) -> int:
+    """`flowlog ARGV`, as the command line runs it."""
+    return cli.main(list(argv))
+
+
+def create_at(client, store, version: int) -> None:
+    client.command(f"CREATE DATABASE `{store.database}`")
+    for v in range(1, version + 1):
+        for statement in render(v, store):
+            client.command(statement)
+        client.insert(f"`{store.database}`.{SCHEMA_MIGRATIONS.name}", [[v, 0, "test"]],
+                      column_names=SCHEMA_MIGRATIONS.column_names)
+
+
+def v5_rows(lines: list[bytes]) -> dict[str, list[tuple]]:
+    """The flows as the decoder of schema version 5 made them: path and query stored, and
+    Hubble's uuid as it came in every table."""
+    from urllib.parse import urlsplit
+
+    from ingest.decode import Decoder, FlowRows
+    from ingest.schema import HTTP_FLOWS, L7_AUDIT
+    from ingest.sources.files import parse_line
+
+    decoder, rows = Decoder(), {}
+    v6_names = HTTP_FLOWS.column_names
+    v5_names = [c.name for c in HTTP_FLOWS.columns_as_of(5)]
+    for line in lines:
+        decoded = decoder.decode(parse_line(line))
+        if not isinstance(decoded, FlowRows):
+            continue
+        names = v6_names if decoded.table is HTTP_FLOWS else decoded.table.column_names
+        values = dict(zip(names, decoded.row), flow_id=decoded.audit_id)
+        if decoded.table is HTTP_FLOWS:
+            parts = urlsplit(values["url"])
+            values.update(path=parts.path, query=parts.query)
+            names = v5_names
+        row = tuple(values[name] for name in names)
+        rows.setdefault(decoded.table.name, []).append(row)
+        rows.setdefault(L7_AUDIT.name, []).append(decoded.audit_row)
+    return rows
+
+
+def http_flow(url: str, headers: dict[str, str]) -> observer_pb2.GetFlowsResponse:
+    return json_format.ParseDict({"flow": {
+        "time": "2026-11-26T10:00:00.123456789Z", "Type": "L7", "node_name": "n1", "verdict": "FORWARDED",
+        "l7": {"type": "REQUEST", "http": {"method": "GET", "url": url,
+                                           "headers": [{"key": k, "value": v} for k, v in headers.items()]}}}},
+        observer_pb2.GetFlowsResponse())
