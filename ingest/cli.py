@@ -16,11 +16,18 @@ import time
 
 from . import __version__, logs
 from .config import ConfigError, dump_yaml, load
-from .queries import FORMATS as SQL_FORMATS
-from .queries import add_query_parser
+from .store.queries import RANGE_PARAMS, Query, QueryError, canonical_type
+from .store.queries import load as load_queries
+from .times import DURATION_EXAMPLE, TIME_EXAMPLE, format_time, parse_duration, parse_time
 from .visibility import KubeError, add_visibility_parser, ensure_visibility, run_visibility, visibility_overrides
 
 log = logging.getLogger("flowlog")
+
+# `flowlog sql --format` and `flowlog query --format` to ClickHouse's own output formats.
+SQL_FORMATS = {"table": "PrettyCompactMonoBlock", "json": "JSONEachRow", "csv": "CSVWithNames",
+               "tsv": "TabSeparatedWithNames"}
+# `flowlog query` without --since or --from.
+DEFAULT_SINCE = "1h"
 
 OWN_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
 
@@ -66,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create or upgrade the tables")
     _common(migrate)
     migrate.add_argument("--print", action="store_true", help="print the DDL instead of applying it")
-    migrate.add_argument("--write-sql", action="store_true", help="rewrite sql/migrations/ from ingest/schema.py")
+    migrate.add_argument("--write-sql", action="store_true", help="rewrite sql/migrations/ from ingest/store/")
     migrate.add_argument("--cluster", metavar="NAME", help="create replicated, sharded tables ON CLUSTER NAME")
     migrate.add_argument("--sharding", choices=["node", "random"], help="spread rows over shards by node (default)")
 
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load(args.config, overrides=_overrides(args))
-        logs.configure(config.log.format, config.log.level, config.secrets())
+        logs.configure(config.log.format, config.log.level, config.masker())
         return _dispatch(args, config)
     except ConfigError as err:
         print(f"flowlog: error: {err}", file=sys.stderr)
@@ -123,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:
         from clickhouse_connect.driver.exceptions import ClickHouseError
-        from .migrate import MigrationError
+
         from .sources.hubble import SourceError
-        from .store import StoreError, redact
+        from .store.connection import StoreError
+        from .store.migrations import MigrationError
         if not isinstance(err, (StoreError, MigrationError, SourceError, ClickHouseError, KubeError)):
             log.exception("unexpected error")
-        message = redact(str(err), config.secrets()).strip().splitlines()[0]
+        message = config.masker()(str(err)).strip().splitlines()[0]
         print(f"flowlog: error: {message}", file=sys.stderr)
         return 1
 
@@ -140,16 +148,14 @@ def _dispatch(args: argparse.Namespace, config) -> int:
     if args.command == "migrate" and (args.print or args.write_sql):
         return _migrate_offline(args, config)
     if args.command == "query":
-        from .queries import run_query
         return run_query(args, config)
+    from .store.connection import open_store
     if args.command == "visibility":
-        from .runner import open_store
         return run_visibility(args, config, lambda: open_store(config))
     if args.command == "run" and args.ensure_visibility:
         # Before the store: a missing RBAC grant or a cluster without Cilium fails fast.
         ensure_visibility(config.visibility)
 
-    from .runner import open_store
     client = open_store(config)
     try:
         if args.command == "migrate":
@@ -166,7 +172,7 @@ def _dispatch(args: argparse.Namespace, config) -> int:
         if args.command == "run":
             return _run(config, client)
         if args.command == "demo":
-            from .demo import run_demo
+            from .demo.command import run_demo
             return run_demo(config, client, args.duration, args.seed)
     finally:
         client.close()
@@ -174,14 +180,13 @@ def _dispatch(args: argparse.Namespace, config) -> int:
 
 
 def _migrate_offline(args, config) -> int:
-    from .migrate import render, write_sql
-    from .schema import SCHEMA_VERSION
+    from .store.migrations import SCHEMA_VERSION, cluster_of, render, write_sql
     if args.write_sql:
         for path in write_sql():
             print(f"wrote {path}")
         return 0
     for version in range(1, SCHEMA_VERSION + 1):
-        for statement in render(version, config.store, config.cluster):
+        for statement in render(version, config.store, cluster_of(config.store)):
             print(statement + ";\n")
     return 0
 
@@ -225,4 +230,133 @@ def _run(config, client) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     ingester.run()
+    return 0
+
+
+# --- flowlog query ---------------------------------------------------------------------------
+
+def listing(queries: dict[str, Query]) -> str:
+    """`flowlog query --list`: each query, what it answers, its parameters and columns."""
+    out = []
+    for query in queries.values():
+        out.append(f"{query.name}: {query.summary}")
+        for param in query.params:
+            if param.name in RANGE_PARAMS:
+                continue
+            if param.required:
+                default = "required"
+            else:
+                default = f"default {param.default!r}" if canonical_type(param.type) == "String" \
+                    else f"default {param.default}"
+            out.append(f"    {param.name} ({param.type}, {default}): {param.description}")
+        out.append(f"    columns: {', '.join(query.columns)}")
+    out.append("")
+    out.append("Set parameters with --param NAME=VALUE. Every query covers --since DURATION up to now "
+               f"(default {DEFAULT_SINCE}), or --from TIME [--until TIME]; times are UTC unless they name a zone.")
+    return "\n".join(out) + "\n"
+
+
+def time_range(since: str | None, start: str | None, end: str | None, now_ns: int | None = None) -> tuple[int, int]:
+    """(from, until) in nanoseconds for --since / --from / --until."""
+    if since and start:
+        raise QueryError("--since and --from exclude each other")
+
+    def parse_flag(flag: str, text: str) -> int:
+        try:
+            return parse_time(text)
+        except ValueError:
+            raise QueryError(f"{flag} {text}: expected a time like {TIME_EXAMPLE}") from None
+
+    until = parse_flag("--until", end) if end else (now_ns if now_ns is not None else time.time_ns())
+    if start:
+        since_ns = parse_flag("--from", start)
+    else:
+        try:
+            since_ns = until - parse_duration(since or DEFAULT_SINCE)
+        except ValueError:
+            raise QueryError(f"--since {since}: expected a duration like {DURATION_EXAMPLE}") from None
+    if since_ns < parse_time("1900-01-01"):
+        raise QueryError(f"--since {since}: reaches before 1900, where ClickHouse's DateTime64 begins")
+    if since_ns >= until:
+        raise QueryError(f"empty time range: {format_time(since_ns)} is not before {format_time(until)}")
+    return since_ns, until
+
+
+def command_values(query: Query, params: list[str], since: str | None, start: str | None,
+                   end: str | None, now_ns: int | None = None) -> dict[str, str]:
+    """The parameter values of `--param NAME=VALUE ...` and the time range flags."""
+    values: dict[str, str] = {}
+    for item in params:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise QueryError(f"--param {item}: expected NAME=VALUE")
+        if name in RANGE_PARAMS and query.param(name) is not None:
+            raise QueryError(f"query {query.name}: parameter {name}: give the time range with --since or "
+                             "--from/--until")
+        if name in values:
+            raise QueryError(f"query {query.name}: parameter {name} given twice")
+        values[name] = value
+    if any(query.param(name) for name in RANGE_PARAMS):
+        since_ns, until_ns = time_range(since, start, end, now_ns)
+        values["from"], values["until"] = format_time(since_ns), format_time(until_ns)
+    return values
+
+
+def add_query_parser(subparsers, common) -> argparse.ArgumentParser:
+    """`flowlog query`; common adds the shared --config/--store/... flags."""
+    parser = subparsers.add_parser(
+        "query", help="run a named query from the library (sql/queries/)",
+        description="Run a named, tested query from sql/queries/. `flowlog query --list` shows them all "
+                    "with their parameters.")
+    common(parser)
+    parser.add_argument("name", nargs="?", metavar="NAME", help="the query (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the queries and their parameters")
+    parser.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                        help="a query parameter (repeatable)")
+    span = parser.add_mutually_exclusive_group()
+    span.add_argument("--since", metavar="DURATION", help=f"the range up to --until (or now): 90s, 15m, 1h, 7d, 2w "
+                      f"(default {DEFAULT_SINCE})")
+    span.add_argument("--from", dest="from_time", metavar="TIME", help="start of the range (ISO 8601; UTC if no zone)")
+    parser.add_argument("--until", metavar="TIME", help="end of the range, exclusive (default now)")
+    parser.add_argument("--format", choices=list(SQL_FORMATS), default="table", help="output format (default table)")
+    return parser
+
+
+def run_query(args: argparse.Namespace, config, client=None) -> int:
+    """`flowlog query`: list the queries, or run one and write ClickHouse's output to stdout.
+
+    Refusals raise QueryError before the store is touched; with client None the store is
+    opened (and closed) here, so `--list` and refused parameters need no store.
+    """
+    queries = load_queries()
+    if args.list:
+        chosen = {args.name: queries[args.name]} if args.name in queries else queries
+        sys.stdout.write(listing(chosen))
+        return 0
+    if not args.name:
+        raise QueryError("query: name a query, or --list to see them")
+    if args.name not in queries:
+        raise QueryError(f"query {args.name}: no such query (have: {', '.join(queries)})")
+    query = queries[args.name]
+    values = command_values(query, args.param, args.since, args.from_time, args.until)
+    query.bind(values)  # refuse before opening the store
+    own = client is None
+    if own:
+        from .store.connection import open_store
+        client = open_store(config)
+    try:
+        out = query.run(client, values, SQL_FORMATS[args.format], config.store.database)
+    finally:
+        if own:
+            client.close()
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is not None:
+        sys.stdout.flush()
+        stream.write(out)
+        stream.flush()
+    else:
+        sys.stdout.write(out.decode("utf-8", "replace"))
+    if not out and args.format == "table":
+        print(f"query {query.name}: no rows", file=sys.stderr)
     return 0

@@ -15,14 +15,15 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
+
+from .masking import MASK, Masker, mask_dsn
 
 DEFAULT_SOURCE = "unix:///var/run/cilium/hubble.sock"
 DEFAULT_STATE_DIR = "flowlog-data"
 SENSITIVE_HEADERS = ["Authorization", "Cookie", "Set-Cookie", "Proxy-Authorization"]
-MASK = "*****"
 
 
 class ConfigError(ValueError):
@@ -171,14 +172,6 @@ class Config:
     def store_dsn(self) -> str:
         return self.store.dsn or f"chdb://{self.state_path / 'clickhouse'}"
 
-    @property
-    def cluster(self):
-        """The store's cluster, or None for a single server."""
-        from .schema import Cluster
-        if not self.store.cluster:
-            return None
-        return Cluster(self.store.cluster, "cityHash64(node)" if self.store.sharding == "node" else "rand()")
-
     def store_password(self) -> str:
         if self.store.password:
             return self.store.password
@@ -190,9 +183,13 @@ class Config:
         return ""
 
     def secrets(self) -> list[str]:
-        """Every secret value in this config, for log redaction."""
+        """Every secret value in this config."""
         found = [self.store_password(), urlsplit(self.store_dsn).password or ""]
         return [s for s in found if s]
+
+    def masker(self) -> Masker:
+        """What every error, log line and printed value goes through."""
+        return Masker(self.secrets())
 
 
 class _Text(str):
@@ -317,15 +314,6 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
     return config
 
 
-def mask_dsn(dsn: str) -> str:
-    """The DSN with its password, if any, replaced by a mask."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def to_masked_dict(config: Config) -> dict:
     """The effective config as plain data, with every secret masked."""
     data = dataclasses.asdict(config)
@@ -339,5 +327,5 @@ def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(to_masked_dict(config), sort_keys=False)
 
 
-__all__ = ["Config", "ConfigError", "load", "dump_yaml", "mask_dsn", "leaf_keys", "env_name",
-           "SENSITIVE_HEADERS", "DEFAULT_SOURCE"]
+__all__ = ["Config", "ConfigError", "load", "dump_yaml", "leaf_keys", "env_name", "SENSITIVE_HEADERS",
+           "DEFAULT_SOURCE"]

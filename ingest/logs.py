@@ -7,23 +7,20 @@ import logging
 import sys
 import time
 
+from .masking import Masker
+
 
 class _SecretFilter(logging.Filter):
-    def __init__(self, secrets: list[str]):
+    def __init__(self, mask: Masker):
         super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def _scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "*****")
-        return text
+        self.mask = mask
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg, record.args = self._scrub(record.getMessage()), None
+        if self.mask.secrets:
+            record.msg, record.args = self.mask(record.getMessage()), None
             if record.exc_info:
                 # A traceback can quote a connection string or a server's answer.
-                record.exc_text = self._scrub(logging.Formatter().formatException(record.exc_info))
+                record.exc_text = self.mask(logging.Formatter().formatException(record.exc_info))
                 record.exc_info = None
         return True
 
@@ -39,9 +36,9 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure(fmt: str = "plain", level: str = "info", secrets: list[str] | None = None) -> None:
+def configure(fmt: str = "plain", level: str = "info", mask: Masker | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_SecretFilter(secrets or []))
+    handler.addFilter(_SecretFilter(mask or Masker()))
     handler.setFormatter(_JSONFormatter() if fmt == "json"
                          else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -1,8 +1,14 @@
-"""Wires the stages together for the long-running `run` and the one-shot `replay`.
+"""The one place the stages meet: `flowlog run` and `flowlog replay` wired from them.
 
-Source thread -> bounded queue -> batching loop -> sink, with the checkpoint advanced
-after every acknowledged batch. Shutdown (a set `stop` event): the source stops
-reading, the batch in hand is flushed, the checkpoint written, and run returns.
+    source (thread) --messages--> dispatcher (decode) --entries--> batcher (inbox)
+        --sealed batch--> Writer: spool, then checkpoint, then sink --rows--> store
+
+Stages import `pipeline.records` and `store`, never each other; everything that passes
+between two of them is connected here. The `Writer` is the commit path: a sealed batch
+is appended to the spool (durable from then on), the checkpoint advanced to it, and the
+spool drained into the store oldest first, each batch looked up once (the answer kept
+in the spool), given its ledger rows, inserted and removed. Shutdown (a set `stop`
+event): the source stops reading, the batch in hand is flushed, and run returns.
 """
 
 from __future__ import annotations
@@ -15,29 +21,95 @@ from dataclasses import dataclass
 from prometheus_client import REGISTRY
 
 from . import __version__, metrics
-from .checkpoint import Checkpoint
 from .config import Config
-from .deadletter import DeadLetters
-from .decode import Decoder
-from .endpoint import Endpoint
-from .l7metrics import L7Metrics
-from .migrate import applied_version, migrate
-from .pipeline import Pipeline
-from .schema import SCHEMA_VERSION
-from .sink import Sink
-from .spool import Spool
+from .decode.decoder import Decoder
+from .decode.dispatch import Dispatcher
+from .metrics.endpoint import Endpoint
+from .metrics.l7 import L7Metrics
+from .pipeline.batching import Batcher
+from .pipeline.checkpoint import Checkpoint
+from .pipeline.deadletters import DeadLetters
+from .pipeline.ledger import ledger_rows
+from .pipeline.records import RECORD_SOURCE, SealedBatch
+from .pipeline.sink import BatchRefused, Sink, StoreUnavailable
+from .pipeline.spool import Spool
 from .sources.files import FileSource, ReplayCounts
 from .sources.hubble import HubbleSource
-from .store import connect
+from .store.migrations import SCHEMA_VERSION, applied_version
+from .store.schema import INGEST_LEDGER
 
 log = logging.getLogger(__name__)
 
 
-def open_store(config: Config):
-    client = connect(config)
-    if config.store.migrate:
-        migrate(client, config.store, config.cluster)
-    return client
+class Writer:
+    """Takes sealed batches to the store through the spool (what `Batcher` calls its writer).
+    `on_commit(table name, rows)` sees every table's rows once they are stored; `stored`
+    counts them, and `committed_ns` is the newest flow stored (`committed` is notified)."""
+
+    def __init__(self, spool: Spool, sink: Sink, checkpoint: Checkpoint | None = None, on_commit=None):
+        self.spool = spool
+        self.sink = sink
+        self.checkpoint = checkpoint
+        self.on_commit = on_commit
+        self.stored: dict[str, int] = {}
+        self.committed = threading.Condition()
+        self.committed_ns = checkpoint.time_ns if checkpoint else 0
+
+    def pending(self) -> int:
+        return len(self.spool)
+
+    def has_room(self) -> bool:
+        return self.spool.has_room() or self.drain()
+
+    def commit(self, sealed: SealedBatch) -> None:
+        self.spool.append(sealed)
+        if sealed.newest_ns and self.checkpoint is not None:
+            self.checkpoint.advance(sealed.newest_ns, sealed.ids_at_newest)
+        self.drain()
+
+    def drain(self, force: bool = False) -> bool:
+        """Store spooled batches, oldest first, until the spool is empty (True) or the
+        store fails (False; the next call before the backoff has passed does nothing)."""
+        if not force and not self.sink.ready():
+            return False
+        while True:
+            oldest = self.spool.next()
+            if oldest is None:
+                return True
+            path, batch = oldest
+            try:
+                if not batch.resolved:
+                    # Lookups may give another answer later (more rows stored by then, some
+                    # by this very batch): the first answer is kept, so a re-insert after a
+                    # crash sends exactly the same blocks.
+                    asked, dropped = self.sink.look_up(batch)
+                    batch.rows[INGEST_LEDGER.name] = ledger_rows(batch)
+                    batch.resolved = True
+                    if asked or dropped:
+                        self.spool.keep_answer(path, batch, rows_dropped=dropped)
+                inserted = self.sink.insert(batch)
+            except StoreUnavailable as err:
+                self.sink.failed(err)
+                return False
+            except BatchRefused as err:
+                self.spool.set_aside(path, str(err), err.stored_tables)
+                continue
+            self.sink.recovered()
+            self.spool.done(path)
+            self._committed(batch, inserted)
+
+    def _committed(self, batch: SealedBatch, inserted: dict[str, list[tuple]]) -> None:
+        for table, rows in inserted.items():
+            if table == INGEST_LEDGER.name or batch.source == RECORD_SOURCE:
+                continue  # bookkeeping about the rows, or about a spool file: not input of this run
+            self.stored[table] = self.stored.get(table, 0) + len(rows)
+            if self.on_commit is not None:
+                self.on_commit(table, rows)
+        if batch.newest_ns:
+            metrics.record_commit(batch.newest_ns / 1e9)
+            with self.committed:
+                self.committed_ns = max(self.committed_ns, batch.newest_ns)
+                self.committed.notify_all()
 
 
 class _Thread(threading.Thread):
@@ -53,6 +125,16 @@ class _Thread(threading.Thread):
             self._target_fn()
         except BaseException as err:  # re-raised by the caller after join
             self.error = err
+
+
+def _reading(source, batcher: Batcher):
+    """The source's run, telling the batcher when it has no more."""
+    def read():
+        try:
+            source.run()
+        finally:
+            batcher.finish()
+    return read
 
 
 class Ingester:
@@ -72,10 +154,11 @@ class Ingester:
         self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
         self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
-        self.pipeline = Pipeline(self.sink, self.spool, config.batch, self.checkpoint, self.l7_metrics.observe,
-                                 self.stop, config.shutdown_timeout_s)
-        self.source = HubbleSource(config.source, Decoder(config.http), self.dead_letters, self.pipeline.put,
-                                   self.stop, self.checkpoint.time_ns, self.checkpoint.ids_at_time)
+        self.writer = Writer(self.spool, self.sink, self.checkpoint, self.l7_metrics.observe)
+        self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s)
+        dispatcher = Dispatcher(Decoder(config.http), self.dead_letters, self.batcher.put, kind="hubble", live=True)
+        self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.time_ns,
+                                   self.checkpoint.ids_at_time)
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
         self.endpoint = None
         if config.metrics.address:
@@ -99,26 +182,20 @@ class Ingester:
             REGISTRY.unregister(self.l7_metrics)
 
     def _run(self) -> None:
-        def follow():
-            try:
-                self.source.run()
-            finally:
-                self.pipeline.finish()
-
-        reader = _Thread(follow, "hubble-source")
-        writer = _Thread(self.pipeline.run, "batcher")
+        reader = _Thread(_reading(self.source, self.batcher), "hubble-source")
+        batcher = _Thread(self.batcher.run, "batcher")
         reader.start()
-        writer.start()
+        batcher.start()
         while not self.stop.wait(0.2):
-            if not writer.is_alive() or not reader.is_alive():
+            if not batcher.is_alive() or not reader.is_alive():
                 self.stop.set()
         self.source.cancel()
         reader.join()
-        writer.join()
-        for thread in (writer, reader):
+        batcher.join()
+        for thread in (batcher, reader):
             if thread.error is not None:
                 raise thread.error
-        log.info("stopped; stored %s; checkpoint at %d", self.pipeline.stored, self.checkpoint.time_ns)
+        log.info("stopped; stored %s; checkpoint at %d", self.writer.stored, self.checkpoint.time_ns)
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -151,24 +228,19 @@ def replay(config: Config, client, paths: list[str], progress=None) -> ReplaySum
     state.mkdir(parents=True, exist_ok=True)
     dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
     sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
-    pipeline = Pipeline(sink, Spool(state / "spool", config.spool.max_mb * 1024 * 1024), config.batch)
-    source = FileSource(paths, Decoder(config.http), dead_letters, pipeline.put, progress)
+    writer = Writer(Spool(state / "spool", config.spool.max_mb * 1024 * 1024), sink)
+    batcher = Batcher(writer, config.batch)
+    dispatcher = Dispatcher(Decoder(config.http), dead_letters, batcher.put, kind="file", live=False)
+    source = FileSource(paths, dispatcher, progress)
     started = time.monotonic()
-
-    def read():
-        try:
-            source.run()
-        finally:
-            pipeline.finish()
-
-    reader = _Thread(read, "file-source")
+    reader = _Thread(_reading(source, batcher), "file-source")
     reader.start()
-    pipeline.run()
+    batcher.run()
     reader.join()
     if reader.error is not None:
         raise reader.error
     counts = source.counts
     duplicates = (counts.l7_flows + counts.gaps
-                  - pipeline.stored.get("l7_audit", 0) - pipeline.stored.get("ingest_gaps", 0))
-    return ReplaySummary(source.counts, pipeline.stored, duplicates, time.monotonic() - started,
+                  - writer.stored.get("l7_audit", 0) - writer.stored.get("ingest_gaps", 0))
+    return ReplaySummary(source.counts, writer.stored, duplicates, time.monotonic() - started,
                          str(dead_letters.path))

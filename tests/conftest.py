@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from ingest import config as config_mod
-from ingest.runner import open_store
+from ingest.store.connection import open_store
 
 from .kube_api import FakeKubeAPI, Request
 
@@ -50,7 +50,7 @@ def client(config):
 def newest_committed_restored():
     """The ingest-lag gauge follows the newest flow committed in this process; a test that
     stores a flow stamped ahead of the clock would leave it negative for the tests after it."""
-    from ingest import metrics
+    from ingest.metrics import ingester as metrics
 
     before = metrics._last["committed"]
     yield

@@ -15,7 +15,8 @@ import sys
 
 from ingest import logs
 from ingest.config import load
-from ingest.runner import Ingester, open_store
+from ingest.runner import Ingester
+from ingest.store.connection import open_store
 
 from .faults import FaultyClient, plan
 

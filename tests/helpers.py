@@ -3,19 +3,23 @@ store with the fixtures. Fixtures (pytest's) are in conftest.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 from google.protobuf import json_format
 
 from ingest import cli
 from ingest.api.observer import observer_pb2
-from ingest.migrate import render
-from ingest.observer_server import FlowBuffer, ObserverServer
+from ingest.store.migrations import columns_as_of, render
+from ingest.demo.observer import FlowBuffer, ObserverServer
 from ingest.runner import Ingester
-from ingest.schema import SCHEMA_MIGRATIONS
+from ingest.store.schema import SCHEMA_MIGRATIONS
 
 from .expected import expected_rows, stored_rows
 
@@ -67,7 +71,7 @@ def ingest_lines(config, client, lines, drop_after=None):
         config.source.address = server.address
         service = server.service
         with RunningIngester(config, client) as ingester:
-            wait_for(lambda: service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns,
+            wait_for(lambda: service.caught_up() and ingester.writer.committed_ns >= service.newest_sent_ns,
                      what="every flow sent and committed")
         return server, ingester
 
@@ -112,13 +116,14 @@ def v5_rows(lines: list[bytes]) -> dict[str, list[tuple]]:
     Hubble's uuid as it came in every table."""
     from urllib.parse import urlsplit
 
-    from ingest.decode import Decoder, FlowRows
-    from ingest.schema import HTTP_FLOWS, L7_AUDIT
+    from ingest.decode.decoder import Decoder
+    from ingest.pipeline.records import FlowRows
+    from ingest.store.schema import HTTP_FLOWS, L7_AUDIT
     from ingest.sources.files import parse_line
 
     decoder, rows = Decoder(), {}
     v6_names = HTTP_FLOWS.column_names
-    v5_names = [c.name for c in HTTP_FLOWS.columns_as_of(5)]
+    v5_names = [c.name for c in columns_as_of(HTTP_FLOWS, 5)]
     for line in lines:
         decoded = decoder.decode(parse_line(line))
         if not isinstance(decoded, FlowRows):
@@ -141,3 +146,18 @@ def http_flow(url: str, headers: dict[str, str]) -> observer_pb2.GetFlowsRespons
         "l7": {"type": "REQUEST", "http": {"method": "GET", "url": url,
                                            "headers": [{"key": k, "value": v} for k, v in headers.items()]}}}},
         observer_pb2.GetFlowsResponse())
+
+
+def legacy_pickle(batch) -> bytes:
+    """A batch as builds before the marshal format spooled it: pickled as the class
+    `ingest.spool.SpooledBatch` (a module that no longer exists)."""
+    module = types.ModuleType("ingest.spool")
+    spooled = dataclasses.make_dataclass("SpooledBatch", [(f.name, f.type) for f in dataclasses.fields(batch)])
+    spooled.__module__ = module.__name__
+    module.SpooledBatch = spooled
+    sys.modules[module.__name__] = module
+    try:
+        return pickle.dumps(spooled(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        del sys.modules[module.__name__]

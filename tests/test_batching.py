@@ -12,14 +12,16 @@ import weakref
 
 from google.protobuf import json_format
 
-from ingest import pipeline as pipeline_module
 from ingest.api.observer import observer_pb2
 from ingest.config import BatchConfig
-from ingest.decode import Decoder
-from ingest.pipeline import Entry, Pipeline
-from ingest.schema import L7_AUDIT
-from ingest.sink import Sink
-from ingest.spool import Spool, SpooledBatch
+from ingest.decode.decoder import Decoder
+from ingest.pipeline import batching
+from ingest.pipeline.batching import Batcher
+from ingest.pipeline.records import Entry, SealedBatch
+from ingest.pipeline.sink import Sink
+from ingest.pipeline.spool import Spool
+from ingest.runner import Writer
+from ingest.store.schema import L7_AUDIT
 
 from .helpers import DNS_330, HTTP_348, fixture_lines
 from .faults import FAIL_AFTER, FAIL_BEFORE, FaultyClient
@@ -71,10 +73,10 @@ def _pipeline_behind_a_slow_insert(config, client, tmp_path, max_rows: int):
     batches as (commit time, rows)."""
     commits: list[tuple[float, int]] = []
     sink = Sink(SlowFirstInsert(client, delay_s=4.0), config.store.database)
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool", 1 << 30), BatchConfig(max_rows=max_rows, max_delay_ms=2000),
-                        on_commit=lambda table, rows: commits.append((time.monotonic(), len(rows)))
-                        if table == L7_AUDIT.name else None)
-    return pipeline, sink, commits
+    writer = Writer(Spool(tmp_path / "spool", 1 << 30), sink,
+                    on_commit=lambda table, rows: commits.append((time.monotonic(), len(rows)))
+                    if table == L7_AUDIT.name else None)
+    return Batcher(writer, BatchConfig(max_rows=max_rows, max_delay_ms=2000)), sink, commits
 
 
 def test_flows_that_arrive_during_a_slow_insert_wait_at_most_max_delay_in_all(config, client, tmp_path):
@@ -117,7 +119,7 @@ class _Cycle:
 
 def test_the_cycle_collector_runs_between_batches_instead_of_on_allocation_counts(config, client, tmp_path,
                                                                                    monkeypatch):
-    monkeypatch.setattr(pipeline_module, "_GC_INTERVAL_S", 0.0)  # due after every batch
+    monkeypatch.setattr(batching, "_GC_INTERVAL_S", 0.0)  # due after every batch
     garbage_of_batch: list[weakref.ref] = []
     collector_enabled: list[bool] = []
 
@@ -128,8 +130,8 @@ def test_the_cycle_collector_runs_between_batches_instead_of_on_allocation_count
         garbage = _Cycle()  # unreachable once this returns; only the cycle collector frees it
         garbage_of_batch.append(weakref.ref(garbage))
 
-    pipeline = Pipeline(Sink(client, config.store.database), Spool(tmp_path / "spool", 1 << 30),
-                        BatchConfig(max_rows=1, max_delay_ms=1000), on_commit=committed)
+    pipeline = Batcher(Writer(Spool(tmp_path / "spool", 1 << 30), Sink(client, config.store.database),
+                              on_commit=committed), BatchConfig(max_rows=1, max_delay_ms=1000))
     # All input waits before the loop starts, so it never idles between the two batches
     # (the idle wait has its own turn of the timer).
     for flow in _flows(2):
@@ -142,8 +144,8 @@ def test_the_cycle_collector_runs_between_batches_instead_of_on_allocation_count
 
 
 def test_the_cycle_collector_also_runs_on_its_timer_when_no_flows_come(config, client, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline_module, "_GC_INTERVAL_S", 0.2)
-    pipeline = Pipeline(Sink(client, config.store.database), Spool(tmp_path / "spool", 1 << 30), BatchConfig())
+    monkeypatch.setattr(batching, "_GC_INTERVAL_S", 0.2)
+    pipeline = Batcher(Writer(Spool(tmp_path / "spool", 1 << 30), Sink(client, config.store.database)), BatchConfig())
     batcher = threading.Thread(target=pipeline.run)
     batcher.start()
     _wait(lambda: not gc.isenabled(), "the pipeline to start")
@@ -157,7 +159,7 @@ def test_the_cycle_collector_also_runs_on_its_timer_when_no_flows_come(config, c
 
 
 def test_two_pipelines_in_one_process_leave_the_collector_off_until_both_end(config, client, tmp_path):
-    pipelines = [Pipeline(Sink(client, config.store.database), Spool(tmp_path / name, 1 << 30), BatchConfig())
+    pipelines = [Batcher(Writer(Spool(tmp_path / name, 1 << 30), Sink(client, config.store.database)), BatchConfig())
                  for name in ("a", "b")]
     batchers = [threading.Thread(target=p.run) for p in pipelines]
     for batcher in batchers:
@@ -177,12 +179,12 @@ def test_inserted_rows_are_not_kept_alive_by_the_client(config, client, tmp_path
     flow = _flows(1)[0]
     rows = [flow.audit_row]
     spool = Spool(tmp_path / "spool", 1 << 30)
-    spool.append(SpooledBatch("b1", "test", {L7_AUDIT.name: rows}, {}, flow.time_ns, {flow.audit_id},
+    spool.append(SealedBatch("b1", "test", {L7_AUDIT.name: rows}, {}, flow.time_ns, {flow.audit_id},
                               {("test", flow.node): {"received": 1}}))
     held_before = sys.getrefcount(rows)
     gc.disable()
     try:
-        assert Sink(client, config.store.database).drain(spool, lambda batch, inserted: None)
+        assert Writer(spool, Sink(client, config.store.database)).drain()
         assert sys.getrefcount(rows) == held_before - 1  # the removed spool batch's reference is gone
     finally:
         gc.enable()
@@ -196,19 +198,19 @@ def test_a_batch_resumed_after_a_crash_is_inserted_and_counted_as_first_resolved
     flows = _flows(2)
     db = config.store.database
     spool = Spool(tmp_path / "spool", 1 << 30)
-    batch = pipeline_module.Batch()
+    batch = batching.Batch()
     for flow in flows:
         batch.add(Entry(flow, True, "file.jsonl"))  # maybe stored: as in a replay
     spool.append(batch.seal())
     # Calls 0 and 1 ask whether the http_flows and l7_audit ranges hold rows; call 2, the
     # http_flows insert, lands and then "fails".
-    assert not Sink(FaultyClient(client, {2: FAIL_AFTER}), db).drain(spool)
+    assert not Writer(spool, Sink(FaultyClient(client, {2: FAIL_AFTER}), db)).drain()
     # The answer (none of them stored) is an empty marker beside the batch, not a rewrite.
     [batch_file] = (tmp_path / "spool").glob("*.batch")
     assert batch_file.with_suffix(".nothing-stored").exists()
     assert not Spool(tmp_path / "spool", 1 << 30)._read(batch_file).resolved
     restarted = Spool(tmp_path / "spool", 1 << 30)  # the process died: read back from disk
-    assert Sink(client, db).drain(restarted)
+    assert Writer(restarted, Sink(client, db)).drain()
     assert list((tmp_path / "spool").iterdir()) == []
     ledger = client.query(f"SELECT stored_http, stored_audit, duplicates FROM `{db}`.ingest_ledger").result_rows
     assert ledger == [(2, 2, 0)]
@@ -244,19 +246,19 @@ def test_a_lookup_that_fails_partway_leaves_the_batch_as_it_was(config, client, 
     known = _flow_of(DNS_330, "00000000-0000-4000-8000-000000000000", 1_700_000_000)
     new = [_flow_of(HTTP_348, f"00000000-0000-4000-8000-00000000000{i}", 1_700_000_000 + 100 * i) for i in (1, 2)]
     spool = Spool(tmp_path / "spool", 1 << 30)
-    stored_before = pipeline_module.Batch()
+    stored_before = batching.Batch()
     stored_before.add(Entry(known, False, "file.jsonl"))
     spool.append(stored_before.seal())
-    assert Sink(client, db).drain(spool)
-    batch = pipeline_module.Batch()
+    assert Writer(spool, Sink(client, db)).drain()
+    batch = batching.Batch()
     for flow in (known, *new):
         batch.add(Entry(flow, True, "file.jsonl"))
     spool.append(batch.seal())
     # Calls: 0-1 dns_flows lookup (range, ids), 2-3 l7_audit, 4 the http_flows range: fails.
-    assert not Sink(FaultyClient(client, {4: FAIL_BEFORE}), db).drain(spool)
+    assert not Writer(spool, Sink(FaultyClient(client, {4: FAIL_BEFORE}), db)).drain()
     # The retry, in this process: its first insert lands and then "fails".
-    assert not Sink(_FirstInsertLandsThenFails(client), db).drain(spool)
-    assert Sink(client, db).drain(Spool(tmp_path / "spool", 1 << 30))  # after a crash
+    assert not Writer(spool, Sink(_FirstInsertLandsThenFails(client), db)).drain()
+    assert Writer(Spool(tmp_path / "spool", 1 << 30), Sink(client, db)).drain()  # after a crash
     counts = {table: client.query(f"SELECT count(), uniqExact(flow_id) FROM `{db}`.{table}").result_rows[0]
               for table in ("dns_flows", "http_flows", "l7_audit")}
     assert counts == {"dns_flows": (1, 1), "http_flows": (2, 2), "l7_audit": (3, 3)}

@@ -6,8 +6,9 @@ import re
 import subprocess
 import sys
 
-from ingest.migrate import render
-from ingest.schema import ALL_TABLES, SCHEMA_VERSION, Cluster
+from ingest.store.migrations import render
+from ingest.store.migrations import SCHEMA_VERSION
+from ingest.store.schema import ALL_TABLES, Cluster
 
 from .helpers import REPO
 

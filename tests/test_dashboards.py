@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from ingest import metrics  # noqa: F401  (defines the ingester's own metrics in REGISTRY)
 from ingest.config import StoreConfig
-from ingest.l7metrics import L7Metrics
+from ingest.metrics.l7 import L7Metrics
 from ingest.runner import replay
 
 from .helpers import ALL_FIXTURES

@@ -8,8 +8,9 @@ from google.protobuf import json_format
 from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
 from ingest.config import HTTPConfig
-from ingest.decode import Decoder, DecodeError, FlowRows, GapRow, workload_of
-from ingest.schema import HTTP_FLOWS, INGEST_GAPS
+from ingest.decode.decoder import Decoder, workload_of
+from ingest.pipeline.records import DecodeError, FlowRows, GapRow
+from ingest.store.schema import HTTP_FLOWS, INGEST_GAPS
 
 from .helpers import http_flow
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.api.flow import flow_pb2
-from ingest.demo_traffic import DemoTraffic
+from ingest.demo.traffic import DemoTraffic
 
 from .helpers import DNS_330, HTTP_348, fixture_lines
 

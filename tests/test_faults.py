@@ -25,9 +25,10 @@ import pytest
 from google.protobuf import json_format
 
 from ingest.api.observer import observer_pb2
-from ingest.checkpoint import Checkpoint
-from ingest.decode import Decoder, FlowRows
-from ingest.observer_server import FlowBuffer, ObserverServer
+from ingest.pipeline.checkpoint import Checkpoint
+from ingest.decode.decoder import Decoder
+from ingest.pipeline.records import FlowRows
+from ingest.demo.observer import FlowBuffer, ObserverServer
 
 from .helpers import DNS_330, HTTP_348, REPO, fixture_lines, responses_of
 

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.api.observer import observer_pb2
-from ingest.decode import Decoder, DecodeError
+from ingest.decode.decoder import Decoder
+from ingest.pipeline.records import DecodeError
 from ingest.runner import replay
 from ingest.sources.files import parse_line
 
@@ -145,7 +146,7 @@ def parsed_by_json_format(data) -> bytes | str:
 
 def parsed_by_jsonpb(data) -> bytes | str:
     from google.protobuf import json_format
-    from ingest import jsonpb
+    from ingest.sources import jsonpb
     try:
         return jsonpb.parse(data, observer_pb2.GetFlowsResponse).SerializeToString(deterministic=True)
     except json_format.ParseError as err:
@@ -219,7 +220,7 @@ def test_clickhouse_computes_path_and_query_of_an_absolute_url_as_urlsplit_split
     stored them itself."""
     from urllib.parse import urlsplit
 
-    from ingest.schema import HTTP_FLOWS
+    from ingest.store.schema import HTTP_FLOWS
 
     alias = {c.name: c.alias for c in HTTP_FLOWS.columns if c.alias}
     decoder = Decoder()
@@ -239,7 +240,7 @@ def test_rfc3339_times_split_by_the_fast_route_as_timestamp_parses_them(year, mo
     what Timestamp.FromJsonString gives, and what that refuses, it must not take."""
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from ingest import jsonpb
+    from ingest.sources import jsonpb
 
     text = f"{year:04d}-{month:02d}-{day:02d}{t}{hour:02d}:{minute:02d}:{second:02d}{dot}{fraction if dot else ''}{zone}"
     expected = Timestamp()

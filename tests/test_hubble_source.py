@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from ingest.api.flow import flow_pb2
-from ingest.checkpoint import Checkpoint
-from ingest.decode import L7_EVENT_TYPE
-from ingest.observer_server import FlowBuffer, ObserverServer
+from ingest.pipeline.checkpoint import Checkpoint
+from ingest.api import L7_EVENT_TYPE
+from ingest.demo.observer import FlowBuffer, ObserverServer
 
 from .helpers import (ALL_FIXTURES, DNS_330, HTTP_348, RunningIngester, assert_stored_equals_fixture, count,
                       fixture_lines, ingest_lines, responses_of, wait_for)

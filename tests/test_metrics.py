@@ -7,12 +7,12 @@ from collections import Counter
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.l7metrics import L7Metrics
-from ingest.observer_server import FlowBuffer, ObserverServer
-from ingest.schema import HTTP_FLOWS
+from ingest.metrics.l7 import L7Metrics
+from ingest.demo.observer import FlowBuffer, ObserverServer
+from ingest.store.schema import HTTP_FLOWS
 
 from .helpers import DNS_330, HTTP_348, fixture_lines, responses_of, RunningIngester, wait_for
-from ingest.decode import workload_of
+from ingest.decode.decoder import workload_of
 
 
 def scrape(address: str, path: str = "/metrics", accept: str | None = None) -> tuple[int, str, str]:
@@ -36,7 +36,7 @@ def test_endpoint_serves_metrics_health_and_readiness_while_ingesting(config, cl
         config.source.address = server.address
         with RunningIngester(config, client) as ingester:
             service = server.service
-            wait_for(lambda: service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns)
+            wait_for(lambda: service.caught_up() and ingester.writer.committed_ns >= service.newest_sent_ns)
             address = ingester.endpoint.address
             assert scrape(address, "/healthz")[0] == 200
             assert scrape(address, "/readyz")[:1] == (200,)

@@ -8,9 +8,9 @@ import resource
 import threading
 import time
 
-from ingest.decode import Decoder
-from ingest.demo_traffic import DemoTraffic
-from ingest.observer_server import FlowBuffer, ObserverServer
+from ingest.decode.decoder import Decoder
+from ingest.demo.traffic import DemoTraffic
+from ingest.demo.observer import FlowBuffer, ObserverServer
 
 from .faults import FaultyClient
 from .helpers import RunningIngester, wait_for
@@ -47,7 +47,7 @@ def all_committed(server, ingester) -> bool:
     """Everything the server sent is stored (messages can wait in gRPC's buffers, so the
     server having sent them is not enough)."""
     service = server.service
-    return service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns
+    return service.caught_up() and ingester.writer.committed_ns >= service.newest_sent_ns
 
 
 def take_store_down(ingester, client) -> FaultyClient:
@@ -74,7 +74,7 @@ def test_outage_spools_then_drains_with_nothing_lost_and_memory_bounded(config, 
             rss_before = max_rss_mb()
             feed(buffer, responses, chunk=1000, pause_s=0.05).join()
             wait_for(lambda: server.service.caught_up() and ingester.source.newest_ns and
-                     ingester.pipeline.idle() and ingester.checkpoint.time_ns == ingester.source.newest_ns,
+                     ingester.batcher.idle() and ingester.checkpoint.time_ns == ingester.source.newest_ns,
                      what="everything received and spooled")
             spooled = len(ingester.spool)
             assert spooled >= 10 and ingester.spool.bytes > 1_000_000

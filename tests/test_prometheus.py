@@ -20,7 +20,7 @@ import pytest
 
 from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
-from ingest.observer_server import FlowBuffer, ObserverServer, response_time_ns
+from ingest.demo.observer import FlowBuffer, ObserverServer, response_time_ns
 
 from .helpers import DNS_330, HTTP_348, fixture_lines, responses_of, RunningIngester, wait_for
 from .dashboard_queries import PROMETHEUS, label_values_query, load_dashboards, render_promql, targets, variables
@@ -130,7 +130,7 @@ def test_every_dashboard_promql_query_returns_data_from_a_real_prometheus(config
             for chunk in fixture_chunks():
                 newest_ns = max(response_time_ns(r) for r in chunk if r.HasField("flow"))
                 buffer.extend(chunk)
-                wait_for(lambda: ingester.pipeline.committed_ns >= newest_ns, what="the chunk stored")
+                wait_for(lambda: ingester.writer.committed_ns >= newest_ns, what="the chunk stored")
                 prometheus.wait_for_scrape_after(time.time())
             # A series first seen in the last chunk needs a second sample for rate().
             prometheus.wait_for_scrape_after(prometheus.newest_scrape_s())

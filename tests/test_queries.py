@@ -15,10 +15,12 @@ import uuid
 
 import pytest
 
-from ingest import cli, queries
+from ingest import cli
+from ingest.store import queries
 from ingest import config as config_mod
-from ingest.queries import QueryError
-from ingest.runner import open_store, replay
+from ingest.store.queries import QueryError
+from ingest.runner import replay
+from ingest.store.connection import open_store
 
 from . import answers
 from .helpers import DNS_330, HTTP_348, fixture_lines
@@ -353,7 +355,7 @@ def test_ingest_completeness(config, client, tmp_path):
 
 def _values(name: str, *params: str, **flags) -> dict:
     query = LIBRARY[name]
-    return query.bind(queries.command_values(query, list(params), flags.get("since"), flags.get("start"),
+    return query.bind(cli.command_values(query, list(params), flags.get("since"), flags.get("start"),
                                              flags.get("end"), now_ns=rfc3339_ns("2021-10-05T00:00:00Z")))
 
 
@@ -428,13 +430,13 @@ def test_parameters_are_data_never_sql(store):
 def test_the_cli_path_with_non_utf8_and_injection(store, capsysbinary):
     config, client = store
     parser = argparse.ArgumentParser(prog="flowlog")
-    queries.add_query_parser(parser.add_subparsers(dest="command"), cli._common)
+    cli.add_query_parser(parser.add_subparsers(dest="command"), cli._common)
     before = counts(store)
     # As the shell hands non-UTF-8 bytes to Python: surrogate escapes.
     hostile = b"zipkin\xff'; DROP TABLE dns_flows; --".decode("utf-8", "surrogateescape")
     args = parser.parse_args(["query", "dns_answers", "--from", "2021-10-04", "--until", "2021-10-05",
                               "--param", f"name={hostile}", "--format", "json"])
-    assert queries.run_query(args, config, client) == 0
+    assert cli.run_query(args, config, client) == 0
     assert capsysbinary.readouterr().out == b""
     assert counts(store) == before
 
@@ -448,25 +450,25 @@ def test_the_cli_path_with_non_utf8_and_injection(store, capsysbinary):
 def test_flowlog_query_output_formats(store, capsysbinary, fmt, check):
     config, client = store
     parser = argparse.ArgumentParser(prog="flowlog")
-    queries.add_query_parser(parser.add_subparsers(dest="command"), cli._common)
+    cli.add_query_parser(parser.add_subparsers(dest="command"), cli._common)
     args = parser.parse_args(["query", "dns_failures", "--from", "2021-10-04", "--until", "2021-10-05", "-p",
                               "limit=5", "--format", fmt])
-    assert queries.run_query(args, config, client) == 0
+    assert cli.run_query(args, config, client) == 0
     out = capsysbinary.readouterr().out
     assert check(out), out[:400]
 
 
 def test_flowlog_query_list(capsys):
     parser = argparse.ArgumentParser(prog="flowlog")
-    queries.add_query_parser(parser.add_subparsers(dest="command"), cli._common)
-    assert queries.run_query(parser.parse_args(["query", "--list"]), None, None) == 0
+    cli.add_query_parser(parser.add_subparsers(dest="command"), cli._common)
+    assert cli.run_query(parser.parse_args(["query", "--list"]), None, None) == 0
     out = capsys.readouterr().out
     for name, query in LIBRARY.items():
         assert f"{name}: {query.summary}" in out
     assert "name (String, required): the DNS name" in out
     assert "limit (UInt32, default 20)" in out
     with pytest.raises(QueryError, match="query nope: no such query"):
-        queries.run_query(parser.parse_args(["query", "nope"]), None, None)
+        cli.run_query(parser.parse_args(["query", "nope"]), None, None)
 
 
 def test_flowlog_query_through_the_cli(store, capsysbinary, tmp_path):

@@ -230,7 +230,7 @@ def test_a_loss_report_received_again_is_counted_once_in_the_ledger(config, clie
 
 
 def test_the_dead_letter_file_is_rotated_at_its_size_limit_keeping_the_newest_entries(tmp_path, caplog):
-    from ingest.deadletter import DeadLetters
+    from ingest.pipeline.deadletters import DeadLetters
 
     letters = DeadLetters(tmp_path, max_bytes=2000)
     for number in range(40):
@@ -282,7 +282,7 @@ def test_a_batch_spanning_more_than_a_hundred_days_is_stored(config, client, tmp
 
 
 def test_a_dead_letter_file_removed_by_hand_is_started_again(tmp_path):
-    from ingest.deadletter import DeadLetters
+    from ingest.pipeline.deadletters import DeadLetters
 
     letters = DeadLetters(tmp_path, max_bytes=1000)
     for number in range(2):

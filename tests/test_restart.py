@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from ingest.checkpoint import Checkpoint
-from ingest.observer_server import FlowBuffer, ObserverServer
+from ingest.pipeline.checkpoint import Checkpoint
+from ingest.demo.observer import FlowBuffer, ObserverServer
 
 from .helpers import DNS_330, HTTP_348, REPO, fixture_lines, responses_of, wait_for
 

@@ -1,12 +1,13 @@
-"""Migrations are derived from ingest/schema.py, applied once, and match what the store reports."""
+"""Migrations are derived from ingest/store/, applied once, and match what the store reports."""
 
 from __future__ import annotations
 
 import pytest
 
-from ingest.migrate import MigrationError, SQL_DIR, column_drift, migrate, migration_files, render, sort_key_drift
 from ingest.config import StoreConfig
-from ingest.schema import DATA_TABLES, ROLLUPS, SCHEMA_MIGRATIONS, SCHEMA_VERSION
+from ingest.store.migrations import (SCHEMA_VERSION, SQL_DIR, MigrationError, column_drift, columns_as_of, migrate,
+                                     migration_files, render, sort_key_drift)
+from ingest.store.schema import DATA_TABLES, ROLLUPS, SCHEMA_MIGRATIONS
 
 from .helpers import create_at, v5_rows
 
@@ -58,7 +59,7 @@ def test_a_table_sorted_by_an_older_key_is_reported_not_refused(config, client, 
 
 
 def test_on_a_cluster_the_sort_keys_of_the_shard_local_tables_are_compared(config, client):
-    from ingest.schema import Cluster
+    from ingest.store.schema import Cluster
 
     db = config.store.database
     cluster = Cluster("flowlog")
@@ -93,9 +94,11 @@ def test_a_request_and_its_response_are_stored_side_by_side(config, client):
 
 def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client):
     from ingest.runner import replay
-    from ingest.sink import Sink
-    from ingest.spool import Spool, SpooledBatch
-    from ingest.schema import HTTP_FLOWS
+    from ingest.pipeline.sink import Sink
+    from ingest.pipeline.records import SealedBatch
+    from ingest.pipeline.spool import Spool
+    from ingest.runner import Writer
+    from ingest.store.schema import HTTP_FLOWS
 
     from .helpers import DNS_330, HTTP_348
 
@@ -120,11 +123,11 @@ def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client)
                    parameters={"ids": [r[2] for r in copies]}, settings={"mutations_sync": 2})
     before = client.query(f"SELECT sum(requests) FROM `{db}`.http_rollup_1m").result_rows[0][0]
     spool = Spool(config.state_path / "spool", 1 << 20)
-    batch = SpooledBatch(batch_id="retried", source="test", rows={HTTP_FLOWS.name: copies}, check_stored={},
+    batch = SealedBatch(batch_id="retried", source="test", rows={HTTP_FLOWS.name: copies}, check_stored={},
                          newest_ns=0, ids_at_newest=set(), resolved=True)
     for _ in range(2):
         spool.append(batch)
-        assert sink.drain(spool, force=True)
+        assert Writer(spool, sink).drain(force=True)
     after = client.query(f"SELECT sum(requests) FROM `{db}`.http_rollup_1m").result_rows[0][0]
     assert after - before == 3
 
@@ -154,7 +157,7 @@ def test_migration_5_turns_on_vertical_merges_in_a_store_created_before_it(confi
 def test_audit_granules_hold_about_a_megabyte(config, client):
     import os
 
-    from ingest.schema import L7_AUDIT
+    from ingest.store.schema import L7_AUDIT
 
     db = config.store.database
     # 3,000 flows of 1.4 KB: one granule at ClickHouse's default of 10 MB, five at 1 MB.
@@ -172,8 +175,8 @@ def test_path_and_query_are_computed_from_the_stored_url_as_urlsplit_splits_it(c
     from urllib.parse import urlsplit
 
     from ingest.config import HTTPConfig
-    from ingest.decode import Decoder
-    from ingest.schema import HTTP_FLOWS
+    from ingest.decode.decoder import Decoder
+    from ingest.store.schema import HTTP_FLOWS
 
     from .helpers import http_flow
 
@@ -197,9 +200,9 @@ def test_migration_6_keeps_the_rows_of_a_store_created_before_it(config, client,
     import uuid
     from dataclasses import replace
 
-    from ingest.decode import uuid_text
+    from ingest.store.schema import uuid_text
     from ingest.runner import replay
-    from ingest.schema import DNS_FLOWS, HTTP_FLOWS
+    from ingest.store.schema import DNS_FLOWS, HTTP_FLOWS
 
     from .helpers import DNS_330, HTTP_348
 
@@ -215,9 +218,9 @@ def test_migration_6_keeps_the_rows_of_a_store_created_before_it(config, client,
     create_at(client, store, 5)
     try:
         for table, table_rows in v5_rows([line for f in files for line in f.read_bytes().splitlines()]).items():
-            names = [c.name for c in next(t for t in DATA_TABLES if t.name == table).columns_as_of(5)]
+            names = [c.name for c in columns_as_of(next(t for t in DATA_TABLES if t.name == table), 5)]
             client.insert(f"`{db}`.{table}", table_rows, column_names=names)
-        columns = {table: [c.name for c in table.columns_as_of(5)] for table in (HTTP_FLOWS, DNS_FLOWS)}
+        columns = {table: [c.name for c in columns_as_of(table, 5)] for table in (HTTP_FLOWS, DNS_FLOWS)}
 
         def stored(table) -> list[tuple]:
             result = client.query(f"SELECT {', '.join(columns[table])} FROM `{db}`.{table.name}").result_rows

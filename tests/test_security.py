@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 
-from ingest.observer_server import FlowBuffer, ObserverServer
+from ingest.demo.observer import FlowBuffer, ObserverServer
 from ingest.runner import Ingester
 from ingest.sources.hubble import SourceError
 
@@ -52,7 +52,7 @@ def test_mtls_to_relay_stores_the_flows(config, client, pki):
         use_tls(config, pki, server.address)
         with RunningIngester(config, client) as ingester:
             service = server.service
-            wait_for(lambda: service.caught_up() and ingester.pipeline.committed_ns >= service.newest_sent_ns)
+            wait_for(lambda: service.caught_up() and ingester.writer.committed_ns >= service.newest_sent_ns)
     assert_stored_equals_fixture(client, config, lines)
 
 

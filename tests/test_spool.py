@@ -8,32 +8,36 @@ import pickle
 
 import pytest
 
-from ingest.schema import INGEST_GAPS
-from ingest.spool import Spool, SpooledBatch
+from ingest.store.schema import INGEST_GAPS
+from ingest.pipeline.records import SealedBatch
+from ingest.pipeline.spool import Spool
+from ingest.runner import Writer
+
+from .helpers import legacy_pickle
 
 
-def _batch(batch_id: str) -> SpooledBatch:
+def _batch(batch_id: str) -> SealedBatch:
     """Values of every kind a row holds, in a row as long as the table's."""
     rows = {INGEST_GAPS.name: [(1741078800000263928, "node-1", "id-1", None, True, ["k8s:app=a"], {"Accept": "*/*"},
                                 b"\x0a\x00", 2 ** 63)]}
-    return SpooledBatch(batch_id, "hubble:4245", rows, {INGEST_GAPS.name: {"id-1"}}, 1741078800000263928, {"id-1"},
+    return SealedBatch(batch_id, "hubble:4245", rows, {INGEST_GAPS.name: {"id-1"}}, 1741078800000263928, {"id-1"},
                         {("hubble:4245", "node-1"): {"received": 1, "oldest_ns": 5}}, created_ns=7)
 
 
 def test_a_batch_reads_back_as_written(tmp_path):
     Spool(tmp_path, 1 << 20).append(_batch("b1"))
-    path, batch = Spool(tmp_path, 1 << 20).oldest()  # a new Spool: read from the file, as after a restart
+    path, batch = Spool(tmp_path, 1 << 20).next()  # a new Spool: read from the file, as after a restart
     assert batch == _batch("b1")
 
 
 def test_a_batch_pickled_by_an_earlier_build_is_read(tmp_path):
-    (tmp_path / "000000000001.batch").write_bytes(pickle.dumps(_batch("old"), protocol=pickle.HIGHEST_PROTOCOL))
+    (tmp_path / "000000000001.batch").write_bytes(legacy_pickle(_batch("old")))
     spool = Spool(tmp_path, 1 << 20)
     spool.append(_batch("new"))
-    assert [spool.oldest()[1].batch_id, spool.newest().batch_id] == ["old", "new"]
+    assert [spool.next()[1].batch_id, spool.newest().batch_id] == ["old", "new"]
 
 
-def _v5_batch() -> SpooledBatch:
+def _v5_batch() -> SealedBatch:
     """A batch as the build of schema version 5 spooled it: http_flows rows with path and
     query, and a flow_id in any text (here one that is no UUID)."""
     from .helpers import DNS_330, HTTP_348
@@ -44,23 +48,24 @@ def _v5_batch() -> SpooledBatch:
     rows = v5_rows(lines)
     ids = {row[2] for row in rows["l7_audit"]}
     assert "flow-17" in ids and rows["dns_flows"][0][2] == "flow-17"
-    return SpooledBatch("v5", "file", rows, {"dns_flows": {"flow-17"}, "l7_audit": ids}, 0, {"flow-17"},
+    return SealedBatch("v5", "file", rows, {"dns_flows": {"flow-17"}, "l7_audit": ids}, 0, {"flow-17"},
                         {("file", "node"): {"received": 10}}, created_ns=7)
 
 
 @pytest.mark.parametrize("written_by", ["marshal", "pickle"])
 def test_a_batch_spooled_before_schema_version_6_is_read_in_its_layout(tmp_path, written_by):
-    from ingest.decode import uuid_text
-    from ingest.schema import DNS_FLOWS, HTTP_FLOWS
+    from ingest.store.schema import uuid_text
+    from ingest.store.migrations import columns_as_of
+    from ingest.store.schema import DNS_FLOWS, HTTP_FLOWS
 
     old = _v5_batch()
     if written_by == "marshal":  # as the v5 build wrote it: no schema_version
         data = b"flowlog-spool 2 marshal\n" + marshal.dumps({k: getattr(old, k) for k in old.__dataclass_fields__})
     else:
-        data = pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL)
+        data = legacy_pickle(old)
     (tmp_path / "000000000001.batch").write_bytes(data)
-    batch = Spool(tmp_path, 1 << 20).oldest()[1]
-    v5_names = [c.name for c in HTTP_FLOWS.columns_as_of(5)]
+    batch = Spool(tmp_path, 1 << 20).next()[1]
+    v5_names = [c.name for c in columns_as_of(HTTP_FLOWS, 5)]
     for before, after in zip(old.rows["http_flows"], batch.rows["http_flows"], strict=True):
         assert dict(zip(HTTP_FLOWS.column_names, after)) == {k: v for k, v in zip(v5_names, before)
                                                             if k not in ("path", "query")}
@@ -72,13 +77,13 @@ def test_a_batch_spooled_before_schema_version_6_is_read_in_its_layout(tmp_path,
 
 
 def test_a_batch_spooled_before_schema_version_6_is_stored(config, client, tmp_path):
-    from ingest.sink import Sink
+    from ingest.pipeline.sink import Sink
 
     old = _v5_batch()
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
-    (spool_dir / "000000000001.batch").write_bytes(pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL))
-    assert Sink(client, config.store.database).drain(Spool(spool_dir, 1 << 20), force=True)
+    (spool_dir / "000000000001.batch").write_bytes(legacy_pickle(old))
+    assert Writer(Spool(spool_dir, 1 << 20), Sink(client, config.store.database)).drain(force=True)
     db = config.store.database
     counts = client.query(f"SELECT (SELECT count() FROM `{db}`.http_flows), (SELECT count() FROM `{db}`.dns_flows), "
                           f"(SELECT countIf(path != '') FROM `{db}`.http_flows)").result_rows
@@ -95,22 +100,22 @@ def test_a_batch_spooled_before_schema_version_6_is_stored(config, client, tmp_p
 def test_old_rows_that_fit_no_layout_make_the_file_unreadable(tmp_path, damage, reason):
     broken = _v5_batch()
     damage(broken.rows["http_flows"])
-    (tmp_path / "000000000001.batch").write_bytes(pickle.dumps(broken, protocol=pickle.HIGHEST_PROTOCOL))
-    _, record = Spool(tmp_path, 1 << 20).oldest()
+    (tmp_path / "000000000001.batch").write_bytes(legacy_pickle(broken))
+    _, record = Spool(tmp_path, 1 << 20).next()
     assert list(record.rows) == [INGEST_GAPS.name] and reason in record.rows[INGEST_GAPS.name][0][-1]
 
 
 @pytest.mark.parametrize("cut", [1, -1], ids=["one value short", "one value more"])
 def test_rows_of_another_length_than_the_current_layout_make_the_file_unreadable(tmp_path, cut):
     """Before, such a row reached the sink, which failed on it at every start."""
-    from ingest.schema import SCHEMA_VERSION
+    from ingest.store.migrations import SCHEMA_VERSION
 
     batch = _batch("short")
     [row] = batch.rows[INGEST_GAPS.name]
     batch.rows[INGEST_GAPS.name] = [row[:-1] if cut == 1 else row + (None,)]
     values = {k: getattr(batch, k) for k in batch.__dataclass_fields__} | {"schema_version": SCHEMA_VERSION}
     (tmp_path / "000000000001.batch").write_bytes(b"flowlog-spool 2 marshal\n" + marshal.dumps(values))
-    _, record = Spool(tmp_path, 1 << 20).oldest()
+    _, record = Spool(tmp_path, 1 << 20).next()
     assert record.source == "spool"
     width = len(INGEST_GAPS.column_names)
     assert (f"ingest_gaps rows of {width - cut} values, where schema version {SCHEMA_VERSION} has {width}"
@@ -119,15 +124,15 @@ def test_rows_of_another_length_than_the_current_layout_make_the_file_unreadable
 
 def test_rows_of_the_current_layout_from_a_file_that_does_not_say_are_read_as_they_are(tmp_path):
     """The first build of schema version 6 did not record it yet."""
-    from ingest.decode import Decoder
+    from ingest.decode.decoder import Decoder
     from ingest.sources.files import parse_line
 
     from .helpers import HTTP_348
 
     rows = [Decoder().decode(parse_line(line)).row for line in HTTP_348.read_bytes().splitlines()[:3]]
-    batch = SpooledBatch("v6", "file", {"http_flows": rows}, {}, 0, set(), {})
-    (tmp_path / "000000000001.batch").write_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-    assert Spool(tmp_path, 1 << 20).oldest()[1].rows == {"http_flows": rows}
+    batch = SealedBatch("v6", "file", {"http_flows": rows}, {}, 0, set(), {})
+    (tmp_path / "000000000001.batch").write_bytes(legacy_pickle(batch))
+    assert Spool(tmp_path, 1 << 20).next()[1].rows == {"http_flows": rows}
 
 
 def _moved() -> float:
@@ -153,8 +158,8 @@ def test_an_unreadable_file_is_moved_aside_and_recorded_in_its_place(tmp_path, c
     (tmp_path / "000000000001.batch").write_bytes(content)
     Spool(tmp_path, 1 << 20).append(_batch("good"))
     spool = Spool(tmp_path, 1 << 20)
-    with caplog.at_level("ERROR", logger="ingest.spool"):
-        path, record = spool.oldest()
+    with caplog.at_level("ERROR", logger="ingest.pipeline.spool"):
+        path, record = spool.next()
     [aside] = (tmp_path / "unreadable").iterdir()
     assert aside.name.endswith("-000000000001.batch") and aside.read_bytes() == content
     assert "000000000001.batch: " in caplog.text and str(aside) in caplog.text
@@ -166,8 +171,8 @@ def test_an_unreadable_file_is_moved_aside_and_recorded_in_its_place(tmp_path, c
     assert (gap["kind"], gap["source"], gap["node"], gap["count"]) == ("spool_unreadable", str(aside), "", 0)
     assert gap["message"].startswith(f"{tmp_path / '000000000001.batch'}: ")
     assert record.check_stored == {"ingest_gaps": {gap["gap_id"]}}
-    spool.remove(path)
-    assert spool.oldest()[1].batch_id == "good"
+    spool.done(path)
+    assert spool.next()[1].batch_id == "good"
     # The record is a spool file like any other: it survives a restart until stored.
     assert len(Spool(tmp_path, 1 << 20)) == 1
 
@@ -191,7 +196,7 @@ def test_files_named_otherwise_are_moved_aside_at_start(tmp_path):
         (tmp_path / name).write_bytes(b"written by hand")
     spool = Spool(tmp_path, 1 << 20)
     assert [p.name for p in spool._files()] == ["000000000001.batch", "000000000002.batch", "000000000003.batch"]
-    assert spool.oldest()[1].batch_id == "good"
+    assert spool.next()[1].batch_id == "good"
     assert spool.append(_batch("next")).name == "000000000004.batch"
     assert sorted(p.name.split("-", 1)[1] for p in (tmp_path / "unreadable").iterdir()) == ["notes.batch", "².batch"]
 
@@ -205,32 +210,32 @@ def test_a_full_disk_keeps_the_file_aside_without_a_record(tmp_path, monkeypatch
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Spool, "_write_aside", disk_full)
-    with caplog.at_level("ERROR", logger="ingest.spool"):
-        assert Spool(tmp_path, 1 << 20).oldest() is None
+    with caplog.at_level("ERROR", logger="ingest.pipeline.spool"):
+        assert Spool(tmp_path, 1 << 20).next() is None
     assert [p.read_bytes() for p in (tmp_path / "unreadable").iterdir()] == [b"hello"]
     assert "no ingest_gaps row records it" in caplog.text and "No space left on device" in caplog.text
 
 
 def test_files_moved_aside_under_the_same_name_are_all_kept(tmp_path, monkeypatch):
-    monkeypatch.setattr("ingest.spool.time.strftime", lambda *_: "20261126T000000Z")  # all in one second
+    monkeypatch.setattr("ingest.pipeline.spool.time.strftime", lambda *_: "20261126T000000Z")  # all in one second
     for content in (b"first", b"second", b"third"):
         (tmp_path / "000000000001.batch").write_bytes(content)
         spool = Spool(tmp_path, 1 << 20)
-        spool.remove(spool.oldest()[0])  # the record of it, stored
+        spool.done(spool.next()[0])  # the record of it, stored
     kept = sorted(p.read_bytes() for p in (tmp_path / "unreadable").iterdir())
     assert kept == [b"first", b"second", b"third"]
 
 
 def test_the_loss_reaches_the_store_and_the_completeness_query(config, client, tmp_path):
-    from ingest import queries
-    from ingest.sink import Sink
+    from ingest.store import queries
+    from ingest.pipeline.sink import Sink
 
     spool = Spool(config.state_path / "spool", 1 << 20)
     spool.append(_batch("good"))
     (config.state_path / "spool" / "000000000001.batch").write_bytes(b"flowlog-spool 2 marshal\n\x00")
     spool = Spool(config.state_path / "spool", 1 << 20)
     sink = Sink(client, config.store.database)
-    assert sink.drain(spool, force=True) and len(spool) == 0
+    assert Writer(spool, sink).drain(force=True) and len(spool) == 0
     db = config.store.database
     gaps = client.query(f"SELECT kind, source, node FROM `{db}`.ingest_gaps").result_rows
     [aside] = (config.state_path / "spool" / "unreadable").iterdir()
@@ -241,18 +246,18 @@ def test_the_loss_reaches_the_store_and_the_completeness_query(config, client, t
     os.utime(config.state_path / "spool" / "000000000003.batch", ns=(aside.stat().st_atime_ns,
                                                                      aside.stat().st_mtime_ns))
     (config.state_path / "spool" / "000000000003.batch").rename(config.state_path / "spool" / "000000000001.batch")
-    assert sink.drain(Spool(config.state_path / "spool", 1 << 20), force=True)
+    assert Writer(Spool(config.state_path / "spool", 1 << 20), sink).drain(force=True)
     assert client.query(f"SELECT count() FROM `{db}`.ingest_gaps").result_rows == [(1,)]
     rows = queries.load()["ingest_completeness"].rows(client, {"from": "2000-01-01", "until": "2200-01-01"}, db)
     assert [(r["node"], r["spool_batches_lost"]) for r in rows if r["spool_batches_lost"]] == [("", 1)]
 
 
 def _decoded_batch(batch_id: str, lines: list[bytes], damage: tuple[str, int, str, object] | None = None
-                   ) -> SpooledBatch:
+                   ) -> SealedBatch:
     """A spooled batch of decoded fixture lines; damage (table, row, column, value) gives one
     typed row a value its column cannot take, as only a defect in the decoder would."""
-    from ingest.decode import Decoder
-    from ingest.schema import DATA_TABLES
+    from ingest.decode.decoder import Decoder
+    from ingest.store.schema import DATA_TABLES
     from ingest.sources.files import parse_line
 
     decoder = Decoder()
@@ -265,7 +270,7 @@ def _decoded_batch(batch_id: str, lines: list[bytes], damage: tuple[str, int, st
         table, at, column, value = damage
         row, index = rows[table][at], next(t for t in DATA_TABLES if t.name == table).column_names.index(column)
         rows[table][at] = row[:index] + (value,) + row[index + 1:]
-    return SpooledBatch(batch_id, "file", rows, {}, 0, set(), {("file", "node"): {"received": len(lines)}},
+    return SealedBatch(batch_id, "file", rows, {}, 0, set(), {("file", "node"): {"received": len(lines)}},
                         created_ns=7)
 
 
@@ -288,14 +293,14 @@ def _http_and_dns_lines() -> tuple[list[bytes], list[bytes]]:
 ], ids=["value too large", "value of the wrong kind", "after one table was stored"])
 def test_a_batch_the_store_client_refuses_is_set_aside_and_the_next_one_stored(config, client, tmp_path, damage,
                                                                                 message):
-    from ingest.sink import Sink
+    from ingest.pipeline.sink import Sink
 
     http, dns = _http_and_dns_lines()
     spool = Spool(tmp_path, 1 << 20)
     spool.append(_decoded_batch("refused", http[:3] + dns[:2], damage))
     spool.append(_decoded_batch("next", http[3:7]))
     before = _moved()
-    assert Sink(client, config.store.database).drain(spool, force=True)  # before the fix: retried forever
+    assert Writer(spool, Sink(client, config.store.database)).drain(force=True)  # before the fix: retried forever
     assert len(spool) == 0 and _moved() - before == 1
     [aside] = (tmp_path / "unreadable").iterdir()
     assert aside.name.endswith("-000000000001.batch")
@@ -312,7 +317,7 @@ def test_a_batch_the_store_client_refuses_is_set_aside_and_the_next_one_stored(c
 def test_batch_after_batch_refused_is_a_failing_store_not_batches_to_set_aside(config, client, tmp_path):
     """When the next batch is refused too, the fault is not in a batch (a column's type
     changed under the ingester, say): setting batches aside would discard them all."""
-    from ingest.sink import Sink
+    from ingest.pipeline.sink import Sink
 
     http, dns = _http_and_dns_lines()
     spool = Spool(tmp_path, 1 << 20)
@@ -322,18 +327,18 @@ def test_batch_after_batch_refused_is_a_failing_store_not_batches_to_set_aside(c
     spool.append(_decoded_batch("http 2", http[3:6], refused))
     spool.append(_decoded_batch("http 3", http[6:9]))
     sink = Sink(client, config.store.database)
-    assert not sink.drain(spool, force=True)
+    assert not Writer(spool, sink).drain(force=True)
     assert len(list((tmp_path / "unreadable").iterdir())) == 1 and not sink.healthy
     # The first batch's record and the DNS batch were stored; the second HTTP batch waits, the third behind it.
-    assert [spool.oldest()[1].batch_id, len(spool)] == ["http 2", 2]
-    assert not sink.drain(spool, force=True) and len(spool) == 2
+    assert [spool.next()[1].batch_id, len(spool)] == ["http 2", 2]
+    assert not Writer(spool, sink).drain(force=True) and len(spool) == 2
     db = config.store.database
     assert client.query(f"SELECT (SELECT count() FROM `{db}`.dns_flows), (SELECT count() FROM `{db}`.http_flows)"
                         ).result_rows == [(3, 0)]
 
 
 def test_a_table_that_took_rows_before_a_refusal_at_the_next_table_is_no_longer_refusing(config, client, tmp_path):
-    from ingest.sink import Sink
+    from ingest.pipeline.sink import Sink
 
     http, dns = _http_and_dns_lines()
     spool = Spool(tmp_path, 1 << 20)
@@ -342,13 +347,13 @@ def test_a_table_that_took_rows_before_a_refusal_at_the_next_table_is_no_longer_
     spool.append(_decoded_batch("dns refused", http[3:6] + dns[:2], ("dns_flows", 0, "rcode", 70000)))
     spool.append(_decoded_batch("http refused again", http[6:9], ("http_flows", 1, "status_code", 70000)))
     sink = Sink(client, config.store.database)
-    assert sink.drain(spool, force=True) and sink.healthy  # each refusal was about one batch
+    assert Writer(spool, sink).drain(force=True) and sink.healthy  # each refusal was about one batch
     assert len(list((tmp_path / "unreadable").iterdir())) == 3
 
 
 @pytest.mark.parametrize("days, lifted", [(100, False), (101, True)])
 def test_the_partition_limit_is_lifted_only_for_a_block_spanning_more_days_than_it_allows(days, lifted):
-    from ingest.sink import _partitions_setting
+    from ingest.pipeline.sink import _partitions_setting
 
     rows = [(day * 86_400 * 10**9 + 5,) for day in range(days)] * 2
     assert _partitions_setting(rows) == ({"max_partitions_per_insert_block": 0} if lifted else {})
@@ -358,12 +363,12 @@ def test_unreadable_keeps_the_newest_files_within_the_spools_size(tmp_path, capl
     kept = tmp_path / "unreadable"
     for number in range(1, 6):
         (tmp_path / f"{number:012d}.batch").write_bytes(b"x" * 400)
-        Spool(tmp_path, 1000).oldest()  # each read in its own start: moved aside, a record in its place
+        Spool(tmp_path, 1000).next()  # each read in its own start: moved aside, a record in its place
         for record in list(tmp_path.glob("*.batch")):
             record.unlink()
     # Each start moved one file; the newest two fit in 1000 bytes, the third would not.
     assert sorted(p.name[17:] for p in kept.iterdir()) == ["000000000004.batch", "000000000005.batch"]
     assert "within spool.max_mb" in caplog.text
     (tmp_path / "000000000006.batch").write_bytes(b"x" * 5000)
-    Spool(tmp_path, 1000).oldest()
+    Spool(tmp_path, 1000).next()
     assert [p.name[17:] for p in kept.iterdir()] == ["000000000006.batch"]  # the newest, whatever its size

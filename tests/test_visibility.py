@@ -23,7 +23,7 @@ import yaml
 
 from ingest import cli
 from ingest.config import ConfigError, VisibilityConfig, load
-from ingest.schema import HTTP_FLOWS
+from ingest.store.schema import HTTP_FLOWS
 from ingest.visibility import (KubeError, add_visibility_parser, apply, connect, delete, ensure_visibility, render,
                                status, visibility_overrides)
 

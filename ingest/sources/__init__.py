@@ -1,2 +1,4 @@
-"""Where flows come from: `hubble` (gRPC, live) and `files` (backfill). Both decode with
-`ingest.decode` and hand `pipeline.Entry`s to the pipeline."""
+"""Where flows come from: `hubble` (follows `Observer.GetFlows`, live) and `files` (backfill
+from JSON Lines, with `jsonpb` to parse them). A source reads messages within a
+`pipeline.records.Window` and hands each to the dispatcher (`decode.dispatch`); it does
+not decode."""

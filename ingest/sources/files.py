@@ -2,8 +2,9 @@
 
 Reads JSON Lines (one `GetFlowsResponse` per line, or a bare `Flow` object per line),
 plain or gzip-compressed, or `-` for standard input. Each line is parsed into the same
-message the gRPC source receives and goes through the same decoder, in file order (the
-decoder learns DNS answers as it goes). A bad line is dead-lettered with its file and
+message the gRPC source receives and handed to the dispatcher in file order (the
+decoder learns DNS answers as it goes), each file in a window of its own in which every
+flow is looked up before it is stored. A bad line is dead-lettered with its file and
 line number and the rest of the file goes on.
 
 Parsing JSON into messages is most of a replay's work and needs no state, so on a
@@ -27,12 +28,10 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from .. import jsonpb, metrics
 from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2
-from ..deadletter import DeadLetters
-from ..decode import Decoder, DecodeError, FlowRows, GapRow
-from ..pipeline import Entry, Tally
+from ..pipeline.records import DecodeError, Window
+from . import jsonpb
 
 RESPONSE_KEYS = {"flow", "lost_events", "node_status"}
 _CHUNK_LINES = 2000
@@ -51,6 +50,14 @@ class ReplayCounts:
     filtered: int = 0
     gaps: int = 0
     bad_lines: int = 0
+
+    def add(self, window: Window) -> None:
+        """What the dispatcher counted in one file's window."""
+        self.lines += window.read
+        self.l7_flows += window.flows
+        self.filtered += window.filtered
+        self.gaps += window.gaps
+        self.bad_lines += window.bad
 
 
 def _open(path: str) -> io.BufferedIOBase:
@@ -87,11 +94,12 @@ def parse_line(line: bytes) -> observer_pb2.GetFlowsResponse:
 
 
 class FileSource:
-    def __init__(self, paths: list[str], decoder: Decoder, dead_letters: DeadLetters, emit, progress=None):
+    """Reads the files in order into `out` (the dispatcher: `message` for each parsed line,
+    `unreadable` for a line that is no message), and sums what it read in `counts`."""
+
+    def __init__(self, paths: list[str], out, progress=None):
         self.paths = paths
-        self.decoder = decoder
-        self.dead_letters = dead_letters
-        self.emit = emit
+        self.out = out
         self.progress = progress
         self.counts = ReplayCounts()
 
@@ -109,62 +117,33 @@ class FileSource:
         """Every line of the file in order. `parse` turns a chunk of lines into messages or
         error texts, or, when `ahead` chunks may be in flight, into a future of them."""
         stream = _open(path)
-        name = "<stdin>" if path == "-" else path
-        number = 0
+        window = Window("<stdin>" if path == "-" else path, place="{source}:{n}")
         pending: collections.deque = collections.deque()
         try:
             while chunk := list(itertools.islice(stream, _CHUNK_LINES)):
                 pending.append((chunk, parse(chunk)))
                 while len(pending) > ahead:
                     chunk, parsed = pending.popleft()
-                    number = self._chunk(name, number, chunk, parsed.result() if ahead else parsed)
+                    self._chunk(window, chunk, parsed.result() if ahead else parsed)
             while pending:
                 chunk, parsed = pending.popleft()
-                number = self._chunk(name, number, chunk, parsed.result())
+                self._chunk(window, chunk, parsed.result())
         finally:
             for _, parsed in pending:
                 parsed.cancel()
             if stream is not sys.stdin.buffer:
                 stream.close()
+            self.counts.add(window)
 
-    def _chunk(self, name: str, number: int, lines: list[bytes], parsed: list) -> int:
-        for line, message in zip(lines, parsed):
-            number += 1
-            self._line(name, number, line.rstrip(b"\r\n"), message)
+    def _chunk(self, window: Window, lines: list[bytes], parsed: list) -> None:
+        message, unreadable = self.out.message, self.out.unreadable
+        for line, result in zip(lines, parsed):
+            if isinstance(result, str):
+                unreadable(window, result, line.rstrip(b"\r\n"))
+            else:
+                message(window, observer_pb2.GetFlowsResponse.FromString(result), line.rstrip(b"\r\n"))
         if self.progress is not None:
             self.progress(sum(map(len, lines)))
-        return number
-
-    def _line(self, name: str, number: int, line: bytes, parsed: bytes | str) -> None:
-        self.counts.lines += 1
-        try:
-            if isinstance(parsed, str):
-                raise DecodeError(parsed)
-            decoded = self.decoder.decode(observer_pb2.GetFlowsResponse.FromString(parsed))
-        except DecodeError as err:
-            self.counts.bad_lines += 1
-            metrics.DECODE_ERRORS.labels("file").inc()
-            self.dead_letters.add(f"{name}:{number}", str(err), line)
-            self.emit(Entry(Tally("", quarantined=1), False, name))
-            return
-        if isinstance(decoded, list):
-            for gap in decoded:
-                self.counts.gaps += 1
-                self.emit(Entry(gap, True, name))
-            return
-        if isinstance(decoded, GapRow):
-            self.counts.gaps += 1
-            self.emit(Entry(decoded, True, name))
-            return
-        if isinstance(decoded, FlowRows):
-            self.counts.l7_flows += 1
-            metrics.FLOWS_RECEIVED.labels("file", "L7").inc()
-            self.emit(Entry(decoded, True, name))
-            return
-        self.counts.filtered += 1
-        metrics.FLOWS_RECEIVED.labels("file", decoded.kind).inc()
-        metrics.FLOWS_FILTERED.labels(decoded.kind).inc()
-        self.emit(Entry(Tally(decoded.node, decoded.time_ns, filtered=1), False, name))
 
 
 def parse_workers() -> int:

@@ -3,18 +3,19 @@
 Asks only for L7 events (`event_type.type = 129`, what `hubble observe -t l7` asks),
 plus the configured namespace and verdict filters. Resumes with `since` = the newest
 flow already received (at start: the checkpoint, the newest flow durably stored), so
-a reconnect or a restart loses nothing; flows at or before that time are marked as
-possibly stored, and the sink checks them. A resume point ahead of this host's clock
-(flows stamped in the future) would make Hubble skip every flow until that time: then
-it asks for all Hubble holds, and marks every flow of that connection as possibly
-stored. Reconnects forever with exponential backoff and full jitter. Lost events and
-node status messages become gap rows.
+a reconnect or a restart loses nothing. Each connection is a `Window` for the
+dispatcher: after a reconnect, flows at or before the resume point may be stored
+already and are looked up; at start, the flows the checkpoint names at that instant are
+dropped. A resume point ahead of this host's clock (flows stamped in the future) would
+make Hubble skip every flow until that time: then it asks for all Hubble holds, and
+every flow of that connection up to the resume point is looked up. Reconnects forever
+with exponential backoff and full jitter; a stream that breaks after delivering is
+recorded as a gap.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 
@@ -23,14 +24,13 @@ import grpc.experimental
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from .. import metrics
+from ..api import L7_EVENT_TYPE
 from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2, observer_pb2_grpc
-from ..api.relay import relay_pb2
+from ..backoff import Backoff
 from ..config import SourceConfig
-from ..deadletter import DeadLetters
-from ..decode import L7_EVENT_TYPE, Decoder, DecodeError, FlowRows, GapRow, interruption_gap
 from ..logs import RateLimitedLog
-from ..pipeline import Entry, Tally
+from ..pipeline.records import Window, interruption_gap
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ def _read(key: str, path: str) -> bytes | None:
 # clocks of Relay's nodes differ a little): flows stamped up to that much before it, on
 # nodes whose clocks are right, would not be asked for.
 _AHEAD_OF_CLOCK_NS = 1_000_000_000
+# How a dead letter names a message: the stream and the message's number in this process.
+_PLACE = "{source}#message {n}"
 
 
 def flows_request(config: SourceConfig, since_ns: int) -> observer_pb2.GetFlowsRequest:
@@ -107,27 +109,29 @@ def flows_request(config: SourceConfig, since_ns: int) -> observer_pb2.GetFlowsR
 
 
 class HubbleSource:
-    def __init__(self, config: SourceConfig, decoder: Decoder, dead_letters: DeadLetters,
-                 emit, stop: threading.Event, resume_ns: int = 0, resume_ids: set[str] | None = None):
+    """Follows the configured Hubble into `out` (the dispatcher: `message` for each message,
+    `gap` for a stream that broke) until `stop` is set."""
+
+    def __init__(self, config: SourceConfig, out, stop: threading.Event, resume_ns: int = 0,
+                 resume_ids: set[str] | None = None):
         self.config = config
         self.connector = Connector(config)
-        self.decoder = decoder
-        self.dead_letters = dead_letters
-        self.emit = emit
+        self.out = out
         self.stop = stop
         # From the checkpoint: everything up to resume_ns is durable, and at resume_ns
         # exactly these ids (Hubble's `since` is inclusive, so those come again).
         self.resume_ns = resume_ns
         self.resume_ids = set(resume_ids or ())
-        self.newest_ns = resume_ns
         self.connections = 0
-        self._overlap_ns = 0
         self.connected = threading.Event()
         self._call = None
-        self._lost_log = RateLimitedLog(log)
-        self._received_l7 = metrics.FLOWS_RECEIVED.labels("hubble", "L7")
         self._connect_log = RateLimitedLog(log, interval_s=5.0)
-        self.messages = 0
+        self._window = Window(config.address, _PLACE, newest_ns=resume_ns)
+
+    @property
+    def newest_ns(self) -> int:
+        """The newest flow received: where the next connection resumes."""
+        return self._window.newest_ns
 
     def cancel(self) -> None:
         """Ends the current stream from another thread (shutdown)."""
@@ -136,7 +140,7 @@ class HubbleSource:
             call.cancel()
 
     def run(self) -> None:
-        delay = self.config.reconnect_initial_s
+        backoff = Backoff(self.config.reconnect_initial_s, self.config.reconnect_max_s)
         attempt = 0
         while not self.stop.is_set():
             if attempt:
@@ -146,18 +150,17 @@ class HubbleSource:
             if self.stop.is_set():
                 break
             if received:
-                delay = self.config.reconnect_initial_s
-            wait = random.uniform(0, delay)
+                backoff.reset()
+            wait = backoff.next_wait()
             log.info("reconnecting to %s in %.1f s", self.config.address, wait)
             self.stop.wait(wait)
-            delay = min(delay * 2, self.config.reconnect_max_s)
 
     def _stream_once(self) -> int:
         """One GetFlows call until it ends; returns how many messages it delivered."""
         since_ns = self.newest_ns
         # After a reconnect in this process, flows up to since_ns may be in a batch or
-        # already stored: the sink looks them up. At start the checkpoint is exact.
-        self._overlap_ns = since_ns if self.connections else 0
+        # already stored: they are looked up. At start the checkpoint is exact.
+        maybe_stored_until_ns = since_ns if self.connections else 0
         now_ns = time.time_ns()
         if since_ns > now_ns + _AHEAD_OF_CLOCK_NS:
             # Hubble would skip every flow until that time comes: a node whose clock ran
@@ -166,9 +169,13 @@ class HubbleSource:
             log.warning("the newest flow received, at %s, is ahead of this host's clock (%s): asking %s for every "
                         "flow it holds; each is looked up and not stored again",
                         _iso(since_ns), _iso(now_ns), self.config.address)
-            self._overlap_ns, since_ns = since_ns, 0
+            maybe_stored_until_ns, since_ns = since_ns, 0
+        # Messages are numbered across connections, so a dead letter's place is unique.
+        window = self._window = Window(self.config.address, _PLACE, maybe_stored_until_ns, self.resume_ns,
+                                       self.resume_ids, newest_ns=self.newest_ns, read=self._window.read)
         self.connections += 1
         received = 0
+        message = self.out.message
         channel = self.connector.open()
         try:
             stub = observer_pb2_grpc.ObserverStub(channel)
@@ -181,7 +188,7 @@ class HubbleSource:
                     metrics.CONNECTED.set(1)
                     log.info("streaming L7 flows from %s since %s", self.config.address, _iso(since_ns))
                 received += 1
-                self._handle(response)
+                message(window, response)
         except grpc.RpcError as err:
             if not self.stop.is_set():
                 code = err.code() if hasattr(err, "code") else None
@@ -191,9 +198,8 @@ class HubbleSource:
                                           code.name if code else "", details, hint)
                 if received:
                     now_ns = time.time_ns()
-                    self.emit(Entry(interruption_gap(self.config.address, "", min(self.newest_ns, now_ns), now_ns,
-                                                     f"{code.name if code else 'ERROR'}: {details}"),
-                                    False, self.config.address))
+                    self.out.gap(window, interruption_gap(self.config.address, "", min(window.newest_ns, now_ns),
+                                                          now_ns, f"{code.name if code else 'ERROR'}: {details}"))
         finally:
             self._call = None
             self.connected.clear()
@@ -210,48 +216,6 @@ class HubbleSource:
             return (" (TLS: if the server requires client certificates (mTLS), set source.tls.cert_file "
                     "and source.tls.key_file)")
         return " (TLS: check source.tls.ca_file, source.tls.server_name and the client certificate)"
-
-    def _handle(self, response: observer_pb2.GetFlowsResponse) -> None:
-        self.messages += 1
-        try:
-            decoded = self.decoder.decode(response)
-        except DecodeError as err:
-            metrics.DECODE_ERRORS.labels("hubble").inc()
-            self.dead_letters.add(f"{self.config.address}#message {self.messages}", str(err),
-                                  response.SerializeToString())
-            self.emit(Entry(Tally(response.node_name, quarantined=1), False, self.config.address))
-            return
-        if type(decoded) is FlowRows:  # nearly every message: the hot path
-            self._received_l7.inc()
-            if decoded.time_ns == self.resume_ns and decoded.audit_id in self.resume_ids:
-                metrics.DUPLICATES_DROPPED.labels("l7_audit").inc()
-                return
-            if decoded.time_ns > self.newest_ns:
-                self.newest_ns = decoded.time_ns
-            self.emit(Entry(decoded, decoded.time_ns <= self._overlap_ns, self.config.address))
-            return
-        if isinstance(decoded, list):
-            status = response.node_status
-            state = relay_pb2.NodeState.Name(status.state_change) if status.state_change in range(5) else "UNKNOWN"
-            metrics.NODE_STATUS.labels(state).inc()
-            log.info("Hubble Relay: nodes %s are %s: %s", ",".join(status.node_names), state, status.message)
-            for gap in decoded:
-                self.emit(Entry(gap, True, self.config.address))
-            return
-        if isinstance(decoded, GapRow):
-            lost = response.lost_events
-            metrics.LOST_EVENTS.labels(flow_pb2.LostEventSource.Name(lost.source)).inc(lost.num_events_lost)
-            self._lost_log.warning("Hubble lost %d events (%s) on %s", lost.num_events_lost,
-                                   flow_pb2.LostEventSource.Name(lost.source), response.node_name or "?")
-            # Hubble sends a report again when a stream resumes before the flow that followed
-            # it, which can be after the newest flow received: always looked up (reports are
-            # rare, and a batch's lookups are one query per table).
-            self.emit(Entry(decoded, True, self.config.address))
-            return
-        # Not L7: Hubble was asked for L7 events only, but a server may send others.
-        metrics.FLOWS_RECEIVED.labels("hubble", decoded.kind).inc()
-        metrics.FLOWS_FILTERED.labels(decoded.kind).inc()
-        self.emit(Entry(Tally(decoded.node, decoded.time_ns, filtered=1), False, self.config.address))
 
 
 def _iso(ns: int) -> str:

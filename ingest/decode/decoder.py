@@ -1,29 +1,28 @@
-"""Decoding: one Hubble `GetFlowsResponse` into rows of the stored tables.
+"""Decoding: one Hubble `GetFlowsResponse` into the rows of the stored tables.
 
-Both sources (gRPC and files) end here, so a flow is turned into rows in exactly one
-way. Row layouts come from `schema`: the decoder fills a value for every column name
-and `operator.itemgetter` lays them out in the table's column order.
+Both sources end here, so a flow is turned into rows in exactly one way. The decoder
+fills each row by column name and `store.schema` lays the values out in the table's
+column order: adding a column is an edit to the schema and to the line here that gives
+its value. Lost-event and node-status messages become `ingest_gaps` rows.
 
-It does not batch, deduplicate or write; it raises `DecodeError` on a flow that
-cannot be stored, and the caller decides what to do with it.
+It does not batch, deduplicate or write; it raises `DecodeError` on a message that
+cannot be stored, and the dispatcher decides what to do with it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from operator import itemgetter
 from urllib.parse import urlsplit, urlunsplit
 
-from .api.flow import flow_pb2
-from .api.observer import observer_pb2
-from .api.relay import relay_pb2
-from .config import HTTPConfig
+from ..api.flow import flow_pb2
+from ..api.observer import observer_pb2
+from ..api.relay import relay_pb2
+from ..config import HTTPConfig
+from ..pipeline.records import DecodeError, Filtered, FlowRows, GapRow, gap
+from ..store.schema import DNS_FLOWS, HTTP_FLOWS, L7_AUDIT, uuid_text
 from .dnscache import DNSCache
-from .schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, L7_AUDIT, Table
-
-L7_EVENT_TYPE = 129  # Cilium's MessageTypeAccessLog: what `hubble observe -t l7` asks for
 
 # DNS RCODEs by number (RFC 1035, 2136, 6895), the names dig prints.
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
@@ -51,8 +50,6 @@ _KEEP, _REDACT, _DROP = object(), object(), object()
 _REDACTED = "[REDACTED]"
 # How Hubble writes a flow's uuid (Go's uuid.String()).
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# What ClickHouse's toUUIDOrNull takes: the 36-character form or 32 hex digits, any case.
-_UUID_ANY_CASE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}", re.ASCII | re.I)
 # Flow times are DateTime64(9) (1900 to 2262), partitioned by day (a Date: 1970 to 2149)
 # and rolled up into minutes (a DateTime: 1970 to 2106-02-07 06:28:15). Outside the
 # narrowest of these, a row lands in a wrapped partition or a clamped minute, or (beyond
@@ -63,52 +60,10 @@ _UINT16_MAX = 65535  # ports, HTTP status and DNS rcode are UInt16 columns; Hubb
 # Per-decoder caches of what repeats (pods, identities, URLs) are emptied when they reach this.
 _CACHE_ENTRIES = 50_000
 
-# The hot path builds rows as tuples, in these orders; they must be the tables' column
-# orders from schema.py, which is checked here once, at import.
-_ENDPOINT = ("namespace", "pod", "workload", "identity", "ip", "port", "labels", "names")
-_FLOW_ORDER = (("time", "node", "flow_id", "verdict", "l7_type", "traffic_direction", "is_reply")
-               + tuple(f"src_{c}" for c in _ENDPOINT) + tuple(f"dst_{c}" for c in _ENDPOINT))
-_HTTP_ORDER = _FLOW_ORDER + ("method", "url", "host", "protocol", "status_code", "latency_ns", "headers",
-                             "dst_dns_name")
-_DNS_ORDER = _FLOW_ORDER + ("query", "qtypes", "rcode", "rcode_name", "ips", "ttl", "cnames", "rrtypes",
-                            "observation_source", "latency_ns")
-_AUDIT_ORDER = ("time", "node", "flow_id", "type", "l7_type", "flow")
-for _table, _order in ((HTTP_FLOWS, _HTTP_ORDER), (DNS_FLOWS, _DNS_ORDER), (L7_AUDIT, _AUDIT_ORDER)):
-    if _table.column_names != _order:
-        raise ImportError(f"decode.py builds {_table.name} rows as {_order}, schema.py defines "
-                          f"{_table.column_names}")
-_gap_row = itemgetter(*INGEST_GAPS.column_names)
-
-
-class DecodeError(ValueError):
-    """A message that cannot be stored; the text names the offending field."""
-
-
-@dataclass(slots=True)
-class FlowRows:
-    """One stored L7 flow: its typed row (if HTTP or DNS) and its audit row."""
-    flow_id: str  # in the typed row: always a UUID's text (see uuid_text)
-    time_ns: int
-    node: str
-    table: Table | None
-    row: tuple | None
-    audit_row: tuple
-    audit_id: str  # in the audit row and the checkpoint: Hubble's uuid as it came, else the content hash
-
-
-@dataclass(slots=True)
-class GapRow:
-    gap_id: str
-    time_ns: int
-    row: tuple
-
-
-@dataclass(slots=True)
-class Filtered:
-    """A flow that is not L7 (trace, drop, policy-verdict events): counted, not stored."""
-    kind: str
-    node: str
-    time_ns: int
+# A row's values by column name, in its table's column order.
+_HTTP_ROW = itemgetter(*HTTP_FLOWS.column_names)
+_DNS_ROW = itemgetter(*DNS_FLOWS.column_names)
+_AUDIT_ROW = itemgetter(*L7_AUDIT.column_names)
 
 
 def timestamp_ns(ts, field: str) -> int:
@@ -132,15 +87,6 @@ def _uint16(value: int, field: str, what: str) -> int:
 def content_id(message) -> str:
     """A deterministic id for a message that carries none (flows from Cilium < 1.15)."""
     return hashlib.blake2b(message.SerializeToString(deterministic=True), digest_size=16).hexdigest()
-
-
-def uuid_text(text: str) -> str:
-    """An id as the typed tables' UUID column holds it: a UUID in lower case, anything else
-    as the MD5 of its text (32 hex digits). Migration 6 rewrites the ids stored before it
-    the same way, so a flow replayed after it gets the id it was stored with."""
-    if _UUID_ANY_CASE.fullmatch(text):
-        return text.lower()
-    return hashlib.md5(text.encode()).hexdigest()
 
 
 def workload_of(endpoint: flow_pb2.Endpoint) -> str:
@@ -222,36 +168,55 @@ class Decoder:
         record = l7.WhichOneof("record")
         if record is None:
             raise DecodeError("flow.l7: the l7 record holds no http, dns or kafka part")
-        audit = (time_ns, node, audit_id, record.upper(), l7_type, flow.SerializeToString())
+        audit = _AUDIT_ROW({"time": time_ns, "node": node, "flow_id": audit_id, "type": record.upper(),
+                            "l7_type": l7_type, "flow": flow.SerializeToString()})
         if record not in ("http", "dns"):
             return FlowRows(flow_id, time_ns, node, None, None, audit, audit_id)
-        common = self._common(flow, time_ns, node, flow_id, l7_type)
+        values = self._flow_values(flow, time_ns, node, flow_id, l7_type)
+        values["latency_ns"] = l7.latency_ns
         is_response = l7.type == flow_pb2.RESPONSE
         if record == "http":
-            row = common + self._http(l7.http) + (l7.latency_ns, self._headers(l7.http),
-                                                  self._server_name(flow, is_response, time_ns))
-            return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, row, audit, audit_id)
+            http = l7.http
+            values["method"] = http.method
+            values["url"], values["host"] = self._url(http.url)
+            values["protocol"] = http.protocol
+            values["status_code"] = _uint16(http.code, "flow.l7.http.code", "HTTP status")
+            values["headers"] = self._headers(http)
+            values["dst_dns_name"] = self._server_name(flow, is_response, time_ns)
+            return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, _HTTP_ROW(values), audit, audit_id)
         dns = l7.dns
-        rcode = _uint16(dns.rcode, "flow.l7.dns.rcode", "DNS response code")
-        ips = list(dns.ips)
+        rcode = values["rcode"] = _uint16(dns.rcode, "flow.l7.dns.rcode", "DNS response code")
+        ips = values["ips"] = list(dns.ips)
         if is_response and ips:
             asker = flow.destination
             self.dns.learn(f"{asker.namespace}/{asker.pod_name}", ips, dns.query, dns.ttl, time_ns)
-        rcode_name = RCODE_NAMES.get(rcode, f"RCODE{rcode}") if is_response else ""
-        row = common + (dns.query, list(dns.qtypes), rcode, rcode_name, ips, dns.ttl, list(dns.cnames),
-                        list(dns.rrtypes), dns.observation_source, l7.latency_ns)
-        return FlowRows(flow_id, time_ns, node, DNS_FLOWS, row, audit, audit_id)
+        values["rcode_name"] = RCODE_NAMES.get(rcode, f"RCODE{rcode}") if is_response else ""
+        values["query"] = dns.query
+        values["qtypes"] = list(dns.qtypes)
+        values["ttl"] = dns.ttl
+        values["cnames"] = list(dns.cnames)
+        values["rrtypes"] = list(dns.rrtypes)
+        values["observation_source"] = dns.observation_source
+        return FlowRows(flow_id, time_ns, node, DNS_FLOWS, _DNS_ROW(values), audit, audit_id)
 
-    def _common(self, flow: flow_pb2.Flow, time_ns: int, node: str, flow_id: str, l7_type: str) -> tuple:
+    def _flow_values(self, flow: flow_pb2.Flow, time_ns: int, node: str, flow_id: str, l7_type: str) -> dict:
+        """The values of the columns HTTP and DNS flows share, by column name."""
         src_port, dst_port = _ports(flow.l4)
         ip = flow.IP
-        return ((time_ns, node, flow_id, _VERDICT.get(flow.verdict, str(flow.verdict)), l7_type,
-                 _DIRECTION.get(flow.traffic_direction, str(flow.traffic_direction)),
-                 flow.is_reply.value if flow.HasField("is_reply") else None)
-                + self._endpoint(flow.source) + (ip.source, src_port, self._labels(flow.source),
-                                                 list(flow.source_names))
-                + self._endpoint(flow.destination) + (ip.destination, dst_port, self._labels(flow.destination),
-                                                      list(flow.destination_names)))
+        src_namespace, src_pod, src_workload, src_identity = self._endpoint(flow.source)
+        dst_namespace, dst_pod, dst_workload, dst_identity = self._endpoint(flow.destination)
+        return {
+            "time": time_ns, "node": node, "flow_id": flow_id,
+            "verdict": _VERDICT.get(flow.verdict, str(flow.verdict)), "l7_type": l7_type,
+            "traffic_direction": _DIRECTION.get(flow.traffic_direction, str(flow.traffic_direction)),
+            "is_reply": flow.is_reply.value if flow.HasField("is_reply") else None,
+            "src_namespace": src_namespace, "src_pod": src_pod, "src_workload": src_workload,
+            "src_identity": src_identity, "src_ip": ip.source, "src_port": src_port,
+            "src_labels": self._labels(flow.source), "src_names": list(flow.source_names),
+            "dst_namespace": dst_namespace, "dst_pod": dst_pod, "dst_workload": dst_workload,
+            "dst_identity": dst_identity, "dst_ip": ip.destination, "dst_port": dst_port,
+            "dst_labels": self._labels(flow.destination), "dst_names": list(flow.destination_names),
+        }
 
     def _endpoint(self, endpoint: flow_pb2.Endpoint) -> tuple:
         """(namespace, pod, workload, identity); pods repeat, so each is worked out once."""
@@ -287,11 +252,6 @@ class Decoder:
         if server.pod_name:
             return ""
         return self.dns.name_for(f"{client.namespace}/{client.pod_name}", server_ip, time_ns)
-
-    def _http(self, http: flow_pb2.HTTP) -> tuple:
-        """(method, url, host, protocol, status_code); path and query are computed by ClickHouse."""
-        return (http.method,) + self._url(http.url) + (http.protocol,
-                                                        _uint16(http.code, "flow.l7.http.code", "HTTP status"))
 
     def _url(self, url: str) -> tuple[str, str]:
         """(url as stored, host); the same URLs come again and again."""
@@ -357,43 +317,16 @@ def lost_events_gap(response: observer_pb2.GetFlowsResponse) -> GapRow:
     time_ns = timestamp_ns(response.time, "time")
     first = timestamp_ns(lost.first, "lost_events.first") if lost.HasField("first") else time_ns
     last = timestamp_ns(lost.last, "lost_events.last") if lost.HasField("last") else time_ns
-    gap_id = content_id(response)
-    row = {"time": time_ns, "node": response.node_name, "gap_id": gap_id, "kind": "lost_events",
-           "source": _LOST_SOURCE.get(lost.source, str(lost.source)), "count": lost.num_events_lost,
-           "first": first, "last": last,
-           "message": f"cpu {lost.cpu.value}" if lost.HasField("cpu") else ""}
-    return GapRow(gap_id, time_ns, _gap_row(row))
+    return gap(content_id(response), time_ns, node=response.node_name, kind="lost_events",
+               source=_LOST_SOURCE.get(lost.source, str(lost.source)), count=lost.num_events_lost, first=first,
+               last=last, message=f"cpu {lost.cpu.value}" if lost.HasField("cpu") else "")
 
 
 def node_status_gaps(response: observer_pb2.GetFlowsResponse) -> list[GapRow]:
     status = response.node_status
     time_ns = timestamp_ns(response.time, "time")
     gap_id = content_id(response)
-    gaps = []
-    for index, node in enumerate(status.node_names or [response.node_name]):
-        row_id = f"{gap_id}-{index}"
-        row = {"time": time_ns, "node": node, "gap_id": row_id, "kind": "node_status",
-               "source": _NODE_STATE.get(status.state_change, str(status.state_change)), "count": 0,
-               "first": time_ns, "last": time_ns, "message": status.message}
-        gaps.append(GapRow(row_id, time_ns, _gap_row(row)))
-    return gaps
-
-
-def interruption_gap(source: str, node: str, first_ns: int, last_ns: int, message: str) -> GapRow:
-    """A stream that broke between first_ns and last_ns; resuming may or may not cover it."""
-    gap_id = hashlib.blake2b(f"{source}|{node}|{first_ns}|{last_ns}".encode(), digest_size=16).hexdigest()
-    row = {"time": last_ns, "node": node, "gap_id": gap_id, "kind": "stream_interrupted", "source": source,
-           "count": 0, "first": first_ns, "last": last_ns, "message": message}
-    return GapRow(gap_id, last_ns, _gap_row(row))
-
-
-def unreadable_spool_gap(kept_at: str, file_id: str, written_ns: int, message: str) -> GapRow:
-    """A spooled batch that could not be read back or stored: its flows (or, as message
-    says, some of them) are not stored, and how many there were is unknown. The row's
-    times are when the file was written (its flows are a little older) and its id comes
-    from the file (file_id: name, size, mtime), so working on the same file again gives
-    the same row; source is where the file is kept."""
-    gap_id = hashlib.blake2b(f"spool|{file_id}".encode(), digest_size=16).hexdigest()
-    row = {"time": written_ns, "node": "", "gap_id": gap_id, "kind": "spool_unreadable", "source": kept_at,
-           "count": 0, "first": written_ns, "last": written_ns, "message": message}
-    return GapRow(gap_id, written_ns, _gap_row(row))
+    state = _NODE_STATE.get(status.state_change, str(status.state_change))
+    return [gap(f"{gap_id}-{index}", time_ns, node=node, kind="node_status", source=state, count=0, first=time_ns,
+                last=time_ns, message=status.message)
+            for index, node in enumerate(status.node_names or [response.node_name])]

@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from . import metrics
-from .logs import RateLimitedLog
+from .. import metrics
+from ..logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import logging
 import threading
 import time
 
-from .config import MetricsConfig
-from .demo_traffic import DemoTraffic
-from .observer_server import FlowBuffer, ObserverServer
-from .runner import Ingester
+from ..config import MetricsConfig
+from .traffic import DemoTraffic
+from .observer import FlowBuffer, ObserverServer
+from ..runner import Ingester
 
 log = logging.getLogger(__name__)
 
@@ -94,5 +94,5 @@ def run_demo(config, client, duration_s: float, seed: int) -> int:
     print(client.raw_query(HTTP_SUMMARY, parameters=params, fmt="PrettyCompactMonoBlock").decode())
     print("Top DNS names with their rcodes and answers:")
     print(client.raw_query(DNS_SUMMARY, parameters=params, fmt="PrettyCompactMonoBlock").decode())
-    print(f"Stored: {ingester.pipeline.stored}. Explore with: flowlog sql \"SELECT ... FROM http_flows\"")
+    print(f"Stored: {ingester.writer.stored}. Explore with: flowlog sql \"SELECT ... FROM http_flows\"")
     return 0

@@ -1,9 +1,9 @@
-"""The resume point of a source: the time of the newest durably stored flow.
+"""The resume point of a source: the time of the newest flow made durable.
 
-Written atomically (temp file, fsync, rename) and only after the batch holding that
-flow was acknowledged by the store, so a restart resumes with `since` = this time
-and loses nothing. The ids of the flows stored at exactly that time are kept too,
-so that the flows Hubble sends again at that instant are recognised.
+Advanced once the batch holding that flow is in the spool (which keeps it until the
+store has it), and written atomically (temp file, fsync, rename), so a restart resumes
+with `since` = this time and loses nothing. The ids of the flows at exactly that time
+are kept too, so that the flows Hubble sends again at that instant are recognised.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from . import metrics
+from .. import metrics
 
 
 class Checkpoint:
@@ -31,7 +31,7 @@ class Checkpoint:
             self.ids_at_time = set(data["ids_at_time"])
 
     def advance(self, time_ns: int, ids_at_time: set[str]) -> None:
-        """Record that every flow up to time_ns (and these ids at time_ns) is stored."""
+        """Record that every flow up to time_ns (and these ids at time_ns) is durable."""
         if time_ns < self.time_ns:
             return
         if time_ns == self.time_ns:

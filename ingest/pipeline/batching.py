@@ -1,12 +1,16 @@
-"""The pipeline: decoded items from a source, gathered into batches, made durable, stored.
+"""Batching: decoded items from a source, gathered into batches and handed on sealed.
 
-A source thread puts `Entry`s in a bounded inbox (a full inbox blocks the source:
+The dispatcher puts `Entry`s in a bounded inbox (a full inbox blocks the source:
 backpressure, never a drop in memory). The batching loop closes a batch at
 `batch.max_rows` rows, once its oldest flow has waited `batch.max_delay_ms` and no more
 are waiting (a backlog goes out in full batches, not in many small ones), or when the
-source changes; drops ids repeated within it; writes it to the spool; advances the
-source's checkpoint (the batch is durable now); and has the sink drain the spool into
-the store. When the spool is full the loop waits for the store before taking more input.
+source changes; drops ids repeated within it; and hands it, sealed, to the writer,
+which makes it durable and stores it. When the writer has no room (the spool is full
+because the store fails) the loop waits before taking more input.
+
+The writer is any object with `drain(force=False) -> bool` (store what waits; True when
+nothing is left), `pending() -> int` (batches waiting), `has_room() -> bool` and
+`commit(sealed)`; the wiring (`runner`) gives it one.
 """
 
 from __future__ import annotations
@@ -19,45 +23,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from . import metrics
-from .checkpoint import Checkpoint
-from .config import BatchConfig
-from .decode import FlowRows, GapRow
-from .schema import INGEST_GAPS, INGEST_LEDGER, L7_AUDIT, Table
-from .sink import Sink
-from .spool import RECORD_SOURCE, Spool, SpooledBatch
+from .. import metrics
+from ..config import BatchConfig
+from ..store.schema import INGEST_GAPS, L7_AUDIT, Table
+from .records import END, Entry, FlowRows, GapRow, SealedBatch
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(slots=True)
-class Tally:
-    """Input that is counted in the ledger but not stored: non-L7 flows, dead letters."""
-    node: str
-    time_ns: int = 0
-    filtered: int = 0
-    quarantined: int = 0
-
-
-@dataclass(slots=True)
-class Entry:
-    """One decoded item from `source`; maybe_stored marks rows an earlier run or connection may have stored."""
-    item: FlowRows | GapRow | Tally
-    maybe_stored: bool
-    source: str
-
-
-END = object()  # put in the inbox by a source that has no more input
 _POLL_S = 0.002
 # Rows hold no reference cycles, so reference counting frees them. Python's cycle
 # collector, started by allocation counts, kept re-scanning the hundreds of thousands of
-# row objects waiting in the inbox and batches; while a pipeline runs it is started on
+# row objects waiting in the inbox and batches; while a batcher runs it is started on
 # this timer instead (a pass over 900k objects takes about 150 ms), between batches.
 _GC_INTERVAL_S = 30.0
 
 
 class _CollectorPause:
-    """Keeps the automatic cycle collector off while any pipeline in the process runs."""
+    """Keeps the automatic cycle collector off while any batcher in the process runs."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -83,6 +65,8 @@ _COLLECTOR_PAUSE = _CollectorPause()
 
 @dataclass
 class Batch:
+    """The batch being filled: rows by table, the ids that may be stored already, and the
+    ledger's counts per node."""
     source: str = ""
     rows: dict[Table, list[tuple]] = field(default_factory=dict)
     check_stored: dict[Table, set[str]] = field(default_factory=dict)
@@ -136,8 +120,8 @@ class Batch:
             tally["filtered"] = tally.get("filtered", 0) + item.filtered
             tally["quarantined"] = tally.get("quarantined", 0) + item.quarantined
 
-    def seal(self) -> SpooledBatch:
-        return SpooledBatch(
+    def seal(self) -> SealedBatch:
+        return SealedBatch(
             batch_id=uuid.uuid4().hex, source=self.source,
             rows={table.name: rows for table, rows in self.rows.items()},
             check_stored={table.name: ids for table, ids in self.check_stored.items()},
@@ -146,28 +130,21 @@ class Batch:
             created_ns=time.time_ns())
 
 
-class Pipeline:
+class Batcher:
     """Runs the batching loop in the calling thread until a source puts END (or `stop`)."""
 
-    def __init__(self, sink: Sink, spool: Spool, batch: BatchConfig, checkpoint: Checkpoint | None = None,
-                 on_commit=None, stop: threading.Event | None = None, shutdown_timeout_s: float | None = None):
-        self.sink = sink
-        self.spool = spool
+    def __init__(self, writer, batch: BatchConfig, stop: threading.Event | None = None,
+                 shutdown_timeout_s: float | None = None):
+        self.writer = writer
         self.max_rows = batch.max_rows
         self.max_delay_s = batch.max_delay_ms / 1000
         # A deque, not a queue.Queue: appends and pops need no lock of their own, which
         # matters at one handoff per flow. Both sides poll briefly when they must wait.
         self.inbox: collections.deque = collections.deque()
         self.inbox_size = batch.queue_size
-        self.checkpoint = checkpoint
-        # Called with (table name, rows) for every table's rows once they are stored.
-        self.on_commit = on_commit
         self.stop = stop or threading.Event()
         # None: wait for the store as long as it takes (a replay); else the SIGTERM bound.
         self.shutdown_timeout_s = shutdown_timeout_s
-        self.stored: dict[str, int] = {}
-        self.committed = threading.Condition()
-        self.committed_ns = checkpoint.time_ns if checkpoint else 0
         self._next_collection = 0.0
 
     def put(self, entry: Entry) -> None:
@@ -192,8 +169,13 @@ class Pipeline:
             gc.collect()
             self._next_collection = time.monotonic() + _GC_INTERVAL_S
 
+    def _pause(self) -> None:
+        """Waiting for the store: the timed collection goes on meanwhile."""
+        time.sleep(0.05)
+        self._collect_when_due()
+
     def _run(self) -> None:
-        self.sink.drain(self.spool, self._committed, force=True)  # what a previous run left
+        self.writer.drain(force=True)  # what a previous run left
         batch = Batch()
         deadline = None
         while True:
@@ -202,13 +184,13 @@ class Pipeline:
             except IndexError:
                 entry = None
                 metrics.QUEUE_DEPTH.set(0)
-                if len(self.spool):
-                    self.sink.drain(self.spool, self._committed)
+                if self.writer.pending():
+                    self.writer.drain()
                 time.sleep(_POLL_S)
                 self._collect_when_due()  # no flows for a while, but reconnects and scrapes go on
             if entry is END:
                 self._flush(batch)
-                self._finish_draining()
+                self._finish()
                 return
             if entry is not None:
                 if batch.size and entry.source != batch.source:
@@ -229,46 +211,25 @@ class Pipeline:
                 self._collect_when_due()
 
     def _flush(self, batch: Batch) -> float:
-        """Spools and stores the batch; returns when it began (time.monotonic())."""
+        """Hands the batch to the writer; returns when it began (time.monotonic())."""
         began = time.monotonic()
         if not batch.size:
             return began
-        while not self.spool.has_room():
-            # Backpressure: no more input until the store takes some of the spool.
-            if self.sink.drain(self.spool, self._committed):
-                break
+        while not self.writer.has_room():
+            # Backpressure: no more input until the store takes some of what waits.
             if self.stop.is_set():
                 log.warning("stopping with the spool full and the store failing: %d items not made durable; "
                             "they are read from Hubble again after the restart", batch.size)
                 return began
-            time.sleep(0.05)
-            self._collect_when_due()
-        sealed = batch.seal()
-        self.spool.append(sealed)
-        if sealed.newest_ns and self.checkpoint is not None:
-            self.checkpoint.advance(sealed.newest_ns, sealed.ids_at_newest)
-        self.sink.drain(self.spool, self._committed)
+            self._pause()
+        self.writer.commit(batch.seal())
         return began
 
-    def _finish_draining(self) -> None:
+    def _finish(self) -> None:
         started = time.monotonic()
-        while not self.sink.drain(self.spool, self._committed):
+        while not self.writer.drain():
             if self.shutdown_timeout_s is not None and time.monotonic() - started > self.shutdown_timeout_s:
                 log.warning("store still failing at shutdown: %d batches stay in the spool for the next start",
-                            len(self.spool))
+                            self.writer.pending())
                 return
-            time.sleep(0.05)
-            self._collect_when_due()
-
-    def _committed(self, batch: SpooledBatch, inserted: dict[str, list[tuple]]) -> None:
-        for table, rows in inserted.items():
-            if table == INGEST_LEDGER.name or batch.source == RECORD_SOURCE:
-                continue  # bookkeeping about the rows, or about a spool file: not input of this run
-            self.stored[table] = self.stored.get(table, 0) + len(rows)
-            if self.on_commit is not None:
-                self.on_commit(table, rows)
-        if batch.newest_ns:
-            metrics.record_commit(batch.newest_ns / 1e9)
-            with self.committed:
-                self.committed_ns = max(self.committed_ns, batch.newest_ns)
-                self.committed.notify_all()
+            self._pause()

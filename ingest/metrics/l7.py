@@ -21,7 +21,7 @@ from operator import itemgetter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .schema import DNS_FLOWS, HTTP_FLOWS
+from ..store.schema import DNS_FLOWS, HTTP_FLOWS
 
 # Hubble's httpV2 buckets (Prometheus' defaults).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

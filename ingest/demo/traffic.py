@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import BoolValue
 
-from ingest.api.flow import flow_pb2
-from ingest.api.observer import observer_pb2
-from ingest.decode import L7_EVENT_TYPE
+from ..api import L7_EVENT_TYPE
+from ..api.flow import flow_pb2
+from ..api.observer import observer_pb2
 
 _S = 1_000_000_000
 _MS = 1_000_000

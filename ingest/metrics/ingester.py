@@ -1,6 +1,6 @@
 """The ingester's own Prometheus metrics, one definition each, in the default registry.
 
-Every stage imports what it updates from here; this module imports nothing of ours.
+Every stage updates them through `ingest.metrics`; this module imports nothing of ours.
 Names follow Prometheus conventions: `flowlog_` prefix, units in the name, `_total`
 on counters.
 """

@@ -1,7 +1,8 @@
 """Opening the ClickHouse store: a server over HTTP(S) or the embedded chdb engine.
 
 Both are reached through clickhouse-connect, so every query and insert takes the same
-code path. This module only connects; it does not know the schema.
+code path. `connect` only connects; `open_store` also brings the schema up to date when
+the config says so (`store.migrate`).
 """
 
 from __future__ import annotations
@@ -11,25 +12,20 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from .config import Config, mask_dsn
+from ..config import Config
+from ..masking import mask_dsn
+from .migrations import cluster_of, migrate
 
 
 class StoreError(RuntimeError):
     """The store could not be reached or refused us; the message never holds a secret."""
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "*****")
-    return text
-
-
 def connect(config: Config) -> Client:
     """A client for the configured store, with the database created if missing."""
     dsn = config.store_dsn
     scheme = urlsplit(dsn).scheme
-    secrets = config.secrets()
+    mask = config.masker()
     try:
         if scheme == "chdb":
             try:
@@ -54,4 +50,12 @@ def connect(config: Config) -> Client:
     except StoreError:
         raise
     except Exception as err:  # clickhouse-connect and chdb raise many kinds
-        raise StoreError(f"cannot reach store {mask_dsn(dsn)}: {redact(str(err), secrets)}") from None
+        raise StoreError(f"cannot reach store {mask_dsn(dsn)}: {mask(str(err))}") from None
+
+
+def open_store(config: Config) -> Client:
+    """A client for the configured store, migrated to this build's schema unless store.migrate is off."""
+    client = connect(config)
+    if config.store.migrate:
+        migrate(client, config.store, cluster_of(config.store))
+    return client

@@ -16,9 +16,9 @@ from concurrent import futures
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from .api.flow import flow_pb2
-from .api.observer import observer_pb2, observer_pb2_grpc
-from .decode import timestamp_ns
+from ..api.flow import flow_pb2
+from ..api.observer import observer_pb2, observer_pb2_grpc
+from ..decode.decoder import timestamp_ns
 
 
 def response_time_ns(response: observer_pb2.GetFlowsResponse) -> int:

@@ -1,4 +1,4 @@
-"""The query library: the named, parameterised SQL answers in `sql/queries/`, and `flowlog query`.
+"""The query library: the named, parameterised SQL answers in `sql/queries/`.
 
 Each `sql/queries/NAME.sql` starts with a header of `--` lines, then the SQL:
 
@@ -16,39 +16,34 @@ TYPE, and its tables without a database: the client's database is the configured
 This module parses the headers, turns text (the command line's) into typed values and
 refuses missing, unknown or ill-typed parameters by name, and runs a query through
 clickhouse-connect with the values as query parameters, which ClickHouse binds itself: no
-value is ever formatted into SQL. It does not know what any query computes.
+value is ever formatted into SQL. It does not know what any query computes; `flowlog
+query` (in `cli`) is its command line.
 """
 
 from __future__ import annotations
 
-import argparse
-import calendar
 import json
 import re
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ConfigError
+from ..config import ConfigError
+from ..times import TIME_EXAMPLE, format_time, parse_time
+
 
 def _query_dir() -> Path:
     """sql/queries in a source checkout; installed copies live under the prefix's share/."""
-    checkout = Path(__file__).resolve().parent.parent / "sql" / "queries"
+    checkout = Path(__file__).resolve().parent.parent.parent / "sql" / "queries"
     return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "hubble-flowlog" / "sql" / "queries"
 
 
 QUERY_DIR = _query_dir()
 
-# `flowlog query --format` to ClickHouse's own output formats.
-FORMATS = {"table": "PrettyCompactMonoBlock", "json": "JSONEachRow", "csv": "CSVWithNames",
-           "tsv": "TabSeparatedWithNames"}
-
-# The parameters filled from --since / --from / --until.
+# Every query covers a time range, `from` inclusive to `until` exclusive, which the
+# command line fills from --since / --from / --until.
 RANGE_PARAMS = ("from", "until")
-DEFAULT_SINCE = "1h"
 
 PLACEHOLDER = re.compile(r"\{(\w+):([^{}]+)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -57,11 +52,6 @@ _INT_RANGES = {f"{sign}Int{bits}": ((0, 2 ** bits - 1) if sign else (-2 ** (bits
 _DATETIME64 = re.compile(r"DateTime64\(([0-9]),'UTC'\)")
 _BOOL = {"true": "true", "1": "true", "yes": "true", "on": "true",
          "false": "false", "0": "false", "no": "false", "off": "false"}
-_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?"
-                   r"\s*(Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-TIME_EXAMPLE = "2021-10-04, 2021-10-04T14:28:38Z or 2021-10-04 14:28:38.735173594+02:00"
 
 
 class QueryError(ConfigError):
@@ -76,42 +66,6 @@ def canonical_type(type_: str) -> str:
 def _is_supported(type_: str) -> bool:
     return (type_ in ("String", "Bool", "Float32", "Float64", "Date", "DateTime('UTC')") or type_ in _INT_RANGES
             or _DATETIME64.fullmatch(type_) is not None)
-
-
-def parse_time(text: str) -> int:
-    """Nanoseconds since the epoch of an ISO 8601 / RFC 3339 time; without a zone, UTC."""
-    match = _TIME.fullmatch(text.strip())
-    if not match:
-        raise ValueError(text)
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    if not 1900 <= int(year) <= 2299:  # DateTime64's range
-        raise ValueError(text)
-    seconds = calendar.timegm((int(year), int(month), int(day), int(hour or 0), int(minute or 0),
-                               int(second or 0), 0, 0, 0))
-    # timegm accepts 2021-02-30; a round trip refuses it.
-    if datetime.fromtimestamp(seconds, timezone.utc).timetuple()[:6] != (
-            int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0)):
-        raise ValueError(text)
-    if zone and zone.upper() != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        digits = zone[1:].replace(":", "")
-        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
-    return seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
-
-
-def format_time(ns: int, digits: int = 9) -> str:
-    """'YYYY-MM-DD HH:MM:SS[.fraction]' in UTC, as ClickHouse parses and prints DateTime64."""
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    text = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{text}.{fraction:09d}"[:len(text) + 1 + digits] if digits else text
-
-
-def parse_duration(text: str) -> int:
-    """Nanoseconds in a duration like 90s, 15m, 1h, 1h30m, 7d, 2w."""
-    parts = _DURATION_PART.findall(text)
-    if not text or "".join(a + b for a, b in parts) != text:
-        raise QueryError(f"--since {text}: expected a duration like 90s, 15m, 1h, 1h30m, 7d or 2w")
-    return int(sum(float(amount) * _SECONDS[unit] for amount, unit in parts) * 1_000_000_000)
 
 
 @dataclass(frozen=True)
@@ -338,124 +292,3 @@ def load(directory: Path = QUERY_DIR) -> dict[str, Query]:
     for path in sorted(directory.glob("*.sql")):
         queries[path.stem] = parse(path.stem, path.read_text(encoding="utf-8"), path)
     return queries
-
-
-def listing(queries: dict[str, Query]) -> str:
-    """`flowlog query --list`: each query, what it answers, its parameters and columns."""
-    out = []
-    for query in queries.values():
-        out.append(f"{query.name}: {query.summary}")
-        for param in query.params:
-            if param.name in RANGE_PARAMS:
-                continue
-            if param.required:
-                default = "required"
-            else:
-                default = f"default {param.default!r}" if canonical_type(param.type) == "String" \
-                    else f"default {param.default}"
-            out.append(f"    {param.name} ({param.type}, {default}): {param.description}")
-        out.append(f"    columns: {', '.join(query.columns)}")
-    out.append("")
-    out.append("Set parameters with --param NAME=VALUE. Every query covers --since DURATION up to now "
-               f"(default {DEFAULT_SINCE}), or --from TIME [--until TIME]; times are UTC unless they name a zone.")
-    return "\n".join(out) + "\n"
-
-
-def time_range(since: str | None, start: str | None, end: str | None, now_ns: int | None = None) -> tuple[int, int]:
-    """(from, until) in nanoseconds for --since / --from / --until."""
-    if since and start:
-        raise QueryError("--since and --from exclude each other")
-
-    def parse_flag(flag: str, text: str) -> int:
-        try:
-            return parse_time(text)
-        except ValueError:
-            raise QueryError(f"{flag} {text}: expected a time like {TIME_EXAMPLE}") from None
-
-    until = parse_flag("--until", end) if end else (now_ns if now_ns is not None else time.time_ns())
-    since_ns = parse_flag("--from", start) if start else until - parse_duration(since or DEFAULT_SINCE)
-    if since_ns < parse_time("1900-01-01"):
-        raise QueryError(f"--since {since}: reaches before 1900, where ClickHouse's DateTime64 begins")
-    if since_ns >= until:
-        raise QueryError(f"empty time range: {format_time(since_ns)} is not before {format_time(until)}")
-    return since_ns, until
-
-
-def command_values(query: Query, params: list[str], since: str | None, start: str | None,
-                   end: str | None, now_ns: int | None = None) -> dict[str, str]:
-    """The parameter values of `--param NAME=VALUE ...` and the time range flags."""
-    values: dict[str, str] = {}
-    for item in params:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise QueryError(f"--param {item}: expected NAME=VALUE")
-        if name in RANGE_PARAMS and query.param(name) is not None:
-            raise QueryError(f"query {query.name}: parameter {name}: give the time range with --since or "
-                             "--from/--until")
-        if name in values:
-            raise QueryError(f"query {query.name}: parameter {name} given twice")
-        values[name] = value
-    if any(query.param(name) for name in RANGE_PARAMS):
-        since_ns, until_ns = time_range(since, start, end, now_ns)
-        values["from"], values["until"] = format_time(since_ns), format_time(until_ns)
-    return values
-
-
-def add_query_parser(subparsers, common) -> argparse.ArgumentParser:
-    """`flowlog query`; common adds the shared --config/--store/... flags."""
-    parser = subparsers.add_parser(
-        "query", help="run a named query from the library (sql/queries/)",
-        description="Run a named, tested query from sql/queries/. `flowlog query --list` shows them all "
-                    "with their parameters.")
-    common(parser)
-    parser.add_argument("name", nargs="?", metavar="NAME", help="the query (see --list)")
-    parser.add_argument("--list", action="store_true", help="list the queries and their parameters")
-    parser.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
-                        help="a query parameter (repeatable)")
-    span = parser.add_mutually_exclusive_group()
-    span.add_argument("--since", metavar="DURATION", help=f"the range up to --until (or now): 90s, 15m, 1h, 7d, 2w "
-                      f"(default {DEFAULT_SINCE})")
-    span.add_argument("--from", dest="from_time", metavar="TIME", help="start of the range (ISO 8601; UTC if no zone)")
-    parser.add_argument("--until", metavar="TIME", help="end of the range, exclusive (default now)")
-    parser.add_argument("--format", choices=list(FORMATS), default="table", help="output format (default table)")
-    return parser
-
-
-def run_query(args: argparse.Namespace, config, client=None) -> int:
-    """`flowlog query`: list the queries, or run one and write ClickHouse's output to stdout.
-
-    Refusals raise QueryError before the store is touched; with client None the store is
-    opened (and closed) here, so `--list` and refused parameters need no store.
-    """
-    queries = load()
-    if args.list:
-        chosen = {args.name: queries[args.name]} if args.name in queries else queries
-        sys.stdout.write(listing(chosen))
-        return 0
-    if not args.name:
-        raise QueryError("query: name a query, or --list to see them")
-    if args.name not in queries:
-        raise QueryError(f"query {args.name}: no such query (have: {', '.join(queries)})")
-    query = queries[args.name]
-    values = command_values(query, args.param, args.since, args.from_time, args.until)
-    query.bind(values)  # refuse before opening the store
-    own = client is None
-    if own:
-        from .runner import open_store
-        client = open_store(config)
-    try:
-        out = query.run(client, values, FORMATS[args.format], config.store.database)
-    finally:
-        if own:
-            client.close()
-    stream = getattr(sys.stdout, "buffer", None)
-    if stream is not None:
-        sys.stdout.flush()
-        stream.write(out)
-        stream.flush()
-    else:
-        sys.stdout.write(out.decode("utf-8", "replace"))
-    if not out and args.format == "table":
-        print(f"query {query.name}: no rows", file=sys.stderr)
-    return 0

@@ -1,22 +1,20 @@
-"""Every stored table and column, defined once.
+"""Every stored table and column as it is now, defined once.
 
-The DDL (and so the versioned migrations in `sql/migrations/`), the insert column
-lists and the decoder's row layout are all derived from the definitions here. Adding
-a column is one edit: append a `Column` with `since=<next version>`, give the decoder
-a value for it, and run `flowlog migrate --write-sql` to emit the new migration.
-Changing one is `changed(column, <next version>, ...)`: tables created before that
-version are altered to the new definition, and the older migrations still create them
-as they were.
+The DDL, the insert column lists, the rows the decoder fills (by column name), the
+rollups' views and cluster mode are all derived from the definitions here. Adding a
+column is an edit here and one where its value comes from (the decoder): append a
+`Column`, record it in a new migration in `migrations`, give the decoder a value for
+it, and run `flowlog migrate --write-sql` to emit the migration's SQL. How older
+versions of a table differed lives in `migrations`, not here.
 
-This module knows nothing about connections; `migrate` applies what it renders.
+This module knows nothing about connections; `migrations` applies what it renders.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
-# Bumped whenever a column, table or table setting is added; migrations 1..SCHEMA_VERSION exist.
-SCHEMA_VERSION = 6
+import hashlib
+import re
+from dataclasses import dataclass
 
 TIME = "DateTime64(9, 'UTC')"
 LC = "LowCardinality(String)"
@@ -32,57 +30,28 @@ class Column:
     type: str
     codec: str = ""
     comment: str = ""
-    since: int = 1
     # Rollups only: the expression over the source table that fills this column.
     expr: str = ""
     # Not stored: ClickHouse computes it from this expression when it is read.
     alias: str = ""
-    # The definition this one replaced, and the version that altered it (see `changed`).
-    previous: Column | None = None
-    changed: int = 0
-    # An ALTER clause run first, on the table that holds the rows, so that the stored
-    # values convert to the new type (a MODIFY that meets one it cannot convert fails,
-    # after the table has already taken the new type).
-    prepare: str = ""
 
     def ddl(self) -> str:
         kind = f" ALIAS {self.alias}" if self.alias else f" CODEC({self.codec})" if self.codec else ""
         comment = f" COMMENT {_quote(self.comment)}" if self.comment else ""
         return f"`{self.name}` {self.type}{kind}{comment}"
 
-    def as_of(self, version: int) -> Column:
-        """The definition a table had at that schema version."""
-        if self.previous is not None and version < self.changed:
-            return self.previous.as_of(version)
-        return self
-
-    def alter_sql(self, after: str) -> list[str]:
-        """The clauses that make the previous definition this one, in place after that column.
-        Either can run again on the altered table, as a migration cut short is redone whole."""
-        if self.alias and not self.previous.alias:
-            # A stored column with a codec cannot be modified into an ALIAS, and REMOVE
-            # CODEC fails once it has none; its values are what the alias computes.
-            return [f"DROP COLUMN IF EXISTS `{self.name}`", f"ADD COLUMN IF NOT EXISTS {self.ddl()} AFTER `{after}`"]
-        return [f"MODIFY COLUMN {self.ddl()}"]
-
     @property
     def is_aggregate(self) -> bool:
         return self.type.startswith(("AggregateFunction", "SimpleAggregateFunction"))
 
 
-def changed(column: Column, version: int, **definition) -> Column:
-    """The column as altered by migration `version` (type, codec, alias, comment, prepare)."""
-    return replace(column, **definition, previous=column, changed=version)
-
-
 @dataclass(frozen=True)
 class Setting:
-    """A MergeTree setting of one table. A table created before `since` gets it from that
-    migration (ALTER TABLE ... MODIFY SETTING); one that ClickHouse fixes when the table
-    is created (alterable=False) can only be given in CREATE TABLE."""
+    """A MergeTree setting of one table. One that ClickHouse fixes when the table is
+    created (alterable=False) can only be given in CREATE TABLE: tables created before
+    it was added keep ClickHouse's default."""
     name: str
     value: int
-    since: int = 1
     alterable: bool = True
 
     def sql(self) -> str:
@@ -96,8 +65,20 @@ class Setting:
 # first, then one column at a time: 68, 21 and 187 MB (system.merges); with 1 MB audit
 # granules as well (below) 48, 24 and 58 MB, and the peak RSS of `bench/run.py --phases
 # e2e` went from 860 to 712 MB at the same throughput.
-VERTICAL_MERGES = (Setting("vertical_merge_algorithm_min_rows_to_activate", 1, since=5),
-                   Setting("vertical_merge_algorithm_min_columns_to_activate", 1, since=5))
+VERTICAL_MERGES = (Setting("vertical_merge_algorithm_min_rows_to_activate", 1),
+                   Setting("vertical_merge_algorithm_min_columns_to_activate", 1))
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A ClickHouse cluster (`remote_servers` name) and how rows are spread over its shards:
+    by node, so one Cilium node's flows stay on one shard, or at random."""
+    name: str
+    sharding_key: str = "cityHash64(node)"
+
+
+def on_cluster(cluster: Cluster | None) -> str:
+    return f" ON CLUSTER `{cluster.name}`" if cluster else ""
 
 
 # eq=False: a table is its one definition, hashed by identity. Batches key rows by table
@@ -115,7 +96,6 @@ class Table:
     # The config key whose value (days) becomes the TTL; "" for none.
     ttl_key: str = "ttl_days"
     engine: str = "MergeTree"
-    since: int = 1
     settings: tuple[Setting, ...] = ()
 
     @property
@@ -127,28 +107,29 @@ class Table:
     def id_type(self) -> str:
         return next(c.type for c in self.columns if c.name == self.id_column)
 
-    def columns_as_of(self, version: int) -> tuple[Column, ...]:
-        return tuple(c.as_of(version) for c in self.columns if c.since <= version)
-
     def ttl_clause(self) -> str:
         return f"\nTTL toDateTime(time) + INTERVAL ${{{self.ttl_key}}} DAY" if self.ttl_key else ""
 
-    def create_sql(self, database: str, version: int, cluster: Cluster | None = None) -> str:
-        """CREATE TABLE for one node, or for a cluster the shard-local replicated table."""
-        body = ",\n    ".join([c.ddl() for c in self.columns_as_of(version)] + list(self.indexes))
-        name, engine, settings = self.name, self.engine, []
+    def create_sql(self, database: str, cluster: Cluster | None = None, columns: tuple[Column, ...] | None = None,
+                   settings: tuple[Setting, ...] | None = None) -> str:
+        """CREATE TABLE for one node, or for a cluster the shard-local replicated table; with
+        the columns and settings given (a migration's, as the table was then), else today's."""
+        columns = self.columns if columns is None else columns
+        settings = self.settings if settings is None else settings
+        body = ",\n    ".join([c.ddl() for c in columns] + list(self.indexes))
+        name, engine, clauses = self.name, self.engine, []
         if cluster is None:
             # Retried inserts with the same insert_deduplication_token are stored once
             # (replicated tables deduplicate by default).
-            settings.append("non_replicated_deduplication_window = 1000")
+            clauses.append("non_replicated_deduplication_window = 1000")
         else:
             name = self.local_name
             engine = (f"Replicated{self.engine}('/clickhouse/tables/{{shard}}/{database}/{name}', '{{replica}}')")
         if self.ttl_key:
-            settings.append("ttl_only_drop_parts = 1")
-        settings += [setting.sql() for setting in self.settings if setting.since <= version or not setting.alterable]
-        settings_clause = f"\nSETTINGS {', '.join(settings)}" if settings else ""
-        return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}`{_on(cluster)}\n(\n    {body}\n)\n"
+            clauses.append("ttl_only_drop_parts = 1")
+        clauses += [setting.sql() for setting in settings]
+        settings_clause = f"\nSETTINGS {', '.join(clauses)}" if clauses else ""
+        return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{name}`{on_cluster(cluster)}\n(\n    {body}\n)\n"
                 f"ENGINE = {engine}\nPARTITION BY {self.partition_by}\nORDER BY ({self.order_by})"
                 f"{self.ttl_clause()}{settings_clause}\nCOMMENT {_quote(self.comment)}")
 
@@ -159,21 +140,9 @@ class Table:
     def distributed_sql(self, database: str, cluster: Cluster) -> str:
         """The table everything reads and writes in a cluster, spreading rows over the shards."""
         key = cluster.sharding_key if "node" in self.column_names else "rand()"
-        return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}`{_on(cluster)} "
+        return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}`{on_cluster(cluster)} "
                 f"AS `{database}`.`{self.local_name}`\n"
                 f"ENGINE = Distributed(`{cluster.name}`, `{database}`, `{self.local_name}`, {key})")
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """A ClickHouse cluster (`remote_servers` name) and how rows are spread over its shards:
-    by node, so one Cilium node's flows stay on one shard, or at random."""
-    name: str
-    sharding_key: str = "cityHash64(node)"
-
-
-def _on(cluster: Cluster | None) -> str:
-    return f" ON CLUSTER `{cluster.name}`" if cluster else ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,7 +157,7 @@ class Rollup(Table):
         group_by = ", ".join(f"`{c.name}`" for c in self.columns if not c.is_aggregate)
         where = f"\nWHERE {self.where}" if self.where else ""
         target, source = (self.local_name, self.source.local_name) if cluster else (self.name, self.source.name)
-        return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{self.name}_mv`{_on(cluster)} "
+        return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{self.name}_mv`{on_cluster(cluster)} "
                 f"TO `{database}`.`{target}`\n"
                 f"AS SELECT\n    {select}\nFROM `{database}`.`{source}`{where}\nGROUP BY {group_by}")
 
@@ -203,9 +172,8 @@ def _endpoint(side: str, what: str) -> tuple[Column, ...]:
         Column(f"{side}_pod", LC, comment=f"pod name of the {what}"),
         Column(f"{side}_workload", LC, comment=f"workload of the {what} (Hubble workloads, else derived from pod name or app label)"),
         Column(f"{side}_identity", "UInt32", "ZSTD(1)", comment=f"Cilium security identity of the {what}"),
-        changed(Column(f"{side}_ip", "String", "ZSTD(1)", comment=f"IP address of the {what}"), 6, codec="ZSTD(3)"),
-        changed(Column(f"{side}_port", "UInt16", "ZSTD(1)", comment=f"L4 port of the {what}"), 6,
-                codec="T64, ZSTD(1)"),
+        Column(f"{side}_ip", "String", "ZSTD(3)", comment=f"IP address of the {what}"),
+        Column(f"{side}_port", "UInt16", "T64, ZSTD(1)", comment=f"L4 port of the {what}"),
         Column(f"{side}_labels", f"Array({LC})", comment=f"Cilium labels of the {what}"),
         Column(f"{side}_names", "Array(String)", "ZSTD(1)", comment=f"DNS names of the {what} known to Cilium"),
     )
@@ -228,13 +196,8 @@ _EXCHANGE_ORDER = ", ".join(["toStartOfHour(time)", _SERVER.format("namespace"),
 FLOW_COLUMNS = (
     Column("time", TIME, "Delta, ZSTD(1)", comment="time of the flow, UTC, nanoseconds"),
     Column("node", LC, comment="Cilium node that observed the flow"),
-    changed(Column("flow_id", "String", "ZSTD(1)", comment="Hubble uuid, else a hash of the flow content"), 6,
-            type="UUID", comment="Hubble's uuid, else a hash of the flow content; l7_audit.flow_id is its text "
-            "as it came (a content hash as 32 hex digits; an id that is no UUID is held here as its MD5)",
-            # As decode.uuid_text: an id stored before that is no UUID becomes the MD5 of its text.
-            # A server runs mutations in the background: the MODIFY must not start before it is done.
-            prepare="UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE toUUIDOrNull(toString(flow_id)) IS NULL "
-            "SETTINGS mutations_sync = 2"),
+    Column("flow_id", "UUID", "ZSTD(1)", comment="Hubble's uuid, else a hash of the flow content; l7_audit.flow_id "
+           "is its text as it came (a content hash as 32 hex digits; an id that is no UUID is held here as its MD5)"),
     Column("verdict", LC, comment="FORWARDED, DROPPED, ..."),
     Column("l7_type", LC, comment="REQUEST or RESPONSE"),
     Column("traffic_direction", LC, comment="INGRESS or EGRESS"),
@@ -243,24 +206,34 @@ FLOW_COLUMNS = (
     *_endpoint("dst", "destination"),
 )
 
+# What ClickHouse's toUUIDOrNull takes: the 36-character form or 32 hex digits, any case.
+_UUID_ANY_CASE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}", re.ASCII | re.I)
+
+
+def uuid_text(text: str) -> str:
+    """An id as the flow tables' UUID column holds it: a UUID in lower case, anything else
+    as the MD5 of its text (32 hex digits). Migration 6 rewrote the ids stored before it
+    the same way, so a flow replayed after it gets the id it was stored with."""
+    if _UUID_ANY_CASE.fullmatch(text):
+        return text.lower()
+    return hashlib.md5(text.encode()).hexdigest()
+
+
 HTTP_FLOWS = Table(
     name="http_flows",
     comment="One row per L7 HTTP flow (requests and responses)",
     columns=FLOW_COLUMNS + (
         Column("method", LC),
-        changed(Column("url", "String", "ZSTD(1)", comment="full URL as Hubble reported it (userinfo stripped)"), 6,
-                codec="ZSTD(9)"),
+        Column("url", "String", "ZSTD(9)", comment="full URL as Hubble reported it (userinfo stripped)"),
         Column("host", LC),
-        changed(Column("path", "String", "ZSTD(1)"), 6, alias="path(url)", comment="path of the URL (computed)"),
-        changed(Column("query", "String", "ZSTD(1)", comment="URL query string"), 6, alias="queryString(url)",
-                comment="query string of the URL, without the ? (computed)"),
+        Column("path", "String", alias="path(url)", comment="path of the URL (computed)"),
+        Column("query", "String", alias="queryString(url)", comment="query string of the URL, without the ? (computed)"),
         Column("protocol", LC, comment="HTTP/1.1, HTTP/2, ..."),
         Column("status_code", "UInt16", "ZSTD(1)", comment="0 on requests"),
         Column("latency_ns", "UInt64", "ZSTD(1)", comment="request to response, on responses; 0 on requests"),
-        changed(Column("headers", f"Map({LC}, String)", "ZSTD(1)",
-                       comment="allow-listed headers, sensitive values redacted"), 6, codec="ZSTD(9)"),
+        Column("headers", f"Map({LC}, String)", "ZSTD(9)", comment="allow-listed headers, sensitive values redacted"),
         Column("dst_dns_name", LC, comment="DNS name of the server of the exchange (the request destination): "
-               "Hubble's, else for a server with no pod the name the client pod last resolved to its IP", since=4),
+               "Hubble's, else for a server with no pod the name the client pod last resolved to its IP"),
     ),
     order_by=_EXCHANGE_ORDER,
     id_column="flow_id",
@@ -329,15 +302,15 @@ INGEST_GAPS = Table(
 
 _COUNT = "SimpleAggregateFunction(sum, UInt64)"
 _ROLLUP_TIME = Column("time", "DateTime('UTC')", "Delta, ZSTD(1)", comment="start of the minute",
-                      expr="toStartOfMinute(time)", since=2)
+                      expr="toStartOfMinute(time)")
 
 
 def _rollup_endpoints() -> tuple[Column, ...]:
     return (
-        Column("source_namespace", LC, expr=_CLIENT.format("namespace"), since=2),
-        Column("source_workload", LC, expr=_CLIENT.format("workload"), since=2),
-        Column("destination_namespace", LC, expr=_SERVER.format("namespace"), since=2),
-        Column("destination_workload", LC, expr=_SERVER.format("workload"), since=2),
+        Column("source_namespace", LC, expr=_CLIENT.format("namespace")),
+        Column("source_workload", LC, expr=_CLIENT.format("workload")),
+        Column("destination_namespace", LC, expr=_SERVER.format("namespace")),
+        Column("destination_workload", LC, expr=_SERVER.format("workload")),
     )
 
 
@@ -346,20 +319,19 @@ HTTP_ROLLUP = Rollup(
     comment="HTTP responses per minute, client and server workload, method and status class",
     columns=(
         _ROLLUP_TIME,
-        Column("node", LC, expr="node", since=2),
+        Column("node", LC, expr="node"),
         *_rollup_endpoints(),
         Column("reporter", LC, comment="client (seen on egress) or server (seen on ingress), as Hubble's httpV2",
-               expr="if(traffic_direction = 'INGRESS', 'server', 'client')", since=2),
-        Column("method", LC, expr="method", since=2),
+               expr="if(traffic_direction = 'INGRESS', 'server', 'client')"),
+        Column("method", LC, expr="method"),
         Column("status_class", LC, comment="2xx, 3xx, 4xx, 5xx; 0xx when the proxy saw no status",
-               expr="concat(toString(intDiv(status_code, 100)), 'xx')", since=2),
-        Column("requests", _COUNT, expr="count()", since=2),
-        Column("errors", _COUNT, comment="responses with status 500 or more", expr="countIf(status_code >= 500)",
-               since=2),
-        Column("latency_sum_ns", _COUNT, expr="sum(latency_ns)", since=2),
+               expr="concat(toString(intDiv(status_code, 100)), 'xx')"),
+        Column("requests", _COUNT, expr="count()"),
+        Column("errors", _COUNT, comment="responses with status 500 or more", expr="countIf(status_code >= 500)"),
+        Column("latency_sum_ns", _COUNT, expr="sum(latency_ns)"),
         Column("latency", "AggregateFunction(quantileTDigest, UInt64)",
                comment="latency_ns t-digest: quantileTDigestMerge(0.99)(latency)",
-               expr="quantileTDigestState(latency_ns)", since=2),
+               expr="quantileTDigestState(latency_ns)"),
     ),
     order_by="destination_namespace, destination_workload, time, source_namespace, source_workload, method, "
              "status_class, node, reporter",
@@ -368,7 +340,6 @@ HTTP_ROLLUP = Rollup(
     engine="AggregatingMergeTree",
     source=HTTP_FLOWS,
     where="l7_type = 'RESPONSE'",
-    since=2,
 )
 
 DNS_ROLLUP = Rollup(
@@ -376,26 +347,22 @@ DNS_ROLLUP = Rollup(
     comment="DNS queries and responses per minute, asking workload, name, rcode and query types",
     columns=(
         _ROLLUP_TIME,
-        Column("node", LC, expr="node", since=2),
-        Column("source_namespace", LC, comment="namespace of the pod that asked", expr=_CLIENT.format("namespace"),
-               since=2),
-        Column("source_workload", LC, comment="workload of the pod that asked", expr=_CLIENT.format("workload"),
-               since=2),
-        Column("query", "String", "ZSTD(1)", expr="query", since=2),
-        Column("qtypes", LC, comment="comma-separated, as Hubble's qtypes label", expr="arrayStringConcat(qtypes, ',')",
-               since=2),
-        Column("rcode_name", LC, comment="empty for queries", expr="rcode_name", since=2),
-        Column("queries", _COUNT, expr="countIf(l7_type = 'REQUEST')", since=2),
-        Column("responses", _COUNT, expr="countIf(l7_type = 'RESPONSE')", since=2),
-        Column("responses_with_ips", _COUNT, expr="countIf(l7_type = 'RESPONSE' AND notEmpty(ips))", since=2),
-        Column("ips_returned", _COUNT, expr="sum(length(ips))", since=2),
+        Column("node", LC, expr="node"),
+        Column("source_namespace", LC, comment="namespace of the pod that asked", expr=_CLIENT.format("namespace")),
+        Column("source_workload", LC, comment="workload of the pod that asked", expr=_CLIENT.format("workload")),
+        Column("query", "String", "ZSTD(1)", expr="query"),
+        Column("qtypes", LC, comment="comma-separated, as Hubble's qtypes label", expr="arrayStringConcat(qtypes, ',')"),
+        Column("rcode_name", LC, comment="empty for queries", expr="rcode_name"),
+        Column("queries", _COUNT, expr="countIf(l7_type = 'REQUEST')"),
+        Column("responses", _COUNT, expr="countIf(l7_type = 'RESPONSE')"),
+        Column("responses_with_ips", _COUNT, expr="countIf(l7_type = 'RESPONSE' AND notEmpty(ips))"),
+        Column("ips_returned", _COUNT, expr="sum(length(ips))"),
     ),
     order_by="source_namespace, source_workload, time, query, qtypes, rcode_name, node",
     partition_by="toYYYYMM(time)",
     ttl_key="rollup_ttl_days",
     engine="AggregatingMergeTree",
     source=DNS_FLOWS,
-    since=2,
 )
 
 _LEDGER_COUNT = "UInt64"
@@ -403,27 +370,24 @@ INGEST_LEDGER = Table(
     name="ingest_ledger",
     comment="What each committed batch received and did with it, per source and node: the books that must balance",
     columns=(
-        Column("time", TIME, "Delta, ZSTD(1)", comment="oldest flow of the batch from this node (commit time if none)",
-               since=3),
-        Column("window_end", TIME, "Delta, ZSTD(1)", comment="newest flow of the batch from this node", since=3),
-        Column("committed_at", "DateTime64(3, 'UTC')", "Delta, ZSTD(1)", comment="when the batch was made durable",
-               since=3),
-        Column("node", LC, since=3),
-        Column("source", LC, comment="the Hubble address or the replayed file", since=3),
-        Column("ledger_id", "String", "ZSTD(1)", comment="batch id and node", since=3),
-        Column("received", _LEDGER_COUNT, comment="L7 flows received", since=3),
-        Column("filtered", _LEDGER_COUNT, comment="non-L7 flows received and not stored", since=3),
-        Column("stored_http", _LEDGER_COUNT, since=3),
-        Column("stored_dns", _LEDGER_COUNT, since=3),
-        Column("stored_audit", _LEDGER_COUNT, comment="L7 flows stored (every stored flow has an audit row)", since=3),
-        Column("stored_gaps", _LEDGER_COUNT, since=3),
-        Column("duplicates", _LEDGER_COUNT, comment="L7 flows received that were already stored", since=3),
-        Column("quarantined", _LEDGER_COUNT, comment="input written to the dead-letter file", since=3),
-        Column("lost", _LEDGER_COUNT, comment="events Hubble reported lost", since=3),
+        Column("time", TIME, "Delta, ZSTD(1)", comment="oldest flow of the batch from this node (commit time if none)"),
+        Column("window_end", TIME, "Delta, ZSTD(1)", comment="newest flow of the batch from this node"),
+        Column("committed_at", "DateTime64(3, 'UTC')", "Delta, ZSTD(1)", comment="when the batch was made durable"),
+        Column("node", LC),
+        Column("source", LC, comment="the Hubble address or the replayed file"),
+        Column("ledger_id", "String", "ZSTD(1)", comment="batch id and node"),
+        Column("received", _LEDGER_COUNT, comment="L7 flows received"),
+        Column("filtered", _LEDGER_COUNT, comment="non-L7 flows received and not stored"),
+        Column("stored_http", _LEDGER_COUNT),
+        Column("stored_dns", _LEDGER_COUNT),
+        Column("stored_audit", _LEDGER_COUNT, comment="L7 flows stored (every stored flow has an audit row)"),
+        Column("stored_gaps", _LEDGER_COUNT),
+        Column("duplicates", _LEDGER_COUNT, comment="L7 flows received that were already stored"),
+        Column("quarantined", _LEDGER_COUNT, comment="input written to the dead-letter file"),
+        Column("lost", _LEDGER_COUNT, comment="events Hubble reported lost"),
     ),
     order_by="node, time",
     id_column="ledger_id",
-    since=3,
 )
 
 SCHEMA_MIGRATIONS = Table(
@@ -440,55 +404,7 @@ SCHEMA_MIGRATIONS = Table(
     ttl_key="",
 )
 
+# The tables the ingester writes.
 DATA_TABLES = (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS, INGEST_LEDGER)
-for _table in DATA_TABLES:
-    for _setting in _table.settings:
-        # One that only CREATE TABLE can give belongs to the migration that creates the table;
-        # tables created before it was added keep ClickHouse's default.
-        if not _setting.alterable and _setting.since != _table.since:
-            raise ImportError(f"{_table.name}: setting {_setting.name} cannot be altered, so its since "
-                              f"({_setting.since}) must be the table's ({_table.since})")
 ROLLUPS = (HTTP_ROLLUP, DNS_ROLLUP)
 ALL_TABLES = DATA_TABLES + ROLLUPS + (SCHEMA_MIGRATIONS,)
-MIGRATION_NAMES = {1: "core_tables", 2: "rollups_1m", 3: "ingest_ledger", 4: "http_dst_dns_name",
-                   5: "vertical_merges", 6: "smaller_flows"}
-
-
-def migration_statements(version: int, database: str, cluster: Cluster | None = None) -> list[str]:
-    """The statements that take the schema from version-1 to version (templated on the TTLs)."""
-    statements = []
-    for table in ALL_TABLES:
-        if table.since == version:
-            statements.append(table.create_sql(database, version, cluster))
-            if cluster is not None:
-                statements.append(table.distributed_sql(database, cluster))
-            if isinstance(table, Rollup):
-                statements.append(table.view_sql(database, cluster))
-            continue
-        # On a cluster, the Distributed table's columns must match the shard-local table's.
-        names = [table.local_name, table.name] if cluster else [table.name]
-        for index, column in enumerate(table.columns):
-            if column.since == version and table.since < version:
-                statements += [f"ALTER TABLE `{database}`.`{name}`{_on(cluster)} ADD COLUMN IF NOT EXISTS "
-                               f"{column.as_of(version).ddl()}" for name in names]
-            if column.changed == version and table.since < version:
-                if column.prepare:
-                    holder = table.local_name if cluster else table.name
-                    statements.append(f"ALTER TABLE `{database}`.`{holder}`{_on(cluster)} {column.prepare}")
-                statements += [f"ALTER TABLE `{database}`.`{name}`{_on(cluster)} {clause}"
-                               for name in names for clause in column.alter_sql(after=table.columns[index - 1].name)]
-        altered = [setting.sql() for setting in table.settings
-                   if setting.since == version and setting.alterable and table.since < version]
-        if altered:
-            # On a cluster the settings belong to the shard-local tables, which hold the parts.
-            name = table.local_name if cluster else table.name
-            statements.append(f"ALTER TABLE `{database}`.`{name}`{_on(cluster)} MODIFY SETTING {', '.join(altered)}")
-    return statements
-
-
-def migration_sql(version: int) -> str:
-    """A migration file's text: the statements with ${database} left as a placeholder."""
-    header = (f"-- Migration {version:04d}_{MIGRATION_NAMES[version]}: generated from ingest/schema.py by\n"
-              "-- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and\n"
-              "-- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.\n\n")
-    return header + ";\n\n".join(migration_statements(version, "${database}")) + ";\n"

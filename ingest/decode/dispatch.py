@@ -1,0 +1,103 @@
+"""The dispatcher: what every message a source reads becomes, for both sources.
+
+A source hands over each message it reads with its `Window`. The dispatcher decodes it
+and puts an `Entry` in the batcher's inbox: a flow's rows (looked up before they are
+stored if the window says it may be stored already; dropped if the window knows it
+is), a gap row (always looked up: Hubble sends a loss report again when a stream
+resumes), or a `Tally` of a flow that is not L7. Input that cannot be decoded is kept in
+the dead-letter file with its place (file:line, or the stream and message number),
+counted, and tallied as quarantined; the rest goes on. It counts what it read in the
+window and in the ingester's own metrics, by source kind.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..api.flow import flow_pb2
+from ..api.relay import relay_pb2
+from ..logs import RateLimitedLog
+from .. import metrics
+from ..pipeline.records import DecodeError, Entry, FlowRows, GapRow, Tally, Window
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Decodes with `decoder`, keeps bad input in `dead_letters`, and calls `emit` with each
+    Entry. `kind` labels the metrics (hubble, file); a live source (`live`) also reports
+    Hubble's losses and Relay's node changes as they happen, in the log and the metrics."""
+
+    def __init__(self, decoder, dead_letters, emit, kind: str, live: bool):
+        self.decode = decoder.decode
+        self.dead_letters = dead_letters
+        self.emit = emit
+        self.kind = kind
+        self.live = live
+        self._received_l7 = metrics.FLOWS_RECEIVED.labels(kind, "L7")
+        self._lost_log = RateLimitedLog(log)
+
+    def message(self, window: Window, response, raw: bytes | None = None) -> None:
+        """One message a source read; raw is what a dead letter keeps of it (by default the
+        message, serialized)."""
+        window.read += 1
+        try:
+            decoded = self.decode(response)
+        except DecodeError as err:
+            self._bad_input(window, str(err), response.SerializeToString() if raw is None else raw,
+                           response.node_name)
+            return
+        if type(decoded) is FlowRows:  # nearly every message: the hot path
+            window.flows += 1
+            self._received_l7.inc()
+            time_ns = decoded.time_ns
+            if time_ns == window.stored_at_ns and decoded.audit_id in window.stored_ids:
+                metrics.DUPLICATES_DROPPED.labels("l7_audit").inc()
+                return
+            if time_ns > window.newest_ns:
+                window.newest_ns = time_ns
+            self.emit(Entry(decoded, time_ns <= window.maybe_stored_until_ns, window.source))
+            return
+        if isinstance(decoded, list):  # node status: one gap row per node
+            if self.live:
+                status = response.node_status
+                state = (relay_pb2.NodeState.Name(status.state_change) if status.state_change in range(5)
+                         else "UNKNOWN")
+                metrics.NODE_STATUS.labels(state).inc()
+                log.info("Hubble Relay: nodes %s are %s: %s", ",".join(status.node_names), state, status.message)
+            for gap_row in decoded:
+                window.gaps += 1
+                self.emit(Entry(gap_row, True, window.source))
+            return
+        if isinstance(decoded, GapRow):  # lost events
+            window.gaps += 1
+            if self.live:
+                lost = response.lost_events
+                metrics.LOST_EVENTS.labels(flow_pb2.LostEventSource.Name(lost.source)).inc(lost.num_events_lost)
+                self._lost_log.warning("Hubble lost %d events (%s) on %s", lost.num_events_lost,
+                                       flow_pb2.LostEventSource.Name(lost.source), response.node_name or "?")
+            # Hubble sends a report again when a stream resumes before the flow that followed
+            # it, which can be after the newest flow received: always looked up (reports are
+            # rare, and a batch's lookups are one query per table).
+            self.emit(Entry(decoded, True, window.source))
+            return
+        # Not L7: Hubble is asked for L7 events only, but a server or a file may hold others.
+        window.filtered += 1
+        metrics.FLOWS_RECEIVED.labels(self.kind, decoded.kind).inc()
+        metrics.FLOWS_FILTERED.labels(decoded.kind).inc()
+        self.emit(Entry(Tally(decoded.node, decoded.time_ns, filtered=1), False, window.source))
+
+    def unreadable(self, window: Window, error: str, raw: bytes) -> None:
+        """A line a source could not even parse into a message."""
+        window.read += 1
+        self._bad_input(window, error, raw, "")
+
+    def _bad_input(self, window: Window, error: str, raw: bytes, node: str) -> None:
+        window.bad += 1
+        metrics.DECODE_ERRORS.labels(self.kind).inc()
+        self.dead_letters.add(window.last_place(), error, raw)
+        self.emit(Entry(Tally(node, quarantined=1), False, window.source))
+
+    def gap(self, window: Window, gap_row: GapRow) -> None:
+        """A gap the source itself noticed (a stream that broke): on record, never looked up."""
+        self.emit(Entry(gap_row, False, window.source))

@@ -1,0 +1,151 @@
+"""What passes between the stages of the data path, and nothing else.
+
+A source reads messages within a `Window`; the decoder turns each into `FlowRows` (an
+L7 flow's typed and audit rows), a `GapRow` (a loss on record), `Filtered` (a flow that
+is not L7) or raises `DecodeError`; the dispatcher puts an `Entry` for each in the
+batcher's inbox (a `Tally` for what is counted but not stored), and `END` when the
+source has no more; the batcher seals a `SealedBatch`, which the spool keeps and the
+sink stores. Rows are tuples in their table's column order (`store.schema`), filled by
+column name.
+
+Every stage imports this module and `store.schema`; no stage imports another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+from ..store.schema import INGEST_GAPS, Table
+
+
+class DecodeError(ValueError):
+    """A message that cannot be stored; the text names the offending field."""
+
+
+@dataclass(slots=True)
+class FlowRows:
+    """One stored L7 flow: its typed row (if HTTP or DNS) and its audit row."""
+    flow_id: str  # in the typed row: always a UUID's text (see schema.uuid_text)
+    time_ns: int
+    node: str
+    table: Table | None
+    row: tuple | None
+    audit_row: tuple
+    audit_id: str  # in the audit row and the checkpoint: Hubble's uuid as it came, else the content hash
+
+
+@dataclass(slots=True)
+class GapRow:
+    """One row of ingest_gaps: something that may be missing, on record."""
+    gap_id: str
+    time_ns: int
+    row: tuple
+
+
+@dataclass(slots=True)
+class Filtered:
+    """A flow that is not L7 (trace, drop, policy-verdict events): counted, not stored."""
+    kind: str
+    node: str
+    time_ns: int
+
+
+@dataclass(slots=True)
+class Tally:
+    """Input that is counted in the ledger but not stored: non-L7 flows, dead letters."""
+    node: str
+    time_ns: int = 0
+    filtered: int = 0
+    quarantined: int = 0
+
+
+@dataclass(slots=True)
+class Entry:
+    """One decoded item from `source`; maybe_stored marks rows an earlier run or connection may have stored."""
+    item: FlowRows | GapRow | Tally
+    maybe_stored: bool
+    source: str
+
+
+END = object()  # put in the inbox by a source that has no more input
+
+# Later than any flow: in a window that looks up every flow (a replayed file).
+EVERY_FLOW = 2**63 - 1
+
+
+@dataclass(slots=True)
+class Window:
+    """One stretch of a source's input read in one go: a Hubble stream from connect to
+    break, or one file. What it knows of that input decides what is looked up before it
+    is stored; the dispatcher counts what it read."""
+    # What the ledger calls the source: the Hubble address or the file.
+    source: str
+    # How the place of a message is named in a dead letter: {source} and {n}, the count read.
+    place: str
+    # Flows at or before this time may be stored already: they are looked up.
+    maybe_stored_until_ns: int = EVERY_FLOW
+    # Flows at exactly this time with these ids are stored already: they are dropped.
+    stored_at_ns: int = 0
+    stored_ids: set[str] = field(default_factory=set)
+    # The newest flow time read, where the next window resumes.
+    newest_ns: int = 0
+    read: int = 0
+    flows: int = 0
+    filtered: int = 0
+    gaps: int = 0
+    bad: int = 0
+
+    def last_place(self) -> str:
+        """Where the message read last came from: file:line, or the stream and message number."""
+        return self.place.format(source=self.source, n=self.read)
+
+
+# The source of the batches that record unreadable spool files: not input of this run.
+RECORD_SOURCE = "spool"
+
+
+@dataclass
+class SealedBatch:
+    """A closed batch, as the spool keeps it and the sink stores it."""
+    batch_id: str
+    source: str
+    # Table name -> rows, in the table's column order.
+    rows: dict[str, list[tuple]]
+    # Table name -> ids of rows that may be stored already; looked up once, before the first insert.
+    check_stored: dict[str, set[str]]
+    newest_ns: int
+    ids_at_newest: set[str]
+    # (source, node) -> counters kept for the ledger: received, filtered, quarantined,
+    # and the oldest and newest flow time seen.
+    tallies: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    created_ns: int = 0
+    # Set once the lookups are done and `rows` hold exactly what must be inserted.
+    resolved: bool = False
+
+
+_gap_row = itemgetter(*INGEST_GAPS.column_names)
+
+
+def gap(gap_id: str, time_ns: int, **columns) -> GapRow:
+    """A GapRow of ingest_gaps, its values given by column name (gap_id and time included)."""
+    return GapRow(gap_id, time_ns, _gap_row({"gap_id": gap_id, "time": time_ns, **columns}))
+
+
+def interruption_gap(source: str, node: str, first_ns: int, last_ns: int, message: str) -> GapRow:
+    """A stream that broke between first_ns and last_ns; resuming may or may not cover it."""
+    gap_id = hashlib.blake2b(f"{source}|{node}|{first_ns}|{last_ns}".encode(), digest_size=16).hexdigest()
+    return gap(gap_id, last_ns, node=node, kind="stream_interrupted", source=source, count=0, first=first_ns,
+               last=last_ns, message=message)
+
+
+def unreadable_spool_gap(kept_at: str, file_id: str, written_ns: int, message: str) -> GapRow:
+    """A spooled batch that could not be read back or stored: its flows (or, as message
+    says, some of them) are not stored, and how many there were is unknown. The row's
+    times are when the file was written (its flows are a little older) and its id comes
+    from the file (file_id: name, size, mtime), so working on the same file again gives
+    the same row; source is where the file is kept."""
+    gap_id = hashlib.blake2b(f"spool|{file_id}".encode(), digest_size=16).hexdigest()
+    return gap(gap_id, written_ns, node="", kind="spool_unreadable", source=kept_at, count=0, first=written_ns,
+               last=written_ns, message=message)

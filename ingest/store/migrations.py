@@ -1,0 +1,282 @@
+"""Schema migrations: how each version changed the tables, and applying them once each, in order.
+
+`schema` defines the tables as they are now; each `Migration` here records what one
+version did: the tables it created, the columns it added, the columns it changed (with
+their definition before, and a statement to run first when stored values must be
+converted), the settings it turned on. The DDL of every version, for one server or a
+cluster, is derived from the two together, so the migration files in `sql/migrations/`
+are generated, never written by hand, and a table as an older version left it
+(`columns_as_of`) is known without keeping the old definitions in `schema`.
+
+Applied versions are recorded in `schema_migrations`. A database whose recorded
+version is newer than this build knows is refused rather than written to. After
+migrating, the columns the store reports (`system.columns`) are compared with the
+definitions, so a hand-edited table is reported instead of failing inserts later.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..config import StoreConfig
+from .schema import (ALL_TABLES, DNS_FLOWS, DNS_ROLLUP, HTTP_FLOWS, HTTP_ROLLUP, INGEST_GAPS, INGEST_LEDGER, L7_AUDIT,
+                     LC, SCHEMA_MIGRATIONS, VERTICAL_MERGES, Cluster, Column, Rollup, Setting, Table, on_cluster)
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent.parent.parent / "sql" / "migrations"
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Change:
+    """A column of table altered in place: `before` is its definition until then. `prepare`
+    is an ALTER clause run first, on the table that holds the rows, so that the stored
+    values convert to the new type (a MODIFY that meets one it cannot convert fails after
+    the table has already taken the new type)."""
+    table: Table
+    before: Column
+    prepare: str = ""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    creates: tuple[Table, ...] = ()
+    # (table, column name): added at the end of the table.
+    adds: tuple[tuple[Table, str], ...] = ()
+    changes: tuple[Change, ...] = ()
+    # (table, setting name): turned on with ALTER TABLE ... MODIFY SETTING.
+    settings: tuple[tuple[Table, str], ...] = ()
+
+
+def _before_6(table: Table) -> tuple[Change, ...]:
+    """Schema version 6 made the flow tables smaller (README, Performance): flow_id a UUID,
+    path and query computed from url, T64 on ports, ZSTD(9) on url and headers, ZSTD(3)
+    on IPs."""
+    changes = [Change(table, Column("flow_id", "String", "ZSTD(1)", comment="Hubble uuid, else a hash of the flow "
+                                    "content"),
+                      # As schema.uuid_text: an id stored before that is no UUID becomes the MD5 of its
+                      # text. A server runs mutations in the background: the MODIFY must not start
+                      # before it is done.
+                      prepare="UPDATE flow_id = lower(hex(MD5(toString(flow_id)))) WHERE "
+                              "toUUIDOrNull(toString(flow_id)) IS NULL SETTINGS mutations_sync = 2")]
+    for side, what in (("src", "source"), ("dst", "destination")):
+        changes += [Change(table, Column(f"{side}_ip", "String", "ZSTD(1)", comment=f"IP address of the {what}")),
+                    Change(table, Column(f"{side}_port", "UInt16", "ZSTD(1)", comment=f"L4 port of the {what}"))]
+    if table is HTTP_FLOWS:
+        changes += [Change(table, Column("url", "String", "ZSTD(1)",
+                                         comment="full URL as Hubble reported it (userinfo stripped)")),
+                    Change(table, Column("path", "String", "ZSTD(1)")),
+                    Change(table, Column("query", "String", "ZSTD(1)", comment="URL query string")),
+                    Change(table, Column("headers", f"Map({LC}, String)", "ZSTD(1)",
+                                         comment="allow-listed headers, sensitive values redacted"))]
+    return tuple(changes)
+
+
+MIGRATIONS = (
+    Migration(1, "core_tables", creates=(HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS, SCHEMA_MIGRATIONS)),
+    Migration(2, "rollups_1m", creates=(HTTP_ROLLUP, DNS_ROLLUP)),
+    Migration(3, "ingest_ledger", creates=(INGEST_LEDGER,)),
+    Migration(4, "http_dst_dns_name", adds=((HTTP_FLOWS, "dst_dns_name"),)),
+    Migration(5, "vertical_merges", settings=tuple((table, setting.name) for table in (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT)
+                                                   for setting in VERTICAL_MERGES)),
+    Migration(6, "smaller_flows", changes=_before_6(HTTP_FLOWS) + _before_6(DNS_FLOWS)),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+MIGRATION_NAMES = {m.version: m.name for m in MIGRATIONS}
+
+for _migration in MIGRATIONS:
+    for _table, _name in _migration.settings:
+        if not next(s for s in _table.settings if s.name == _name).alterable:
+            # Only CREATE TABLE can give it: it belongs in the table's definition, for new tables.
+            raise ImportError(f"migration {_migration.version}: {_table.name} setting {_name} cannot be altered")
+
+
+def created_in(table: Table) -> int:
+    """The version whose migration created table."""
+    return next(m.version for m in MIGRATIONS if any(t is table for t in m.creates))
+
+
+def columns_as_of(table: Table, version: int) -> tuple[Column, ...]:
+    """Table's columns as schema version `version` left them (none before it was created)."""
+    if version < created_in(table):
+        return ()
+    columns = list(table.columns)
+    for migration in reversed(MIGRATIONS):
+        if migration.version <= version:
+            break
+        for change in migration.changes:
+            if change.table is table:
+                columns = [change.before if c.name == change.before.name else c for c in columns]
+        added = {name for t, name in migration.adds if t is table}
+        columns = [c for c in columns if c.name not in added]
+    return tuple(columns)
+
+
+def _settings_as_of(table: Table, version: int) -> tuple[Setting, ...]:
+    later = {name for m in MIGRATIONS if m.version > version for t, name in m.settings if t is table}
+    return tuple(s for s in table.settings if s.name not in later)
+
+
+def _alter(database: str, names: list[str], cluster: Cluster | None, clause: str) -> list[str]:
+    return [f"ALTER TABLE `{database}`.`{name}`{on_cluster(cluster)} {clause}" for name in names]
+
+
+def migration_statements(version: int, database: str, cluster: Cluster | None = None) -> list[str]:
+    """The statements that take the schema from version-1 to version (templated on the TTLs)."""
+    migration = MIGRATIONS[version - 1]
+    statements = []
+    for table in ALL_TABLES:
+        if any(t is table for t in migration.creates):
+            statements.append(table.create_sql(database, cluster, columns_as_of(table, version),
+                                               _settings_as_of(table, version)))
+            if cluster is not None:
+                statements.append(table.distributed_sql(database, cluster))
+            if isinstance(table, Rollup):
+                statements.append(table.view_sql(database, cluster))
+            continue
+        # On a cluster, the Distributed table's columns must match the shard-local table's;
+        # the rows, and so the values to convert and the settings, are in the shard-local one.
+        names = [table.local_name, table.name] if cluster else [table.name]
+        holder = [table.local_name if cluster else table.name]
+        added = {name for t, name in migration.adds if t is table}
+        changes = {c.before.name: c for c in migration.changes if c.table is table}
+        columns = columns_as_of(table, version)
+        for index, column in enumerate(columns):
+            if column.name in added:
+                statements += _alter(database, names, cluster, f"ADD COLUMN IF NOT EXISTS {column.ddl()}")
+            change = changes.get(column.name)
+            if change is None:
+                continue
+            if change.prepare:
+                statements += _alter(database, holder, cluster, change.prepare)
+            if column.alias and not change.before.alias:
+                # A stored column with a codec cannot be modified into an ALIAS, and REMOVE
+                # CODEC fails once it has none; its values are what the alias computes. Both
+                # clauses can run again, as a migration cut short is redone whole.
+                clauses = [f"DROP COLUMN IF EXISTS `{column.name}`",
+                           f"ADD COLUMN IF NOT EXISTS {column.ddl()} AFTER `{columns[index - 1].name}`"]
+            else:
+                clauses = [f"MODIFY COLUMN {column.ddl()}"]
+            statements += [statement for name in names for clause in clauses
+                           for statement in _alter(database, [name], cluster, clause)]
+        turned_on = [s.sql() for s in table.settings if any(t is table and n == s.name for t, n in migration.settings)]
+        if turned_on:
+            statements += _alter(database, holder, cluster, f"MODIFY SETTING {', '.join(turned_on)}")
+    return statements
+
+
+def migration_sql(version: int) -> str:
+    """A migration file's text: the statements with ${database} left as a placeholder."""
+    header = (f"-- Migration {version:04d}_{MIGRATION_NAMES[version]}: generated from ingest/store/ by\n"
+              "-- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and\n"
+              "-- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.\n\n")
+    return header + ";\n\n".join(migration_statements(version, "${database}")) + ";\n"
+
+
+def migration_files() -> dict[str, str]:
+    """File name -> text of every migration, as committed under sql/migrations/."""
+    return {f"{v:04d}_{MIGRATION_NAMES[v]}.sql": migration_sql(v) for v in range(1, SCHEMA_VERSION + 1)}
+
+
+def write_sql(directory: Path = SQL_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in migration_files().items():
+        (directory / name).write_text(text)
+        written.append(directory / name)
+    return written
+
+
+def cluster_of(store: StoreConfig) -> Cluster | None:
+    """The store's cluster, or None for a single server."""
+    if not store.cluster:
+        return None
+    return Cluster(store.cluster, "cityHash64(node)" if store.sharding == "node" else "rand()")
+
+
+def applied_version(client, database: str) -> int:
+    exists = client.query("SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                          parameters={"db": database, "t": SCHEMA_MIGRATIONS.name}).result_rows[0][0]
+    if not exists:
+        return 0
+    rows = client.query(f"SELECT max(version) FROM `{database}`.`{SCHEMA_MIGRATIONS.name}`").result_rows
+    return int(rows[0][0] or 0)
+
+
+def render(version: int, store: StoreConfig, cluster: Cluster | None = None) -> list[str]:
+    """The statements of one migration for the configured database (on a cluster if given);
+    a TTL of 0 days keeps rows forever."""
+    statements = migration_statements(version, store.database, cluster)
+    for key in ("ttl_days", "rollup_ttl_days"):
+        days = int(getattr(store, key))
+        line = f"\nTTL toDateTime(time) + INTERVAL ${{{key}}} DAY"
+        statements = [s.replace(line, line.replace(f"${{{key}}}", str(days)) if days > 0 else "")
+                      for s in statements]
+    return statements
+
+
+def migrate(client, store: StoreConfig, cluster: Cluster | None = None) -> int:
+    """Apply every missing migration; returns the number applied."""
+    database = store.database
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`{on_cluster(cluster)}")
+    current = applied_version(client, database)
+    if current > SCHEMA_VERSION:
+        raise MigrationError(f"database {database} has schema version {current}, newer than this "
+                             f"flowlog knows ({SCHEMA_VERSION}); upgrade flowlog")
+    applied = 0
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        for statement in render(version, store, cluster):
+            client.command(statement)
+        client.insert(f"`{database}`.`{SCHEMA_MIGRATIONS.name}`",
+                      [[version, datetime.now(timezone.utc), MIGRATION_NAMES[version]]],
+                      column_names=SCHEMA_MIGRATIONS.column_names)
+        log.info("applied schema migration %04d_%s to %s", version, MIGRATION_NAMES[version], database)
+        applied += 1
+    drift = column_drift(client, database)
+    if drift:
+        raise MigrationError("the tables differ from the schema definition: " + "; ".join(drift))
+    for line in sort_key_drift(client, database, cluster):
+        log.warning("%s", line)
+    return applied
+
+
+def column_drift(client, database: str) -> list[str]:
+    """Differences between system.columns and the definitions, as readable lines."""
+    rows = client.query("SELECT table, name, type FROM system.columns WHERE database = {db:String} "
+                        "ORDER BY table, position", parameters={"db": database}).result_rows
+    actual: dict[str, list[tuple[str, str]]] = {}
+    for table, name, type_ in rows:
+        actual.setdefault(table, []).append((name, type_))
+    drift = []
+    for table in ALL_TABLES:
+        expected = [(c.name, c.type) for c in table.columns]
+        if actual.get(table.name) != expected:
+            drift.append(f"{table.name}: expected {expected}, found {actual.get(table.name)}")
+    return drift
+
+
+def sort_key_drift(client, database: str, cluster: Cluster | None = None) -> list[str]:
+    """Tables sorted otherwise than the definitions say. Not an error: a store created by an
+    older build keeps its key (ClickHouse cannot change it in place); rows are the same.
+    On a cluster the rows, and so the key, are in the shard-local tables."""
+    rows = client.query("SELECT name, sorting_key FROM system.tables WHERE database = {db:String}",
+                        parameters={"db": database}).result_rows
+    actual = dict(rows)
+    drift = []
+    for table in ALL_TABLES:
+        name = table.local_name if cluster else table.name
+        # A one-column key comes back in parentheses.
+        if name in actual and actual[name] not in (table.order_by, f"({table.order_by})"):
+            drift.append(f"{name} is sorted by {actual[name]}; this version sorts new tables by {table.order_by}, "
+                         "which stores them smaller: copy the rows into a table created by `flowlog migrate "
+                         "--print` to use it")
+    return drift
