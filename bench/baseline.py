@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 
 from ingest.config import StoreConfig
-from ingest.migrate import migrate
-from ingest.schema import DNS_FLOWS, HTTP_FLOWS
+from ingest.store.migrations import migrate
+from ingest.store.schema import DNS_FLOWS, HTTP_FLOWS
 
 DATABASE = "baseline"
 _SAFE = "[bcdfghjklmnpqrstvwxz2456789]"

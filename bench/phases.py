@@ -293,3 +293,10 @@ def baseline(files: FlowFiles, workdir: Path, protobuf: bool = False) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     arguments = ["--protobuf", str(files.stream)] if protobuf else [str(files.jsonl)]
     return _python_json(["bench.baseline", *arguments, str(workdir)], timeout=1200)
+
+
+# --- 6. the decoder alone ---
+
+def decode(files: FlowFiles) -> dict:
+    """CPU µs a flow of Decoder.decode on the stream's messages, in a process of its own."""
+    return _python_json(["bench.decode", str(files.stream)], timeout=1200)

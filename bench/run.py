@@ -14,6 +14,7 @@ Generates N realistic L7 flows (bench/traffic.py; seeded, cached in bench/.cache
   lag     a fresh `flowlog run` at a fixed offered load: flow time to commit, p50/p99
   replay  `flowlog replay` of the same flows as `hubble observe -o jsonpb` lines, and
           ClickHouse's own JSONEachRow parser on the same file (bench/baseline.py)
+  decode  the decoder alone on the stream's messages: CPU µs per flow (bench/decode.py)
 
 Prints a table and writes every number, with the machine and the versions, to --out.
 bench/README.md explains each number and what limits it.
@@ -40,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: import bench and ingest from t
 
 from bench import flowfiles, loadgen, phases, report  # noqa: E402
 
-PHASES = ("limit", "e2e", "disk", "lag", "replay")
+PHASES = ("limit", "e2e", "disk", "lag", "replay", "decode")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -176,6 +177,9 @@ def main(argv=None) -> int:
             results["baseline"] = phases.baseline(files, workdir / "baseline")
             results["replay"]["ratio_to_baseline"] = round(
                 results["replay"]["flows_per_s"] / results["baseline"]["flows_per_s"], 3)
+        if "decode" in args.phases:
+            log("decode: the decoder alone on the stream's messages")
+            results["decode"] = phases.decode(files)
         if args.profile:
             log(f"profile: one more end-to-end run with py-spy for {args.profile:.0f} s (not a measurement)")
             profiled = phases.end_to_end(files, workdir / "profile", args.overrides, args.poll_ms / 1000, log,

@@ -1,6 +1,6 @@
 """Benchmark traffic: the L7 flows of a mid-sized cluster, seeded, as Hubble sends them.
 
-`flowlog demo`'s scene (ingest/demo_traffic.py) has seven pods and a handful of URLs:
+`flowlog demo`'s scene (ingest/demo/traffic.py) has seven pods and a handful of URLs:
 stored, it would compress far better than a real node's flows. This cluster has 4 nodes,
 9 namespaces, 30 workloads, 63 pods and their Services, 6 external APIs, and the traffic a
 shop-like application makes:
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import BoolValue
 
+from ingest.api import L7_EVENT_TYPE
 from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
-from ingest.decode import L7_EVENT_TYPE
 
 S = 1_000_000_000
 MS = 1_000_000
