@@ -30,11 +30,23 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
                16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
                22: "BADTRUNC", 23: "BADCOOKIE"}
 
-_VERDICT = {v.number: v.name for v in flow_pb2.Verdict.DESCRIPTOR.values}
-_L7_TYPE = {v.number: v.name for v in flow_pb2.L7FlowType.DESCRIPTOR.values}
-_DIRECTION = {v.number: v.name for v in flow_pb2.TrafficDirection.DESCRIPTOR.values}
-_LOST_SOURCE = {v.number: v.name for v in flow_pb2.LostEventSource.DESCRIPTOR.values}
-_NODE_STATE = {v.number: v.name for v in relay_pb2.NodeState.DESCRIPTOR.values}
+class _EnumNames(dict):
+    """An enum's names by number; a number this build does not know reads as its digits."""
+
+    def __init__(self, enum):
+        super().__init__((v.number, v.name) for v in enum.DESCRIPTOR.values)
+
+    def __missing__(self, number: int) -> str:
+        return str(number)
+
+
+_VERDICT = _EnumNames(flow_pb2.Verdict)
+_L7_TYPE = _EnumNames(flow_pb2.L7FlowType)
+_DIRECTION = _EnumNames(flow_pb2.TrafficDirection)
+_LOST_SOURCE = _EnumNames(flow_pb2.LostEventSource)
+_NODE_STATE = _EnumNames(relay_pb2.NodeState)
+# The audit row's `type`: which L7 record the flow holds.
+_RECORD_TYPE = {"http": "HTTP", "dns": "DNS", "kafka": "KAFKA"}
 
 # Kubernetes pod-name suffixes use this alphabet (k8s.io/apimachinery rand.SafeEncodeString).
 _SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
@@ -113,7 +125,11 @@ def _ports(l4: flow_pb2.Layer4) -> tuple[int, int]:
     fields = _PORT_FIELDS.get(protocol)
     if fields is not None:
         ports = getattr(l4, protocol)
-        return _uint16(ports.source_port, fields[0], "port"), _uint16(ports.destination_port, fields[1], "port")
+        source, destination = ports.source_port, ports.destination_port
+        if source > _UINT16_MAX or destination > _UINT16_MAX:  # checked once for both: every flow passes here
+            _uint16(source, fields[0], "port")
+            _uint16(destination, fields[1], "port")
+        return source, destination
     return 0, 0
 
 
@@ -129,7 +145,7 @@ class Decoder:
         self.strip_userinfo = http.strip_userinfo
         self.dns = DNSCache(http.dns_cache_entries, http.dns_grace_s)
         self._endpoints: dict[tuple, tuple] = {}
-        self._identity_labels: dict[int, list[str]] = {}
+        self._labels: dict[int, list[str]] = {}
         self._urls: dict[str, tuple] = {}
         self._header_policies: dict[str, object] = {}
 
@@ -164,11 +180,11 @@ class Decoder:
         flow_id = audit_id if not uuid or _UUID.fullmatch(uuid) else uuid_text(uuid)
         node = flow.node_name or (response.node_name if response is not None else "")
         l7 = flow.l7
-        l7_type = _L7_TYPE.get(l7.type, str(l7.type))
+        l7_type = _L7_TYPE[l7.type]
         record = l7.WhichOneof("record")
         if record is None:
             raise DecodeError("flow.l7: the l7 record holds no http, dns or kafka part")
-        audit = _AUDIT_ROW({"time": time_ns, "node": node, "flow_id": audit_id, "type": record.upper(),
+        audit = _AUDIT_ROW({"time": time_ns, "node": node, "flow_id": audit_id, "type": _RECORD_TYPE[record],
                             "l7_type": l7_type, "flow": flow.SerializeToString()})
         if record not in ("http", "dns"):
             return FlowRows(flow_id, time_ns, node, None, None, audit, audit_id)
@@ -182,18 +198,17 @@ class Decoder:
             values["protocol"] = http.protocol
             values["status_code"] = _uint16(http.code, "flow.l7.http.code", "HTTP status")
             values["headers"] = self._headers(http)
-            values["dst_dns_name"] = self._server_name(flow, is_response, time_ns)
+            values["dst_dns_name"] = self._server_name(values, is_response, time_ns)
             return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, _HTTP_ROW(values), audit, audit_id)
         dns = l7.dns
         rcode = values["rcode"] = _uint16(dns.rcode, "flow.l7.dns.rcode", "DNS response code")
         ips = values["ips"] = list(dns.ips)
-        if is_response and ips:
-            asker = flow.destination
-            self.dns.learn(f"{asker.namespace}/{asker.pod_name}", ips, dns.query, dns.ttl, time_ns)
+        query = values["query"] = dns.query
+        ttl = values["ttl"] = dns.ttl
+        if is_response and ips:  # the pod that asked is the destination of a response
+            self.dns.learn(f"{values['dst_namespace']}/{values['dst_pod']}", ips, query, ttl, time_ns)
         values["rcode_name"] = RCODE_NAMES.get(rcode, f"RCODE{rcode}") if is_response else ""
-        values["query"] = dns.query
         values["qtypes"] = list(dns.qtypes)
-        values["ttl"] = dns.ttl
         values["cnames"] = list(dns.cnames)
         values["rrtypes"] = list(dns.rrtypes)
         values["observation_source"] = dns.observation_source
@@ -203,55 +218,62 @@ class Decoder:
         """The values of the columns HTTP and DNS flows share, by column name."""
         src_port, dst_port = _ports(flow.l4)
         ip = flow.IP
-        src_namespace, src_pod, src_workload, src_identity = self._endpoint(flow.source)
-        dst_namespace, dst_pod, dst_workload, dst_identity = self._endpoint(flow.destination)
+        src_namespace, src_pod, src_workload, src_identity, src_labels = self._endpoint(flow.source)
+        dst_namespace, dst_pod, dst_workload, dst_identity, dst_labels = self._endpoint(flow.destination)
         return {
             "time": time_ns, "node": node, "flow_id": flow_id,
-            "verdict": _VERDICT.get(flow.verdict, str(flow.verdict)), "l7_type": l7_type,
-            "traffic_direction": _DIRECTION.get(flow.traffic_direction, str(flow.traffic_direction)),
+            "verdict": _VERDICT[flow.verdict], "l7_type": l7_type,
+            "traffic_direction": _DIRECTION[flow.traffic_direction],
             "is_reply": flow.is_reply.value if flow.HasField("is_reply") else None,
             "src_namespace": src_namespace, "src_pod": src_pod, "src_workload": src_workload,
             "src_identity": src_identity, "src_ip": ip.source, "src_port": src_port,
-            "src_labels": self._labels(flow.source), "src_names": list(flow.source_names),
+            "src_labels": src_labels, "src_names": list(flow.source_names),
             "dst_namespace": dst_namespace, "dst_pod": dst_pod, "dst_workload": dst_workload,
             "dst_identity": dst_identity, "dst_ip": ip.destination, "dst_port": dst_port,
-            "dst_labels": self._labels(flow.destination), "dst_names": list(flow.destination_names),
+            "dst_labels": dst_labels, "dst_names": list(flow.destination_names),
         }
 
     def _endpoint(self, endpoint: flow_pb2.Endpoint) -> tuple:
-        """(namespace, pod, workload, identity); pods repeat, so each is worked out once."""
+        """(namespace, pod, workload, identity, labels); pods repeat, so each is worked out once.
+        The labels of a security identity are fixed, except the reserved ones (world, host,
+        ...), which are read every time."""
         key = (endpoint.namespace, endpoint.pod_name, endpoint.identity)
         known = self._endpoints.get(key)
         if known is None:
             if len(self._endpoints) >= _CACHE_ENTRIES:
                 self._endpoints.clear()
-            known = self._endpoints[key] = (key[0], key[1], workload_of(endpoint), key[2])
+            known = self._endpoints[key] = (key[0], key[1], workload_of(endpoint), key[2],
+                                            self._identity_labels(endpoint))
+        elif key[2] < _FIRST_ALLOCATED_IDENTITY:
+            return known[:4] + (list(endpoint.labels),)
         return known
 
-    def _labels(self, endpoint: flow_pb2.Endpoint) -> list[str]:
-        # The labels of a security identity are fixed, except the reserved ones (world, host, ...).
+    def _identity_labels(self, endpoint: flow_pb2.Endpoint) -> list[str]:
         identity = endpoint.identity
         if identity < _FIRST_ALLOCATED_IDENTITY:
             return list(endpoint.labels)
-        known = self._identity_labels.get(identity)
+        known = self._labels.get(identity)
         if known is None:
-            if len(self._identity_labels) >= _CACHE_ENTRIES:
-                self._identity_labels.clear()
-            known = self._identity_labels[identity] = list(endpoint.labels)
+            if len(self._labels) >= _CACHE_ENTRIES:
+                self._labels.clear()
+            known = self._labels[identity] = list(endpoint.labels)
         return known
 
-    def _server_name(self, flow: flow_pb2.Flow, is_response: bool, time_ns: int) -> str:
+    def _server_name(self, values: dict, is_response: bool, time_ns: int) -> str:
         """The DNS name of the exchange's server: Hubble's own when it has one, else, for a
-        server with no pod, the name the client pod last resolved to the server's IP."""
+        server with no pod, the name the client pod last resolved to the server's IP. On a
+        response, Hubble swaps the endpoints: the server is the source."""
         if is_response:
-            server, client, server_ip, names = flow.source, flow.destination, flow.IP.source, flow.source_names
+            names, server_pod, server_ip = values["src_names"], values["src_pod"], values["src_ip"]
         else:
-            server, client, server_ip, names = flow.destination, flow.source, flow.IP.destination, flow.destination_names
+            names, server_pod, server_ip = values["dst_names"], values["dst_pod"], values["dst_ip"]
         if names:
             return names[0]
-        if server.pod_name:
+        if server_pod:
             return ""
-        return self.dns.name_for(f"{client.namespace}/{client.pod_name}", server_ip, time_ns)
+        client = (f"{values['dst_namespace']}/{values['dst_pod']}" if is_response
+                  else f"{values['src_namespace']}/{values['src_pod']}")
+        return self.dns.name_for(client, server_ip, time_ns)
 
     def _url(self, url: str) -> tuple[str, str]:
         """(url as stored, host); the same URLs come again and again."""
@@ -318,7 +340,7 @@ def lost_events_gap(response: observer_pb2.GetFlowsResponse) -> GapRow:
     first = timestamp_ns(lost.first, "lost_events.first") if lost.HasField("first") else time_ns
     last = timestamp_ns(lost.last, "lost_events.last") if lost.HasField("last") else time_ns
     return gap(content_id(response), time_ns, node=response.node_name, kind="lost_events",
-               source=_LOST_SOURCE.get(lost.source, str(lost.source)), count=lost.num_events_lost, first=first,
+               source=_LOST_SOURCE[lost.source], count=lost.num_events_lost, first=first,
                last=last, message=f"cpu {lost.cpu.value}" if lost.HasField("cpu") else "")
 
 
@@ -326,7 +348,7 @@ def node_status_gaps(response: observer_pb2.GetFlowsResponse) -> list[GapRow]:
     status = response.node_status
     time_ns = timestamp_ns(response.time, "time")
     gap_id = content_id(response)
-    state = _NODE_STATE.get(status.state_change, str(status.state_change))
+    state = _NODE_STATE[status.state_change]
     return [gap(f"{gap_id}-{index}", time_ns, node=node, kind="node_status", source=state, count=0, first=time_ns,
                 last=time_ns, message=status.message)
             for index, node in enumerate(status.node_names or [response.node_name])]
