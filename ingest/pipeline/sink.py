@@ -9,7 +9,10 @@ crash stores nothing twice; the ledger's rows go last. A store that fails raises
 full jitter, with one log line when failing starts and one when it recovers. Rows the
 store's client cannot encode (a value of the wrong type, or one its column cannot hold;
 the decoder rejects those, so only a defect gets here) raise `BatchRefused`: trying
-again cannot help.
+again cannot help, and the batch is set aside. But when the last batch that got as far
+as that table was refused there too, before any batch of flows inserted rows into it,
+the fault is not in a batch (the table changed under the ingester, say): that is a
+failing store, `StoreUnavailable`, and the batches wait.
 
 The sink does not know whether the store is a server or the embedded engine, nor where
 batches wait; the wiring (`runner.Writer`) takes them from the spool to here.
