@@ -140,3 +140,30 @@ def test_a_value_its_column_cannot_hold_is_a_decode_error_naming_the_field(chang
     change(response)
     with pytest.raises(DecodeError, match=error):
         Decoder().decode(response)
+
+
+def test_the_decoder_fills_exactly_the_columns_of_each_table_by_name(monkeypatch):
+    """A column added to schema.py without a value in the decoder fails here, not at the
+    first flow of a running ingester."""
+    from ingest.decode import decoder as decoder_module
+    from ingest.sources.files import parse_line
+    from ingest.store.schema import DNS_FLOWS, L7_AUDIT
+
+    from .helpers import DNS_330, HTTP_348
+
+    filled: dict[str, set[str]] = {}
+
+    def recording(name, layout):
+        def row(values):
+            filled.setdefault(name, set()).update(values)
+            return layout(values)
+        return row
+
+    for name in ("_HTTP_ROW", "_DNS_ROW", "_AUDIT_ROW"):
+        monkeypatch.setattr(decoder_module, name, recording(name, getattr(decoder_module, name)))
+    decoder = Decoder()
+    for path in (HTTP_348, DNS_330):
+        for line in path.read_bytes().splitlines()[:20]:
+            decoder.decode(parse_line(line))
+    assert filled == {"_HTTP_ROW": set(HTTP_FLOWS.column_names), "_DNS_ROW": set(DNS_FLOWS.column_names),
+                      "_AUDIT_ROW": set(L7_AUDIT.column_names)}

@@ -100,7 +100,7 @@ def test_every_module_has_a_place_and_the_imports_were_read():
 def _violation(module: str, target: str) -> str | None:
     (layer, group), (target_layer, target_group) = _place(module), _place(target)
     if ORDER.index(target_layer) > ORDER.index(layer):
-        return f"{module} ({layer}) imports {target}, of the layer above ({target_layer})"
+        return f"{module} ({layer}) imports {target}, of a higher layer ({target_layer})"
     if layer == target_layer == "stages" and group != target_group:
         return f"{module} (stage {group}) imports {target} (stage {target_group})"
     return None
@@ -114,5 +114,5 @@ def test_an_import_across_stages_or_up_a_layer_is_caught():
     assert _violation("ingest.pipeline.sink", "ingest.pipeline.spool") == (
         "ingest.pipeline.sink (stage sink) imports ingest.pipeline.spool (stage spool)")
     assert _violation("ingest.store.queries", "ingest.runner") == (
-        "ingest.store.queries (store) imports ingest.runner, of the layer above (wiring)")
+        "ingest.store.queries (store) imports ingest.runner, of a higher layer (wiring)")
     assert _violation("ingest.config", "ingest.store.schema") is not None

@@ -53,7 +53,7 @@ def test_a_table_sorted_by_an_older_key_is_reported_not_refused(config, client, 
     client.command(f"CREATE TABLE `{db}`.http_old AS `{db}`.http_flows")
     client.command(f"DROP TABLE `{db}`.http_flows")
     client.command(f"CREATE TABLE `{db}`.http_flows AS `{db}`.http_old ENGINE = MergeTree ORDER BY (time)")
-    with caplog.at_level("WARNING", logger="ingest.migrate"):
+    with caplog.at_level("WARNING", logger="ingest.store.migrations"):
         assert migrate(client, config.store) == 0
     assert "http_flows is sorted by (time); this version sorts new tables by toStartOfHour(time), if(" in caplog.text
 

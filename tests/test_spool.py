@@ -356,7 +356,7 @@ def test_the_partition_limit_is_lifted_only_for_a_block_spanning_more_days_than_
     from ingest.pipeline.sink import _partitions_setting
 
     rows = [(day * 86_400 * 10**9 + 5,) for day in range(days)] * 2
-    assert _partitions_setting(rows) == ({"max_partitions_per_insert_block": 0} if lifted else {})
+    assert _partitions_setting(rows, 0) == ({"max_partitions_per_insert_block": 0} if lifted else {})
 
 
 def test_unreadable_keeps_the_newest_files_within_the_spools_size(tmp_path, caplog):

@@ -45,8 +45,6 @@ _L7_TYPE = _EnumNames(flow_pb2.L7FlowType)
 _DIRECTION = _EnumNames(flow_pb2.TrafficDirection)
 _LOST_SOURCE = _EnumNames(flow_pb2.LostEventSource)
 _NODE_STATE = _EnumNames(relay_pb2.NodeState)
-# The audit row's `type`: which L7 record the flow holds.
-_RECORD_TYPE = {"http": "HTTP", "dns": "DNS", "kafka": "KAFKA"}
 
 # Kubernetes pod-name suffixes use this alphabet (k8s.io/apimachinery rand.SafeEncodeString).
 _SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
@@ -184,7 +182,7 @@ class Decoder:
         record = l7.WhichOneof("record")
         if record is None:
             raise DecodeError("flow.l7: the l7 record holds no http, dns or kafka part")
-        audit = _AUDIT_ROW({"time": time_ns, "node": node, "flow_id": audit_id, "type": _RECORD_TYPE[record],
+        audit = _AUDIT_ROW({"time": time_ns, "node": node, "flow_id": audit_id, "type": record.upper(),
                             "l7_type": l7_type, "flow": flow.SerializeToString()})
         if record not in ("http", "dns"):
             return FlowRows(flow_id, time_ns, node, None, None, audit, audit_id)

@@ -113,7 +113,7 @@ class Batch:
                 elif item.time_ns == self.newest_ns:
                     self.ids_at_newest.add(item.audit_id)
         elif isinstance(item, GapRow):
-            self._tally(item.row[1], item.time_ns)
+            self._tally(item.node, item.time_ns)
             self._add_row(INGEST_GAPS, item.gap_id, item.row, entry.maybe_stored)
         else:
             tally = self._tally(item.node, item.time_ns)

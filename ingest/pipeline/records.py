@@ -41,6 +41,7 @@ class GapRow:
     """One row of ingest_gaps: something that may be missing, on record."""
     gap_id: str
     time_ns: int
+    node: str
     row: tuple
 
 
@@ -86,7 +87,8 @@ class Window:
     place: str
     # Flows at or before this time may be stored already: they are looked up.
     maybe_stored_until_ns: int = EVERY_FLOW
-    # Flows at exactly this time with these ids are stored already: they are dropped.
+    # Flows at exactly this time with these ids are durable already (in the spool or the
+    # store): they are dropped.
     stored_at_ns: int = 0
     stored_ids: set[str] = field(default_factory=set)
     # The newest flow time read, where the next window resumes.
@@ -128,9 +130,9 @@ class SealedBatch:
 _gap_row = itemgetter(*INGEST_GAPS.column_names)
 
 
-def gap(gap_id: str, time_ns: int, **columns) -> GapRow:
-    """A GapRow of ingest_gaps, its values given by column name (gap_id and time included)."""
-    return GapRow(gap_id, time_ns, _gap_row({"gap_id": gap_id, "time": time_ns, **columns}))
+def gap(gap_id: str, time_ns: int, node: str, **columns) -> GapRow:
+    """A GapRow of ingest_gaps, its values given by column name (gap_id, time and node included)."""
+    return GapRow(gap_id, time_ns, node, _gap_row({"gap_id": gap_id, "time": time_ns, "node": node, **columns}))
 
 
 def interruption_gap(source: str, node: str, first_ns: int, last_ns: int, message: str) -> GapRow:

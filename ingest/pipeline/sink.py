@@ -133,8 +133,8 @@ class Sink:
         found: dict[str, tuple[set[str], int]] = {}
         for name, candidates in batch.check_stored.items():
             table = TABLES[name]
-            id_index = table.column_names.index(table.id_column)
-            times = [row[0] for row in batch.rows.get(name, []) if row[id_index] in candidates]
+            id_index, time_index = table.column_names.index(table.id_column), table.column_names.index("time")
+            times = [row[time_index] for row in batch.rows.get(name, []) if row[id_index] in candidates]
             if not times:
                 continue
             stored = self._call(table, lambda: self.stored_ids(table, candidates, min(times), max(times)))
@@ -188,7 +188,7 @@ class Sink:
                                                  "deduplicate_blocks_in_dependent_materialized_views": 1,
                                                  # on a cluster, so the token reaches the shard with the rows
                                                  "distributed_foreground_insert": 1,
-                                                 **_partitions_setting(rows)})
+                                                 **_partitions_setting(rows, table.column_names.index("time"))})
                 finally:
                     sent.clear()
                 metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
@@ -231,10 +231,10 @@ _DAY_NS = 86_400 * 1_000_000_000
 _PARTITIONS_PER_INSERT = 100
 
 
-def _partitions_setting(rows: list[tuple]) -> dict[str, int]:
+def _partitions_setting(rows: list[tuple], time_index: int) -> dict[str, int]:
     """For a block spanning more days than the server takes in one insert (a backfill of a
     quiet cluster), which it would refuse on every retry: lift the limit, for that block
     only (where a settings profile forbids changing it, such a block fails as before)."""
-    if len({row[0] // _DAY_NS for row in rows}) > _PARTITIONS_PER_INSERT:
+    if len({row[time_index] // _DAY_NS for row in rows}) > _PARTITIONS_PER_INSERT:
         return {"max_partitions_per_insert_block": 0}
     return {}

@@ -5,8 +5,8 @@ plus the configured namespace and verdict filters. Resumes with `since` = the ne
 flow already received (at start: the checkpoint, the newest flow durably stored), so
 a reconnect or a restart loses nothing. Each connection is a `Window` for the
 dispatcher: after a reconnect, flows at or before the resume point may be stored
-already and are looked up; at start, the flows the checkpoint names at that instant are
-dropped. A resume point ahead of this host's clock (flows stamped in the future) would
+already and are looked up; on every connection, the flows the checkpoint names at its
+instant (durable already) are dropped. A resume point ahead of this host's clock (flows stamped in the future) would
 make Hubble skip every flow until that time: then it asks for all Hubble holds, and
 every flow of that connection up to the resume point is looked up. Reconnects forever
 with exponential backoff and full jitter; a stream that breaks after delivering is
