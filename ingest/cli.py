@@ -16,6 +16,7 @@ import time
 
 from . import __version__, logs
 from .config import ConfigError, dump_yaml, load
+from .statedir import StateLock
 from .store.queries import RANGE_PARAMS, Query, QueryError, canonical_type
 from .store.queries import load as load_queries
 from .times import DURATION_EXAMPLE, TIME_EXAMPLE, format_time, parse_duration, parse_time
@@ -132,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from clickhouse_connect.driver.exceptions import ClickHouseError
 
         from .sources.hubble import SourceError
+        from .statedir import StateDirInUse
         from .store.connection import StoreError
         from .store.migrations import MigrationError
-        if not isinstance(err, (StoreError, MigrationError, SourceError, ClickHouseError, KubeError)):
+        if not isinstance(err, (StoreError, MigrationError, SourceError, StateDirInUse, ClickHouseError, KubeError)):
             log.exception("unexpected error")
         message = config.masker()(str(err)).strip().splitlines()[0]
         print(f"flowlog: error: {message}", file=sys.stderr)
@@ -156,7 +158,18 @@ def _dispatch(args: argparse.Namespace, config) -> int:
         # Before the store: a missing RBAC grant or a cluster without Cilium fails fast.
         ensure_visibility(config.visibility)
 
-    client = open_store(config)
+    # A second run, replay or demo on the state dir stops here, before it touches the store.
+    lock = StateLock(config.state_path) if args.command in ("run", "replay", "demo") else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _with_store(args, config, open_store(config), lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _with_store(args: argparse.Namespace, config, client, lock) -> int:
     try:
         if args.command == "migrate":
             print(f"schema of {config.store.database} is up to date")
@@ -168,12 +181,12 @@ def _dispatch(args: argparse.Namespace, config) -> int:
             sys.stdout.write(client.raw_query(args.query, fmt=fmt).decode("utf-8", "replace"))
             return 0
         if args.command == "replay":
-            return _replay(args, config, client)
+            return _replay(args, config, client, lock)
         if args.command == "run":
-            return _run(config, client)
+            return _run(config, client, lock)
         if args.command == "demo":
             from .demo.command import run_demo
-            return run_demo(config, client, args.duration, args.seed)
+            return run_demo(config, client, args.duration, args.seed, lock)
     finally:
         client.close()
     raise AssertionError(args.command)
@@ -191,7 +204,7 @@ def _migrate_offline(args, config) -> int:
     return 0
 
 
-def _replay(args, config, client) -> int:
+def _replay(args, config, client, lock) -> int:
     from .runner import replay
     progress = None
     bar = None
@@ -210,7 +223,7 @@ def _replay(args, config, client) -> int:
             if lines % 2000 == 0:
                 bar.set_postfix_str(f"{lines / (time.monotonic() - started):,.0f} lines/s", refresh=False)
     try:
-        summary = replay(config, client, args.files, progress)
+        summary = replay(config, client, args.files, progress, lock)
     finally:
         if bar is not None:
             bar.close()
@@ -218,9 +231,9 @@ def _replay(args, config, client) -> int:
     return 0
 
 
-def _run(config, client) -> int:
+def _run(config, client, lock) -> int:
     from .runner import Ingester
-    ingester = Ingester(config, client)
+    ingester = Ingester(config, client, lock=lock)
 
     def on_signal(signum, frame):
         log.info("received %s: flushing and stopping", signal.Signals(signum).name)

@@ -49,6 +49,13 @@ class SourceConfig:
     verdicts: list[str] = field(default_factory=list)
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # A reconnect or restart asks for flows since the oldest node's newest flow less this,
+    # and looks up what it re-reads: above Relay's sort-buffer drain (1 s) plus the clock
+    # skew between nodes.
+    resume_margin_s: float = 10.0
+    # A node with no flow for this long, while others have them, no longer holds the
+    # resume point back (it left the cluster, or has no L7 traffic).
+    node_idle_s: float = 600.0
 
 
 @dataclass
@@ -309,6 +316,9 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
         raise ConfigError(f"store.sharding: expected node or random, got {config.store.sharding!r}")
     if config.visibility.mode not in ("observe", "enforce"):
         raise ConfigError(f"visibility.mode: expected observe or enforce, got {config.visibility.mode!r}")
+    for key in ("resume_margin_s", "node_idle_s"):
+        if getattr(config.source, key) < 0:
+            raise ConfigError(f"source.{key}: expected a number of seconds, at least 0, got {getattr(config.source, key)}")
     if config.log.format not in ("plain", "json"):
         raise ConfigError(f"log.format: expected plain or json, got {config.log.format!r}")
     return config

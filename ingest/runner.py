@@ -35,6 +35,7 @@ from .pipeline.sink import BatchRefused, Sink, StoreUnavailable
 from .pipeline.spool import Spool
 from .sources.files import FileSource, ReplayCounts
 from .sources.hubble import HubbleSource
+from .statedir import StateDirInUse, StateLock
 from .store.migrations import SCHEMA_VERSION, applied_version
 from .store.schema import INGEST_LEDGER
 
@@ -63,8 +64,8 @@ class Writer:
 
     def commit(self, sealed: SealedBatch) -> None:
         self.spool.append(sealed)
-        if sealed.newest_ns and self.checkpoint is not None:
-            self.checkpoint.advance(sealed.newest_ns, sealed.ids_at_newest)
+        if self.checkpoint is not None:
+            self.checkpoint.advance(sealed.newest_flow_by_node())
         self.drain()
 
     def drain(self, force: bool = False) -> bool:
@@ -127,6 +128,12 @@ class _Thread(threading.Thread):
             self.error = err
 
 
+def _locked(config: Config) -> StateLock:
+    lock = StateLock(config.state_path)
+    lock.acquire()
+    return lock
+
+
 def _reading(source, batcher: Batcher):
     """The source's run, telling the batcher when it has no more."""
     def read():
@@ -140,25 +147,33 @@ def _reading(source, batcher: Batcher):
 class Ingester:
     """`flowlog run`: follows one Hubble source into the store until stopped."""
 
-    def __init__(self, config: Config, client, stop: threading.Event | None = None):
+    def __init__(self, config: Config, client, stop: threading.Event | None = None, lock: StateLock | None = None):
+        """lock: the state dir's, taken already (by the command line, before the store is
+        opened); else it is taken here, before anything reads or changes the state dir."""
         self.config = config
         self.stop = stop or threading.Event()
+        self.lock = lock or _locked(config)
+        try:
+            self._build(config, client)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, config: Config, client) -> None:
         state = config.state_path
-        state.mkdir(parents=True, exist_ok=True)
-        self.checkpoint = Checkpoint(state, config.source.address)
+        self.checkpoint = Checkpoint(state, config.source.address, config.source.node_idle_s)
         self.spool = Spool(state / "spool", config.spool.max_mb * 1024 * 1024)
         newest_spooled = self.spool.newest()
-        if newest_spooled is not None and newest_spooled.newest_ns:
+        if newest_spooled is not None:
             # Spooled before a crash but not yet in the checkpoint: durable all the same.
-            self.checkpoint.advance(newest_spooled.newest_ns, newest_spooled.ids_at_newest)
+            self.checkpoint.advance(newest_spooled.newest_flow_by_node())
         self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
         self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
         self.writer = Writer(self.spool, self.sink, self.checkpoint, self.l7_metrics.observe)
         self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s)
         dispatcher = Dispatcher(Decoder(config.http), self.dead_letters, self.batcher.put, kind="hubble", live=True)
-        self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.time_ns,
-                                   self.checkpoint.ids_at_time)
+        self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.nodes)
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
         self.endpoint = None
         if config.metrics.address:
@@ -171,23 +186,30 @@ class Ingester:
     def run(self) -> None:
         REGISTRY.register(self.l7_metrics)
         metrics.BUILD_INFO.info({"version": __version__})
-        if self.endpoint is not None:
-            self.endpoint.start()
-            log.info("metrics, /healthz and /readyz on http://%s", self.endpoint.address)
         try:
+            if self.endpoint is not None:
+                self.endpoint.start()
+                log.info("metrics, /healthz and /readyz on http://%s", self.endpoint.address)
             self._run()
         finally:
             if self.endpoint is not None:
                 self.endpoint.stop()
             REGISTRY.unregister(self.l7_metrics)
+            self.lock.release()
 
     def _run(self) -> None:
         reader = _Thread(_reading(self.source, self.batcher), "hubble-source")
         batcher = _Thread(self.batcher.run, "batcher")
         reader.start()
         batcher.start()
+        lost_lock = None
         while not self.stop.wait(0.2):
             if not batcher.is_alive() or not reader.is_alive():
+                self.stop.set()
+            try:
+                self.lock.check()
+            except StateDirInUse as err:  # the state dir was removed, and another process took it
+                lost_lock = err
                 self.stop.set()
         self.source.cancel()
         reader.join()
@@ -195,6 +217,8 @@ class Ingester:
         for thread in (batcher, reader):
             if thread.error is not None:
                 raise thread.error
+        if lost_lock is not None:
+            raise lost_lock
         log.info("stopped; stored %s; checkpoint at %d", self.writer.stored, self.checkpoint.time_ns)
 
     def request_stop(self) -> None:
@@ -222,10 +246,18 @@ class ReplaySummary:
         return text
 
 
-def replay(config: Config, client, paths: list[str], progress=None) -> ReplaySummary:
-    """`flowlog replay`: every line of every file through the same decoder into the store."""
+def replay(config: Config, client, paths: list[str], progress=None, lock: StateLock | None = None) -> ReplaySummary:
+    """`flowlog replay`: every line of every file through the same decoder into the store;
+    lock as for the Ingester."""
+    lock = lock or _locked(config)
+    try:
+        return _replay(config, client, paths, progress)
+    finally:
+        lock.release()
+
+
+def _replay(config: Config, client, paths: list[str], progress) -> ReplaySummary:
     state = config.state_path
-    state.mkdir(parents=True, exist_ok=True)
     dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
     sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
     writer = Writer(Spool(state / "spool", config.spool.max_mb * 1024 * 1024), sink)

@@ -50,7 +50,7 @@ def client(config):
 def newest_committed_restored():
     """The ingest-lag gauge follows the newest flow committed in this process; a test that
     stores a flow stamped ahead of the clock would leave it negative for the tests after it."""
-    from ingest.metrics import ingester as metrics
+    from ingest import metrics
 
     before = metrics._last["committed"]
     yield

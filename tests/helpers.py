@@ -4,6 +4,7 @@ store with the fixtures. Fixtures (pytest's) are in conftest.py."""
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import pickle
 import sys
@@ -17,11 +18,11 @@ from google.protobuf import json_format
 from ingest import cli
 from ingest.api.observer import observer_pb2
 from ingest.store.migrations import columns_as_of, render
-from ingest.demo.observer import FlowBuffer, ObserverServer
+from ingest.demo.observer import FlowBuffer, ObserverServer, response_time_ns
 from ingest.runner import Ingester
 from ingest.store.schema import SCHEMA_MIGRATIONS
 
-from .expected import expected_rows, stored_rows
+from .expected import expected_rows, rfc3339_ns, stored_rows
 
 REPO = Path(__file__).resolve().parent.parent
 # The Hubble captures and the Cilium reference data, copied into the repository (see their READMEs).
@@ -150,14 +151,79 @@ def http_flow(url: str, headers: dict[str, str]) -> observer_pb2.GetFlowsRespons
 
 def legacy_pickle(batch) -> bytes:
     """A batch as builds before the marshal format spooled it: pickled as the class
-    `ingest.spool.SpooledBatch` (a module that no longer exists)."""
+    `ingest.spool.SpooledBatch` (a module that no longer exists), with the field
+    `ids_at_newest` they resumed from."""
     module = types.ModuleType("ingest.spool")
-    spooled = dataclasses.make_dataclass("SpooledBatch", [(f.name, f.type) for f in dataclasses.fields(batch)])
+    fields = [(f.name, f.type) for f in dataclasses.fields(batch)]
+    fields.insert(5, ("ids_at_newest", "set[str]"))
+    spooled = dataclasses.make_dataclass("SpooledBatch", fields)
     spooled.__module__ = module.__name__
     module.SpooledBatch = spooled
     sys.modules[module.__name__] = module
     try:
-        return pickle.dumps(spooled(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}),
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        values = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+        return pickle.dumps(spooled(**values, ids_at_newest={"an-id"}), protocol=pickle.HIGHEST_PROTOCOL)
     finally:
         del sys.modules[module.__name__]
+
+
+class ArrivalOrderBuffer(FlowBuffer):
+    """A FlowBuffer that keeps flows in the order given, as Relay's merge delivers them,
+    instead of time order; the server skips those older than a request's `since`."""
+
+    def extend(self, responses) -> None:
+        with self._changed:
+            for response in responses:
+                self._seq += 1
+                self._items.append((response_time_ns(response), self._seq, response))
+            self._changed.notify_all()
+
+    def first_position_since(self, since_ns: int) -> int:
+        return self.overwritten
+
+
+def relay_merge(lines: list[dict], skews_ms: list[int], per_second: int = 1000, sort_buffer: int = 100,
+                drain_ms: int = 1000) -> list[observer_pb2.GetFlowsResponse]:
+    """The fixture flows spread round-robin over len(skews_ms) nodes whose clocks are off
+    by those amounts, in the order Hubble Relay delivers them. The flows happen per_second
+    apart from the first fixture time on and reach Relay as they happen, stamped with
+    their node's clock. Relay's sort buffer emits the oldest stamp once it holds more than
+    sort_buffer flows, and everything when none came for drain_ms (Cilium's
+    sort-buffer-len-max 100 and sort-buffer-drain-timeout 1 s)."""
+    start_ns = min(rfc3339_ns(line["flow"]["time"]) for line in lines)
+    held, out, last_ns = [], [], None
+    for index, line in enumerate(lines):
+        node = index % len(skews_ms)
+        happened_ns = start_ns + index * 1_000_000_000 // per_second
+        stamp_ns = happened_ns + skews_ms[node] * 1_000_000
+        response = json_format.ParseDict(line, observer_pb2.GetFlowsResponse())
+        response.flow.time.FromNanoseconds(stamp_ns)
+        response.time.FromNanoseconds(stamp_ns)
+        response.flow.node_name = response.node_name = f"node-{node}"
+        if last_ns is not None and happened_ns - last_ns >= drain_ms * 1_000_000:
+            out += [item[2] for item in sorted(held)]
+            held = []
+        last_ns = happened_ns
+        heapq.heappush(held, (stamp_ns, index, response))
+        if len(held) > sort_buffer:
+            out.append(heapq.heappop(held)[2])
+    return out + [item[2] for item in sorted(held)]
+
+
+def assert_each_flow_stored_once(client, database: str) -> None:
+    """Every table holds each flow id once, the rollups count exactly the raw rows, and the
+    ledger balances and matches the tables."""
+    def one(sql):
+        return client.query(sql.replace("DB", f"`{database}`")).result_rows[0]
+
+    for table in ("l7_audit", "http_flows", "dns_flows"):
+        rows, ids = one(f"SELECT count(), uniqExact(flow_id) FROM DB.{table}")
+        assert rows == ids, f"{table}: {rows} rows for {ids} ids"
+    assert one("SELECT sum(requests) FROM DB.http_rollup_1m") == one(
+        "SELECT count() FROM DB.http_flows WHERE l7_type = 'RESPONSE'")
+    assert one("SELECT sum(queries) + sum(responses) FROM DB.dns_rollup_1m") == one("SELECT count() FROM DB.dns_flows")
+    received, duplicates, audit, http, dns = one("SELECT sum(received), sum(duplicates), sum(stored_audit), "
+                                                 "sum(stored_http), sum(stored_dns) FROM DB.ingest_ledger")
+    assert received - duplicates == audit
+    assert (audit, http, dns) == one("SELECT (SELECT count() FROM DB.l7_audit), (SELECT count() FROM DB.http_flows), "
+                                     "(SELECT count() FROM DB.dns_flows)")

@@ -179,7 +179,7 @@ def test_inserted_rows_are_not_kept_alive_by_the_client(config, client, tmp_path
     flow = _flows(1)[0]
     rows = [flow.audit_row]
     spool = Spool(tmp_path / "spool", 1 << 30)
-    spool.append(SealedBatch("b1", "test", {L7_AUDIT.name: rows}, {}, flow.time_ns, {flow.audit_id},
+    spool.append(SealedBatch("b1", "test", {L7_AUDIT.name: rows}, {}, flow.time_ns,
                               {("test", flow.node): {"received": 1}}))
     held_before = sys.getrefcount(rows)
     gc.disable()

@@ -150,6 +150,8 @@ def select_variables(dashboard: dict, client, narrowed: bool) -> dict[str, Selec
     selected = {}
     for variable in variables(dashboard):
         name = variable["name"]
+        if variable.get("datasource", {}).get("type") == PROMETHEUS:
+            continue  # read by the Prometheus panels of a dashboard that has both
         if variable["type"] == "textbox":
             selected[name] = Selected(TYPED[name] if narrowed else variable["query"])
             continue

@@ -84,11 +84,17 @@ def test_a_loss_report_sent_again_after_a_reconnect_is_stored_once(config, clien
     lost_at = lines[stamped_like]["flow"]["time"]
     lost = {"lost_events": {"source": "HUBBLE_RING_BUFFER", "num_events_lost": "77", "first": lost_at,
                             "last": lost_at}, "node_name": "gke-node-a", "time": lost_at}
-    # The stream ends right after the report; the reconnect resumes at the newest flow
-    # received (at or before the report's time) and gets the report again, in another batch.
+    # The stream ends right after the report; the reconnect resumes before the newest flow
+    # received of each node (at or before the report's time) and gets the report again,
+    # in another batch.
     config.batch.max_rows = 101
     server, _ = ingest_lines(config, client, lines[:100] + [lost] + lines[100:], drop_after=[101])
-    assert server.service.requests[1].since.ToNanoseconds() == rfc3339_ns(lines[99]["flow"]["time"])
+    newest_by_node = {}
+    for line in lines[:100]:
+        node, time_ns = line["flow"]["node_name"], rfc3339_ns(line["flow"]["time"])
+        newest_by_node[node] = max(newest_by_node.get(node, 0), time_ns)
+    assert server.service.requests[1].since.ToNanoseconds() == (min(newest_by_node.values())
+                                                                - int(config.source.resume_margin_s * 1e9))
     assert_stored_equals_fixture(client, config, lines)
     db = config.store.database
     assert client.query(f"SELECT count(), sum(count) FROM `{db}`.ingest_gaps WHERE kind = 'lost_events'"

@@ -14,7 +14,8 @@ PACKAGE = REPO / "ingest"
 # where each stage may import only its own modules.
 LAYERS = {
     "foundation": ("ingest", "ingest.api", "ingest.config", "ingest.masking", "ingest.backoff", "ingest.times",
-                   "ingest.logs", "ingest.metrics", "ingest.metrics.ingester"),
+                   "ingest.statedir",
+                   "ingest.logs", "ingest.metrics"),
     "store": ("ingest.store",),
     "records": ("ingest.pipeline.records",),
     "stages": (),  # STAGES

@@ -124,7 +124,7 @@ def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client)
     before = client.query(f"SELECT sum(requests) FROM `{db}`.http_rollup_1m").result_rows[0][0]
     spool = Spool(config.state_path / "spool", 1 << 20)
     batch = SealedBatch(batch_id="retried", source="test", rows={HTTP_FLOWS.name: copies}, check_stored={},
-                         newest_ns=0, ids_at_newest=set(), resolved=True)
+                         newest_ns=0, resolved=True)
     for _ in range(2):
         spool.append(batch)
         assert Writer(spool, sink).drain(force=True)

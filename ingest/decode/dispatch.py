@@ -2,8 +2,7 @@
 
 A source hands over each message it reads with its `Window`. The dispatcher decodes it
 and puts an `Entry` in the batcher's inbox: a flow's rows (looked up before they are
-stored if the window says it may be stored already; dropped if the window knows it
-is), a gap row (always looked up: Hubble sends a loss report again when a stream
+stored if the window says it may be stored already), a gap row (always looked up: Hubble sends a loss report again when a stream
 resumes), or a `Tally` of a flow that is not L7. Input that cannot be decoded is kept in
 the dead-letter file with its place (file:line, or the stream and message number),
 counted, and tallied as quarantined; the rest goes on. It counts what it read in the
@@ -51,11 +50,9 @@ class Dispatcher:
             window.flows += 1
             self._received_l7.inc()
             time_ns = decoded.time_ns
-            if time_ns == window.stored_at_ns and decoded.audit_id in window.stored_ids:
-                metrics.DUPLICATES_DROPPED.labels("l7_audit").inc()
-                return
-            if time_ns > window.newest_ns:
-                window.newest_ns = time_ns
+            newest = window.newest_by_node
+            if time_ns > newest.get(decoded.node, 0):
+                newest[decoded.node] = time_ns
             self.emit(Entry(decoded, time_ns <= window.maybe_stored_until_ns, window.source))
             return
         if isinstance(decoded, list):  # node status: one gap row per node

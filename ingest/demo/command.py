@@ -61,7 +61,7 @@ def _feed(buffer: FlowBuffer, traffic: DemoTraffic, first_live_ns: int, stop: th
         second_ns += 1_000_000_000
 
 
-def run_demo(config, client, duration_s: float, seed: int) -> int:
+def run_demo(config, client, duration_s: float, seed: int, lock=None) -> int:
     traffic = DemoTraffic(seed)
     now_ns = time.time_ns() // 1_000_000_000 * 1_000_000_000
     history_start_ns = now_ns - HISTORY_S * 1_000_000_000
@@ -72,7 +72,7 @@ def run_demo(config, client, duration_s: float, seed: int) -> int:
         config.metrics.address = "127.0.0.1:0"
     with ObserverServer(buffer) as server:
         config.source.address = server.address
-        ingester = Ingester(config, client, stop)
+        ingester = Ingester(config, client, stop, lock)
         feeder = threading.Thread(target=_feed, args=(buffer, traffic, now_ns, stop), daemon=True)
         runner = threading.Thread(target=ingester.run, daemon=True)
         feeder.start()

@@ -74,7 +74,6 @@ class Batch:
     tallies: dict[str, dict[str, int]] = field(default_factory=dict)
     size: int = 0
     newest_ns: int = 0
-    ids_at_newest: set[str] = field(default_factory=set)
 
     def _add_row(self, table: Table, row_id: str, row: tuple, maybe_stored: bool) -> bool:
         key = (table.name, row_id)
@@ -105,13 +104,12 @@ class Batch:
         if isinstance(item, FlowRows):
             tally = self._tally(item.node, item.time_ns)
             tally["received"] = tally.get("received", 0) + 1
+            if item.time_ns > tally.get("newest_flow_ns", 0):
+                tally["newest_flow_ns"] = item.time_ns
             if item.table is not None:
                 self._add_row(item.table, item.flow_id, item.row, entry.maybe_stored)
             if self._add_row(L7_AUDIT, item.audit_id, item.audit_row, entry.maybe_stored):
-                if item.time_ns > self.newest_ns:
-                    self.newest_ns, self.ids_at_newest = item.time_ns, {item.audit_id}
-                elif item.time_ns == self.newest_ns:
-                    self.ids_at_newest.add(item.audit_id)
+                self.newest_ns = max(self.newest_ns, item.time_ns)
         elif isinstance(item, GapRow):
             self._tally(item.node, item.time_ns)
             self._add_row(INGEST_GAPS, item.gap_id, item.row, entry.maybe_stored)
@@ -125,7 +123,7 @@ class Batch:
             batch_id=uuid.uuid4().hex, source=self.source,
             rows={table.name: rows for table, rows in self.rows.items()},
             check_stored={table.name: ids for table, ids in self.check_stored.items()},
-            newest_ns=self.newest_ns, ids_at_newest=self.ids_at_newest,
+            newest_ns=self.newest_ns,
             tallies={(self.source, node): tally for node, tally in self.tallies.items()},
             created_ns=time.time_ns())
 

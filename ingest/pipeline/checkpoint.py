@@ -1,48 +1,83 @@
-"""The resume point of a source: the time of the newest flow made durable.
+"""Where a source resumes: the time of the newest durable flow of each node it delivers.
 
-Advanced once the batch holding that flow is in the spool (which keeps it until the
-store has it), and written atomically (temp file, fsync, rename), so a restart resumes
-with `since` = this time and loses nothing. The ids of the flows at exactly that time
-are kept too, so that the flows Hubble sends again at that instant are recognised.
+Advanced once the batch holding those flows is in the spool (which keeps it until the
+store has it), and written atomically (temp file, fsync, rename). Relay merges nodes
+whose clocks and delays differ, so their times do not rise together: the Hubble source
+resumes from the oldest node's time less a reorder margin, and every flow of the window
+it re-reads is looked up before it is stored, so the checkpoint saves reading, and
+exactly-once never rests on it. A node whose newest flow is more than `idle_s` older
+than the newest node's (it left the cluster, or has no L7 traffic) is forgotten, so it
+cannot hold the resume point back for long or grow the file.
+
+A file that cannot be read is reported once, naming it, and counted; the source then
+starts as if there were none (the whole of Hubble's buffer, each flow looked up), and
+the next write replaces it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 from .. import metrics
 
+log = logging.getLogger(__name__)
+
 
 class Checkpoint:
-    def __init__(self, state_dir: Path, source: str):
+    def __init__(self, state_dir: Path, source: str, idle_s: float = 600.0):
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("_")[:80]
         digest = hashlib.sha256(source.encode()).hexdigest()[:8]
         self.path = state_dir / "checkpoints" / f"{safe}-{digest}.json"
         self.source = source
-        self.time_ns = 0
-        self.ids_at_time: set[str] = set()
-        if self.path.exists():
-            data = json.loads(self.path.read_text())
-            self.time_ns = int(data["time_ns"])
-            self.ids_at_time = set(data["ids_at_time"])
+        self.idle_ns = int(idle_s * 1e9)
+        # Node name -> time of its newest durable flow.
+        self.nodes: dict[str, int] = self._read()
 
-    def advance(self, time_ns: int, ids_at_time: set[str]) -> None:
-        """Record that every flow up to time_ns (and these ids at time_ns) is durable."""
-        if time_ns < self.time_ns:
+    def _read(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text())
+            if "nodes" in data:
+                nodes = {str(node): int(time_ns) for node, time_ns in data["nodes"].items()}
+            else:  # written by a build that kept one time for all nodes
+                nodes = {"": int(data["time_ns"])}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            metrics.CHECKPOINT_UNREADABLE.inc()
+            reason = err.strerror if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+            log.error("checkpoint %s cannot be read (%s): reading every flow Hubble holds again, each looked up in "
+                      "the store; the next checkpoint replaces it", self.path, reason)
+            return {}
+        return nodes
+
+    @property
+    def time_ns(self) -> int:
+        """The newest durable flow of any node (0 when there is none)."""
+        return max(self.nodes.values(), default=0)
+
+    def advance(self, newest_by_node: dict[str, int]) -> None:
+        """Record that every flow of each node up to its time there is durable."""
+        changed = False
+        for node, time_ns in newest_by_node.items():
+            if time_ns > self.nodes.get(node, 0):
+                self.nodes[node] = time_ns
+                changed = True
+        if not changed:
             return
-        if time_ns == self.time_ns:
-            ids_at_time = self.ids_at_time | ids_at_time
-        self.time_ns, self.ids_at_time = time_ns, set(ids_at_time)
+        newest = self.time_ns
+        for node in [n for n, t in self.nodes.items() if t < newest - self.idle_ns]:
+            del self.nodes[node]
         self._write()
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        data = {"source": self.source, "time_ns": self.time_ns, "ids_at_time": sorted(self.ids_at_time)}
+        data = {"source": self.source, "time_ns": self.time_ns, "nodes": self.nodes}
         with open(tmp, "w") as handle:
             json.dump(data, handle)
             handle.flush()
@@ -54,3 +89,4 @@ class Checkpoint:
         finally:
             os.close(directory)
         metrics.record_checkpoint()
+

@@ -87,17 +87,17 @@ class Window:
     place: str
     # Flows at or before this time may be stored already: they are looked up.
     maybe_stored_until_ns: int = EVERY_FLOW
-    # Flows at exactly this time with these ids are durable already (in the spool or the
-    # store): they are dropped.
-    stored_at_ns: int = 0
-    stored_ids: set[str] = field(default_factory=set)
-    # The newest flow time read, where the next window resumes.
-    newest_ns: int = 0
+    # Node name -> the newest flow time read of that node, where the next window resumes.
+    newest_by_node: dict[str, int] = field(default_factory=dict)
     read: int = 0
     flows: int = 0
     filtered: int = 0
     gaps: int = 0
     bad: int = 0
+
+    @property
+    def newest_ns(self) -> int:
+        return max(self.newest_by_node.values(), default=0)
 
     def last_place(self) -> str:
         """Where the message read last came from: file:line, or the stream and message number."""
@@ -117,14 +117,20 @@ class SealedBatch:
     rows: dict[str, list[tuple]]
     # Table name -> ids of rows that may be stored already; looked up once, before the first insert.
     check_stored: dict[str, set[str]]
+    # The newest flow's time.
     newest_ns: int
-    ids_at_newest: set[str]
-    # (source, node) -> counters kept for the ledger: received, filtered, quarantined,
-    # and the oldest and newest flow time seen.
+    # (source, node) -> counters kept for the ledger (received, filtered, quarantined, and
+    # the oldest and newest time of anything seen) and the newest flow's time
+    # (newest_flow_ns), which the checkpoint keeps.
     tallies: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     created_ns: int = 0
     # Set once the lookups are done and `rows` hold exactly what must be inserted.
     resolved: bool = False
+
+    def newest_flow_by_node(self) -> dict[str, int]:
+        """Node name -> the time of its newest flow in the batch."""
+        return {node: tally["newest_flow_ns"] for (_, node), tally in self.tallies.items()
+                if "newest_flow_ns" in tally}
 
 
 _gap_row = itemgetter(*INGEST_GAPS.column_names)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import metrics
 from ..store.schema import INGEST_GAPS
-from .records import RECORD_SOURCE, SealedBatch, unreadable_spool_gap
+from .records import RECORD_SOURCE, GapRow, SealedBatch, unreadable_spool_gap
 from .spoolfile import SpoolFileError, dump, load
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,14 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(handle)
     finally:
         os.close(handle)
+
+
+def _record(gap: GapRow) -> SealedBatch:
+    """A batch that puts one lost spool batch on record: its ingest_gaps row."""
+    return SealedBatch(batch_id=gap.gap_id, source=RECORD_SOURCE, rows={INGEST_GAPS.name: [gap.row]},
+                       check_stored={INGEST_GAPS.name: {gap.gap_id}}, newest_ns=0,
+                       tallies={(RECORD_SOURCE, ""): {"oldest_ns": gap.time_ns, "newest_ns": gap.time_ns}},
+                       created_ns=gap.time_ns)
 
 
 class Spool:
@@ -94,16 +102,47 @@ class Spool:
         return not self._sizes or self.bytes < self.max_bytes
 
     def append(self, batch: SealedBatch) -> Path:
+        self._ensure_directory()
+        return self._append(batch)
+
+    def _append(self, batch: SealedBatch) -> Path:
         path = self.directory / f"{self._next:012d}.batch"
         self._next += 1
         self._write(path, batch)
         return path
+
+    def _ensure_directory(self) -> None:
+        """Makes the directory again if it was removed while running (the state dir deleted
+        by hand). The batch held in memory is written again; the others it held are gone
+        before the store had them, which a record in ingest_gaps says."""
+        if self.directory.is_dir():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        kept = self._last if self._last is not None and self._last[0] in self._sizes else None
+        lost = [path for path in self._sizes if kept is None or path != kept[0]]
+        lost_bytes = sum(self._sizes[path] for path in lost)
+        self._sizes.clear()
+        log.error("spool directory %s was removed while running: made again; %d batches (%d bytes) not yet stored "
+                  "in it are lost%s", self.directory, len(lost), lost_bytes,
+                  " (recorded in ingest_gaps as spool_unreadable)" if lost else "")
+        if kept is not None:
+            self._write(*kept)
+        if lost:
+            now_ns = time.time_ns()
+            self._append(_record(unreadable_spool_gap(
+                str(self.directory), f"removed|{self.directory}|{now_ns}", now_ns,
+                f"{self.directory} was removed while running: {len(lost)} spooled batches ({lost_bytes} bytes), "
+                f"not yet stored, are lost; {_NOT_STORED}")))
+        self._publish()
 
     def keep_answer(self, path: Path, batch: SealedBatch, rows_dropped: bool) -> None:
         """The batch in path, resolved: its lookups are answered and its rows are what must
         be inserted. When they dropped rows the batch is written again; when they found
         nothing stored, an empty file beside it says so, which costs nothing next to
         rewriting the batch (in a replay every batch is looked up)."""
+        self._ensure_directory()
+        if path not in self._sizes:
+            return  # its file went with the directory; it is still stored, from memory
         if rows_dropped:
             self._write(path, batch)
             return
@@ -170,13 +209,8 @@ class Spool:
             while aside.exists():
                 aside, copy = kept / f"{stamp}-{copy}-{path.name}", copy + 1
             status = path.stat()
-            gap = unreadable_spool_gap(str(aside), f"{path.name}|{status.st_size}|{status.st_mtime_ns}",
-                                       status.st_mtime_ns, f"{err}; {outcome}")
-            record = SealedBatch(
-                batch_id=gap.gap_id, source=RECORD_SOURCE, rows={INGEST_GAPS.name: [gap.row]},
-                check_stored={INGEST_GAPS.name: {gap.gap_id}}, newest_ns=0, ids_at_newest=set(),
-                tallies={(RECORD_SOURCE, ""): {"oldest_ns": gap.time_ns, "newest_ns": gap.time_ns}},
-                created_ns=gap.time_ns)
+            record = _record(unreadable_spool_gap(str(aside), f"{path.name}|{status.st_size}|{status.st_mtime_ns}",
+                                                  status.st_mtime_ns, f"{err}; {outcome}"))
             path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)  # it was about the lost batch
             try:
                 tmp = self._write_aside(record_as, record)
@@ -241,6 +275,7 @@ class Spool:
 
     def next(self) -> tuple[Path, SealedBatch] | None:
         """The oldest batch waiting, and where it is kept."""
+        self._ensure_directory()
         return self._readable(min)
 
     def newest(self) -> SealedBatch | None:
@@ -250,9 +285,9 @@ class Spool:
 
     def done(self, path: Path) -> None:
         """The store has every row of the batch in path."""
-        path.unlink()
+        path.unlink(missing_ok=True)  # gone with the directory, the batch was stored from memory
         path.with_suffix(_NOTHING_STORED).unlink(missing_ok=True)  # after: a marker alone is cleared at start
-        del self._sizes[path]
+        self._sizes.pop(path, None)
         if self._last is not None and self._last[0] == path:
             self._last = None
         self._publish()

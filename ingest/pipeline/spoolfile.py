@@ -33,6 +33,8 @@ _PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
 # The names earlier builds pickled a batch under, and this build's.
 _BATCH_CLASSES = {("ingest.spool", "SpooledBatch"), (SealedBatch.__module__, SealedBatch.__qualname__)}
 _TABLES = {t.name: t for t in DATA_TABLES}
+# A field of batches spooled by builds that resumed from the ids at the newest flow's time.
+_NO_LONGER_KEPT = "ids_at_newest"
 # Spool files say the schema version of their rows' layout from this version on.
 _FIRST_RECORDED = 6
 
@@ -59,9 +61,11 @@ def load(data: bytes, path: Path) -> SealedBatch:
         if data.startswith(HEADER):
             values = marshal.loads(memoryview(data)[len(HEADER):])
             version = values.pop("schema_version", None)
+            values.pop(_NO_LONGER_KEPT, None)
             batch = SealedBatch(**values)
         elif data.startswith(_PICKLE_PROTOCOL_2_OR_LATER):
             batch = _BatchUnpickler(io.BytesIO(data)).load()
+            batch.__dict__.pop(_NO_LONGER_KEPT, None)
         else:
             raise SpoolFileError(f"{path}: not a flowlog spool file (it begins {data[:24]!r})")
     except SpoolFileError:

@@ -1,16 +1,22 @@
 """Source `hubble`: follows `Observer.GetFlows` on a node's socket or on Hubble Relay.
 
 Asks only for L7 events (`event_type.type = 129`, what `hubble observe -t l7` asks),
-plus the configured namespace and verdict filters. Resumes with `since` = the newest
-flow already received (at start: the checkpoint, the newest flow durably stored), so
-a reconnect or a restart loses nothing. Each connection is a `Window` for the
-dispatcher: after a reconnect, flows at or before the resume point may be stored
-already and are looked up; on every connection, the flows the checkpoint names at its
-instant (durable already) are dropped. A resume point ahead of this host's clock (flows stamped in the future) would
-make Hubble skip every flow until that time: then it asks for all Hubble holds, and
-every flow of that connection up to the resume point is looked up. Reconnects forever
-with exponential backoff and full jitter; a stream that breaks after delivering is
-recorded as a gap.
+plus the configured namespace and verdict filters.
+
+Each connection re-reads a window and looks all of it up, so that exactly-once never
+rests on the checkpoint being there or right (a backfill first, another source address,
+a lost state dir). It asks for flows `since` the oldest node's newest flow, less
+`source.resume_margin_s`: Relay merges nodes whose clocks and delays differ, so a node
+behind the others would otherwise lose what it had not yet delivered. The newest flow
+of each node comes from the checkpoint at start, then from what was received. A node
+idle for `source.node_idle_s` while others are not no longer holds it back. Every flow
+stamped up to the later of now and the newest flow received, plus the margin, is what
+Hubble held when the connection began: it is handed on as possibly stored, and the sink
+looks it up. A resume point ahead of this host's clock (flows stamped in the future)
+would make Hubble skip every flow until that time: then it asks for all Hubble holds.
+
+Reconnects forever with exponential backoff and full jitter; a stream that breaks after
+delivering is recorded as a gap.
 """
 
 from __future__ import annotations
@@ -82,9 +88,7 @@ def _read(key: str, path: str) -> bytes | None:
         raise SourceError(f"source.tls.{key}: cannot read {path}: {err.strerror}") from None
 
 
-# How far ahead of this host's clock the resume point may be and still be used (the
-# clocks of Relay's nodes differ a little): flows stamped up to that much before it, on
-# nodes whose clocks are right, would not be asked for.
+# How far ahead of this host's clock the resume point may be and still be used.
 _AHEAD_OF_CLOCK_NS = 1_000_000_000
 # How a dead letter names a message: the stream and the message's number in this process.
 _PLACE = "{source}#message {n}"
@@ -112,25 +116,21 @@ class HubbleSource:
     """Follows the configured Hubble into `out` (the dispatcher: `message` for each message,
     `gap` for a stream that broke) until `stop` is set."""
 
-    def __init__(self, config: SourceConfig, out, stop: threading.Event, resume_ns: int = 0,
-                 resume_ids: set[str] | None = None):
+    def __init__(self, config: SourceConfig, out, stop: threading.Event, resume: dict[str, int] | None = None):
         self.config = config
         self.connector = Connector(config)
         self.out = out
         self.stop = stop
-        # From the checkpoint: everything up to resume_ns is durable, and at resume_ns
-        # exactly these ids (Hubble's `since` is inclusive, so those come again).
-        self.resume_ns = resume_ns
-        self.resume_ids = set(resume_ids or ())
         self.connections = 0
         self.connected = threading.Event()
         self._call = None
         self._connect_log = RateLimitedLog(log, interval_s=5.0)
-        self._window = Window(config.address, _PLACE, newest_ns=resume_ns)
+        # From the checkpoint: the newest durable flow of each node; then what was received.
+        self._window = Window(config.address, _PLACE, newest_by_node=dict(resume or {}))
 
     @property
     def newest_ns(self) -> int:
-        """The newest flow received: where the next connection resumes."""
+        """The newest flow received of any node."""
         return self._window.newest_ns
 
     def cancel(self) -> None:
@@ -157,22 +157,21 @@ class HubbleSource:
 
     def _stream_once(self) -> int:
         """One GetFlows call until it ends; returns how many messages it delivered."""
-        since_ns = self.newest_ns
-        # After a reconnect in this process, flows up to since_ns may be in a batch or
-        # already stored: they are looked up. At start the checkpoint is exact.
-        maybe_stored_until_ns = since_ns if self.connections else 0
+        newest_by_node = self._window.newest_by_node
+        margin_ns = int(self.config.resume_margin_s * 1e9)
+        since_ns = resume_point(newest_by_node, margin_ns, int(self.config.node_idle_s * 1e9))
         now_ns = time.time_ns()
         if since_ns > now_ns + _AHEAD_OF_CLOCK_NS:
-            # Hubble would skip every flow until that time comes: a node whose clock ran
-            # ahead and was put right, or one flow stamped in the future. Every flow it
-            # sends may have been sent before, up to since_ns: all are looked up.
-            log.warning("the newest flow received, at %s, is ahead of this host's clock (%s): asking %s for every "
-                        "flow it holds; each is looked up and not stored again",
-                        _iso(since_ns), _iso(now_ns), self.config.address)
-            maybe_stored_until_ns, since_ns = since_ns, 0
+            # Hubble would skip every flow until that time comes: nodes whose clocks ran
+            # ahead and were put right, or flows stamped in the future.
+            log.warning("the resume point, %s, is ahead of this host's clock (%s): asking %s for every flow it "
+                        "holds; each is looked up and not stored again", _iso(since_ns), _iso(now_ns),
+                        self.config.address)
+            since_ns = 0
+        maybe_stored_until_ns = max(now_ns, self.newest_ns) + margin_ns
         # Messages are numbered across connections, so a dead letter's place is unique.
-        window = self._window = Window(self.config.address, _PLACE, maybe_stored_until_ns, self.resume_ns,
-                                       self.resume_ids, newest_ns=self.newest_ns, read=self._window.read)
+        window = self._window = Window(self.config.address, _PLACE, maybe_stored_until_ns, newest_by_node,
+                                       read=self._window.read)
         self.connections += 1
         received = 0
         message = self.out.message
@@ -216,6 +215,17 @@ class HubbleSource:
             return (" (TLS: if the server requires client certificates (mTLS), set source.tls.cert_file "
                     "and source.tls.key_file)")
         return " (TLS: check source.tls.ca_file, source.tls.server_name and the client certificate)"
+
+
+def resume_point(newest_by_node: dict[str, int], margin_ns: int, idle_ns: int) -> int:
+    """Where to ask Hubble to start: the oldest newest-flow time among the nodes not idle
+    for longer than idle_ns (compared with the newest node), less margin_ns; 0, everything
+    Hubble holds, when no node is known."""
+    if not newest_by_node:
+        return 0
+    newest = max(newest_by_node.values())
+    oldest = min(t for t in newest_by_node.values() if t >= newest - idle_ns)
+    return max(0, oldest - margin_ns)
 
 
 def _iso(ns: int) -> str:

@@ -7,14 +7,17 @@
 -- the input named none); lost: events Hubble reported lost (lost_events gaps); interruptions:
 -- stream interruptions; node_events: Relay node status changes; spool_batches_lost: spooled
 -- batches that could not be read back (spool_unreadable gaps, node '', in the hour the file was
--- written): their flows are not stored and how many there were is unknown.
+-- written): their flows are not stored and how many there were is unknown. stored_twice: rows
+-- of l7_audit, http_flows and dns_flows beyond the first with the same flow_id, in the hour of the
+-- flow (count() against uniqExact(flow_id), read from the tables themselves, not the ledger):
+-- 0 unless a flow was stored more than once.
 -- complete_pct = 100 * received / (received + lost + quarantined), 100 when all three are 0; it
 -- cannot count the flows of lost spool batches.
 --
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
 -- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
 -- columns: hour, node, received, stored, stored_http, stored_dns, duplicates, filtered, quarantined, lost
--- columns: interruptions, node_events, spool_batches_lost, complete_pct
+-- columns: interruptions, node_events, spool_batches_lost, stored_twice, complete_pct
 SELECT
     hour,
     node,
@@ -29,6 +32,7 @@ SELECT
     interruptions,
     node_events,
     spool_batches_lost,
+    stored_twice,
     if(received + lost + quarantined = 0, 100, round(100 * received / (received + lost + quarantined), 2))
         AS complete_pct
 FROM
@@ -60,4 +64,28 @@ FULL OUTER JOIN
     WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
     GROUP BY hour, node
 ) AS gaps USING (hour, node)
+FULL OUTER JOIN
+(
+    SELECT hour, node, sum(rows - ids) AS stored_twice
+    FROM
+    (
+        SELECT toStartOfHour(toDateTime(time, 'UTC')) AS hour, toString(node) AS node, count() AS rows,
+               uniqExact(flow_id) AS ids
+        FROM l7_audit
+        WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+        GROUP BY hour, node
+        UNION ALL
+        SELECT toStartOfHour(toDateTime(time, 'UTC')), toString(node), count(), uniqExact(flow_id)
+        FROM http_flows
+        WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+        GROUP BY 1, 2
+        UNION ALL
+        SELECT toStartOfHour(toDateTime(time, 'UTC')), toString(node), count(), uniqExact(flow_id)
+        FROM dns_flows
+        WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
+        GROUP BY 1, 2
+    )
+    GROUP BY hour, node
+    HAVING stored_twice > 0
+) AS stored USING (hour, node)
 ORDER BY hour, node
