@@ -19,6 +19,7 @@ from . import procstat
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = "flowlog_rows_inserted_total"
+DROPPED = "flowlog_duplicates_dropped_total"
 NEWEST = "flowlog_newest_committed_flow_timestamp_seconds"
 # Wall-clock time of the last acknowledged insert: the commit time, exact, whatever the polling interval.
 LAST_INSERT = "flowlog_last_insert_timestamp_seconds"
@@ -31,10 +32,10 @@ def free_port() -> int:
 
 
 class Ingester:
-    def __init__(self, source: str, workdir: Path, overrides: list[str] = ()):
+    def __init__(self, source: str, workdir: Path, overrides: list[str] = (), store: Path | None = None):
         self.workdir = workdir
         self.state = workdir / "state"
-        self.store = workdir / "store"
+        self.store = store or workdir / "store"
         self.metrics = f"127.0.0.1:{free_port()}"
         self.log_path = workdir / "flowlog.log"
         command = [sys.executable, "-m", "ingest", "run", "--source", source, "--store", f"chdb://{self.store}",
@@ -72,10 +73,14 @@ class Ingester:
         return procstat.rss_mb(self.pid, key="RssAnon")
 
     def scrape(self) -> dict[str, float]:
-        return procstat.scrape(self.metrics, (ROWS, NEWEST, LAST_INSERT))
+        return procstat.scrape(self.metrics, (ROWS, NEWEST, LAST_INSERT, DROPPED))
 
     def rows(self, samples: dict[str, float], table: str) -> int:
         return int(samples.get(f'{ROWS}{{table="{table}"}}', 0))
+
+    def dropped(self, samples: dict[str, float], table: str) -> int:
+        """Rows not inserted because they were stored already (or repeated in a batch)."""
+        return int(samples.get(f'{DROPPED}{{table="{table}"}}', 0))
 
     def checkpoint_ns(self) -> int:
         """time_ns of the checkpoint file (flows durable in the spool), 0 before the first."""

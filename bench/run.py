@@ -11,6 +11,8 @@ Generates N realistic L7 flows (bench/traffic.py; seeded, cached in bench/.cache
           flow sent to the last row committed, CPU per 1,000 flows, peak RSS; and
           ClickHouse parsing the same messages itself (FORMAT Protobuf, bench/baseline.py)
   disk    bytes per flow on disk per table of that store, after OPTIMIZE ... FINAL
+  rerun   `flowlog run` again over the same stream into that store, with a fresh state
+          dir: every flow looked up, found stored and dropped (what re-reading costs)
   lag     a fresh `flowlog run` at a fixed offered load: flow time to commit, p50/p99
   replay  `flowlog replay` of the same flows as `hubble observe -o jsonpb` lines, and
           ClickHouse's own JSONEachRow parser on the same file (bench/baseline.py)
@@ -41,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: import bench and ingest from t
 
 from bench import flowfiles, loadgen, phases, report  # noqa: E402
 
-PHASES = ("limit", "e2e", "disk", "lag", "replay", "decode")
+PHASES = ("limit", "e2e", "disk", "rerun", "lag", "replay", "decode")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))} (known: {', '.join(PHASES)})")
-    if "disk" in args.phases and "e2e" not in args.phases:
-        parser.error("disk measures the store of the e2e run: add e2e")
+    for phase in ("disk", "rerun"):
+        if phase in args.phases and "e2e" not in args.phases:
+            parser.error(f"{phase} uses the store of the e2e run: add e2e")
     return args
 
 
@@ -166,6 +169,11 @@ def main(argv=None) -> int:
             tables = results["disk"]["tables"]
             total = sum(t["bytes_on_disk"] for t in tables.values())
             results["disk"]["total_bytes_per_flow"] = round(total / files.flows, 1)
+        if "rerun" in args.phases:
+            log("rerun: flowlog run again over the same stream and store, fresh state dir: every flow found stored")
+            results["rerun"] = phases.end_to_end(files, workdir / "rerun", args.overrides, args.poll_ms / 1000, log,
+                                                 store=Path(results["e2e"]["store"]))
+            results["rerun"]["ratio_to_e2e"] = round(results["rerun"]["flows_per_s"] / results["e2e"]["flows_per_s"], 3)
         if "lag" in args.phases:
             log(f"lag: flowlog run at {args.lag_rate:,.0f} flows/s for {args.lag_seconds:.0f} s")
             results["lag"] = phases.lag(files, workdir / "lag", args.overrides, args.lag_rate, args.lag_seconds,
