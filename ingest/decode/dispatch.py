@@ -2,11 +2,13 @@
 
 A source hands over each message it reads with its `Window`. The dispatcher decodes it
 and puts an `Entry` in the batcher's inbox: a flow's rows (looked up before they are
-stored if the window says it may be stored already), a gap row (always looked up: Hubble sends a loss report again when a stream
-resumes), or a `Tally` of a flow that is not L7. Input that cannot be decoded is kept in
-the dead-letter file with its place (file:line, or the stream and message number),
-counted, and tallied as quarantined; the rest goes on. It counts what it read in the
-window and in the ingester's own metrics, by source kind.
+stored if the window says it may be stored already), a gap row (always looked up:
+Hubble sends a loss report again when a stream resumes), or a `Tally` of a flow that is
+not L7. Input that cannot be decoded is kept in the dead-letter file with its place
+(file:line, or the stream and message number), counted, and tallied as quarantined; the
+rest goes on. It counts what it read in the window, notes the newest flow of each node
+(where the next window resumes), and counts in the ingester's own metrics, by source
+kind.
 """
 
 from __future__ import annotations
