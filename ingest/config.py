@@ -53,8 +53,8 @@ class SourceConfig:
     # and looks up what it re-reads: above Relay's sort-buffer drain (1 s) plus the clock
     # skew between nodes.
     resume_margin_s: float = 10.0
-    # A node with no flow for this long, while others have them, no longer holds the
-    # resume point back (it left the cluster, or has no L7 traffic).
+    # A node not heard from for this long (by this host's clock) no longer holds the
+    # resume point back: it left the cluster, or has no L7 traffic.
     node_idle_s: float = 600.0
 
 
@@ -316,9 +316,13 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
         raise ConfigError(f"store.sharding: expected node or random, got {config.store.sharding!r}")
     if config.visibility.mode not in ("observe", "enforce"):
         raise ConfigError(f"visibility.mode: expected observe or enforce, got {config.visibility.mode!r}")
-    for key in ("resume_margin_s", "node_idle_s"):
-        if getattr(config.source, key) < 0:
-            raise ConfigError(f"source.{key}: expected a number of seconds, at least 0, got {getattr(config.source, key)}")
+    if config.source.resume_margin_s < 0:
+        raise ConfigError(f"source.resume_margin_s: expected a number of seconds, at least 0, got "
+                          f"{config.source.resume_margin_s}")
+    if config.source.node_idle_s < config.source.resume_margin_s:
+        # A node quiet for less than the margin may still have flows in Relay's sort buffer.
+        raise ConfigError(f"source.node_idle_s: expected at least source.resume_margin_s "
+                          f"({config.source.resume_margin_s}), got {config.source.node_idle_s}")
     if config.log.format not in ("plain", "json"):
         raise ConfigError(f"log.format: expected plain or json, got {config.log.format!r}")
     return config

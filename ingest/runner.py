@@ -55,22 +55,32 @@ class Writer:
         self.stored: dict[str, int] = {}
         self.committed = threading.Condition()
         self.committed_ns = checkpoint.time_ns if checkpoint else 0
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        """The state dir is another process's now: nothing more is written to its spool or
+        checkpoint. What was not made durable yet is read from Hubble again by the other."""
+        self.abandoned = True
 
     def pending(self) -> int:
-        return len(self.spool)
+        return 0 if self.abandoned else len(self.spool)
 
     def has_room(self) -> bool:
-        return self.spool.has_room() or self.drain()
+        return self.abandoned or self.spool.has_room() or self.drain()
 
     def commit(self, sealed: SealedBatch) -> None:
+        if self.abandoned:
+            return
         self.spool.append(sealed)
         if self.checkpoint is not None:
-            self.checkpoint.advance(sealed.newest_flow_by_node())
+            self.checkpoint.advance(sealed.newest_flow_by_node(), sealed.created_ns)
         self.drain()
 
     def drain(self, force: bool = False) -> bool:
         """Store spooled batches, oldest first, until the spool is empty (True) or the
         store fails (False; the next call before the backoff has passed does nothing)."""
+        if self.abandoned:
+            return True
         if not force and not self.sink.ready():
             return False
         while True:
@@ -166,14 +176,14 @@ class Ingester:
         newest_spooled = self.spool.newest()
         if newest_spooled is not None:
             # Spooled before a crash but not yet in the checkpoint: durable all the same.
-            self.checkpoint.advance(newest_spooled.newest_flow_by_node())
+            self.checkpoint.advance(newest_spooled.newest_flow_by_node(), newest_spooled.created_ns)
         self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
         self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
         self.writer = Writer(self.spool, self.sink, self.checkpoint, self.l7_metrics.observe)
         self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s)
         dispatcher = Dispatcher(Decoder(config.http), self.dead_letters, self.batcher.put, kind="hubble", live=True)
-        self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.nodes)
+        self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.nodes, self.checkpoint.seen)
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
         self.endpoint = None
         if config.metrics.address:
@@ -210,6 +220,7 @@ class Ingester:
                 self.lock.check()
             except StateDirInUse as err:  # the state dir was removed, and another process took it
                 lost_lock = err
+                self.writer.abandon()
                 self.stop.set()
         self.source.cancel()
         reader.join()

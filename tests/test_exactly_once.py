@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import REGISTRY
@@ -134,8 +135,10 @@ def test_flowlog_demo_twice_stores_each_flow_once(config, client, capsys):
     assert_each_flow_stored_once(client, config.store.database)
 
 
-@pytest.mark.parametrize("skews_ms", [[0, 0, 0, 0, -300, -300, -300, -300], [0, 0, 0, -300, -300, -2000, -2000, 0]],
-                         ids=["4 of 8 nodes 300 ms behind", "300 ms and 2 s behind"])
+@pytest.mark.parametrize("skews_ms", [[0, 0, 0, 0, -300, -300, -300, -300], [0, 0, 0, -300, -300, -2000, -2000, 0],
+                                      [0, -700_000]],
+                         ids=["4 of 8 nodes 300 ms behind", "300 ms and 2 s behind",
+                              "a node 700 s behind, longer than source.node_idle_s"])
 def test_relay_merging_skewed_nodes_across_stream_drops_stores_each_flow_once(config, client, skews_ms):
     """Relay merges the nodes through a bounded sort buffer, so flows of nodes whose clocks
     lag arrive after newer ones of the others; the stream breaks twice. Resuming from the
@@ -153,3 +156,24 @@ def test_relay_merging_skewed_nodes_across_stream_drops_stores_each_flow_once(co
     stored = client.query(f"SELECT count(), uniqExact(node, time) FROM `{db}`.l7_audit").result_rows
     assert stored == [(len(merged), len(merged))]
     assert_each_flow_stored_once(client, db)
+
+
+def test_a_flow_stored_twice_shows_in_the_completeness_query_and_the_dashboard(config, client):
+    """Should a defect ever store a flow twice, the places an auditor reads say so: they count
+    from the table, not from the ledger, which would still say duplicates 0."""
+    from ingest.store import queries
+
+    from .dashboard_queries import CLICKHOUSE, QueryContext, load_dashboards, render_clickhouse, targets
+
+    replay(config, client, [str(HTTP_348)])
+    db = config.store.database
+    client.command(f"INSERT INTO `{db}`.l7_audit SELECT * FROM `{db}`.l7_audit ORDER BY flow_id LIMIT 3 "
+                   "SETTINGS insert_deduplicate = 0")
+    rows = queries.load()["ingest_completeness"].rows(client, {"from": "2021-10-04", "until": "2021-10-05"}, db)
+    assert sum(row["stored_twice"] for row in rows) == 3
+    [health] = [d for d in load_dashboards() if d["uid"] == "flowlog-ingester-health"]
+    [(panel, target)] = targets(health, CLICKHOUSE)
+    client.database = db
+    day = QueryContext(datetime(2021, 10, 4, tzinfo=timezone.utc), datetime(2021, 10, 5, tzinfo=timezone.utc), 3600)
+    answer = client.query(render_clickhouse(target["rawSql"], {}, day)).result_rows
+    assert sum(count for _, count in answer) == 3

@@ -7,13 +7,14 @@ Hubble sends a loss report again when a stream resumes), or a `Tally` of a flow 
 not L7. Input that cannot be decoded is kept in the dead-letter file with its place
 (file:line, or the stream and message number), counted, and tallied as quarantined; the
 rest goes on. It counts what it read in the window, notes the newest flow of each node
-(where the next window resumes), and counts in the ingester's own metrics, by source
-kind.
+(where the next window resumes) and when it was read, and counts in the ingester's own
+metrics, by source kind.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from ..api.flow import flow_pb2
 from ..api.relay import relay_pb2
@@ -22,6 +23,7 @@ from .. import metrics
 from ..pipeline.records import DecodeError, Entry, FlowRows, GapRow, Tally, Window
 
 log = logging.getLogger(__name__)
+_now_ns = time.time_ns
 
 
 class Dispatcher:
@@ -51,10 +53,11 @@ class Dispatcher:
         if type(decoded) is FlowRows:  # nearly every message: the hot path
             window.flows += 1
             self._received_l7.inc()
-            time_ns = decoded.time_ns
+            time_ns, node = decoded.time_ns, decoded.node
             newest = window.newest_by_node
-            if time_ns > newest.get(decoded.node, 0):
-                newest[decoded.node] = time_ns
+            if time_ns > newest.get(node, 0):
+                newest[node] = time_ns
+            window.seen_by_node[node] = _now_ns()
             self.emit(Entry(decoded, time_ns <= window.maybe_stored_until_ns, window.source))
             return
         if isinstance(decoded, list):  # node status: one gap row per node

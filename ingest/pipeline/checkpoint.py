@@ -5,9 +5,11 @@ store has it), and written atomically (temp file, fsync, rename). Relay merges n
 whose clocks and delays differ, so their times do not rise together: the Hubble source
 resumes from the oldest node's time less a reorder margin, and every flow of the window
 it re-reads is looked up before it is stored, so the checkpoint saves reading, and
-exactly-once never rests on it. A node whose newest flow is more than `idle_s` older
-than the newest node's (it left the cluster, or has no L7 traffic) is forgotten, so it
-cannot hold the resume point back for long or grow the file.
+exactly-once never rests on it. Beside each node's time it keeps when (by this host's
+clock) that node last had a flow made durable: a node not heard from for `idle_s` (it
+left the cluster, or has no L7 traffic) is forgotten, so it cannot hold the resume
+point back for long or grow the file. This host's clock, not the flows', decides that:
+a node whose clock lags the others by more than `idle_s` is still heard from.
 
 A file that cannot be read is reported once, naming it, and counted; the source then
 starts as if there were none (the whole of Hubble's buffer, each flow looked up), and
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 from .. import metrics
@@ -35,49 +38,52 @@ class Checkpoint:
         self.path = state_dir / "checkpoints" / f"{safe}-{digest}.json"
         self.source = source
         self.idle_ns = int(idle_s * 1e9)
-        # Node name -> time of its newest durable flow.
-        self.nodes: dict[str, int] = self._read()
+        # Node name -> time of its newest durable flow, and this host's time when it was made durable.
+        self.nodes, self.seen = self._read()
 
-    def _read(self) -> dict[str, int]:
+    def _read(self) -> tuple[dict[str, int], dict[str, int]]:
+        now_ns = time.time_ns()
         try:
             data = json.loads(self.path.read_text())
             if "nodes" in data:
                 nodes = {str(node): int(time_ns) for node, time_ns in data["nodes"].items()}
+                seen = {str(node): int(seen_ns) for node, seen_ns in data.get("seen", {}).items()}
             else:  # written by a build that kept one time for all nodes
-                nodes = {"": int(data["time_ns"])}
+                nodes, seen = {"": int(data["time_ns"])}, {}
         except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            return {}, {}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
             metrics.CHECKPOINT_UNREADABLE.inc()
             reason = err.strerror if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
             log.error("checkpoint %s cannot be read (%s): reading every flow Hubble holds again, each looked up in "
                       "the store; the next checkpoint replaces it", self.path, reason)
-            return {}
-        return nodes
+            return {}, {}
+        return nodes, {node: seen.get(node, now_ns) for node in nodes}
 
     @property
     def time_ns(self) -> int:
         """The newest durable flow of any node (0 when there is none)."""
         return max(self.nodes.values(), default=0)
 
-    def advance(self, newest_by_node: dict[str, int]) -> None:
-        """Record that every flow of each node up to its time there is durable."""
+    def advance(self, newest_by_node: dict[str, int], seen_ns: int) -> None:
+        """Record that every flow of each node up to its time there is durable, as of seen_ns
+        (this host's clock)."""
         changed = False
         for node, time_ns in newest_by_node.items():
             if time_ns > self.nodes.get(node, 0):
                 self.nodes[node] = time_ns
                 changed = True
+            self.seen[node] = max(self.seen.get(node, 0), seen_ns)
         if not changed:
             return
-        newest = self.time_ns
-        for node in [n for n, t in self.nodes.items() if t < newest - self.idle_ns]:
-            del self.nodes[node]
+        for node in [n for n, at in self.seen.items() if at < seen_ns - self.idle_ns]:
+            del self.nodes[node], self.seen[node]
         self._write()
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        data = {"source": self.source, "time_ns": self.time_ns, "nodes": self.nodes}
+        data = {"source": self.source, "time_ns": self.time_ns, "nodes": self.nodes, "seen": self.seen}
         with open(tmp, "w") as handle:
             json.dump(data, handle)
             handle.flush()

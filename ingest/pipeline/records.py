@@ -89,6 +89,9 @@ class Window:
     maybe_stored_until_ns: int = EVERY_FLOW
     # Node name -> the newest flow time read of that node, where the next window resumes.
     newest_by_node: dict[str, int] = field(default_factory=dict)
+    # Node name -> this host's clock when a flow of that node was read last: a node not
+    # heard from for long no longer holds the resume point back.
+    seen_by_node: dict[str, int] = field(default_factory=dict)
     read: int = 0
     flows: int = 0
     filtered: int = 0

@@ -9,7 +9,7 @@ a lost state dir). It asks for flows `since` the oldest node's newest flow, less
 `source.resume_margin_s`: Relay merges nodes whose clocks and delays differ, so a node
 behind the others would otherwise lose what it had not yet delivered. The newest flow
 of each node comes from the checkpoint at start, then from what was received. A node
-idle for `source.node_idle_s` while others are not no longer holds it back. Every flow
+not heard from for `source.node_idle_s` (by this host's clock) no longer holds it back. Every flow
 stamped up to the later of now and the newest flow received, plus the margin, is what
 Hubble held when the connection began: it is handed on as possibly stored, and the sink
 looks it up. A resume point ahead of this host's clock (flows stamped in the future)
@@ -116,7 +116,8 @@ class HubbleSource:
     """Follows the configured Hubble into `out` (the dispatcher: `message` for each message,
     `gap` for a stream that broke) until `stop` is set."""
 
-    def __init__(self, config: SourceConfig, out, stop: threading.Event, resume: dict[str, int] | None = None):
+    def __init__(self, config: SourceConfig, out, stop: threading.Event, resume: dict[str, int] | None = None,
+                 seen: dict[str, int] | None = None):
         self.config = config
         self.connector = Connector(config)
         self.out = out
@@ -125,8 +126,10 @@ class HubbleSource:
         self.connected = threading.Event()
         self._call = None
         self._connect_log = RateLimitedLog(log, interval_s=5.0)
-        # From the checkpoint: the newest durable flow of each node; then what was received.
-        self._window = Window(config.address, _PLACE, newest_by_node=dict(resume or {}))
+        # From the checkpoint: the newest durable flow of each node, and when this host saw
+        # it; then what was received.
+        self._window = Window(config.address, _PLACE, newest_by_node=dict(resume or {}),
+                              seen_by_node=dict(seen or {}))
 
     @property
     def newest_ns(self) -> int:
@@ -157,10 +160,11 @@ class HubbleSource:
 
     def _stream_once(self) -> int:
         """One GetFlows call until it ends; returns how many messages it delivered."""
-        newest_by_node = self._window.newest_by_node
+        previous = self._window
         margin_ns = int(self.config.resume_margin_s * 1e9)
-        since_ns = resume_point(newest_by_node, margin_ns, int(self.config.node_idle_s * 1e9))
         now_ns = time.time_ns()
+        since_ns = resume_point(previous.newest_by_node, previous.seen_by_node, now_ns, margin_ns,
+                                int(self.config.node_idle_s * 1e9))
         if since_ns > now_ns + _AHEAD_OF_CLOCK_NS:
             # Hubble would skip every flow until that time comes: nodes whose clocks ran
             # ahead and were put right, or flows stamped in the future.
@@ -170,8 +174,8 @@ class HubbleSource:
             since_ns = 0
         maybe_stored_until_ns = max(now_ns, self.newest_ns) + margin_ns
         # Messages are numbered across connections, so a dead letter's place is unique.
-        window = self._window = Window(self.config.address, _PLACE, maybe_stored_until_ns, newest_by_node,
-                                       read=self._window.read)
+        window = self._window = Window(self.config.address, _PLACE, maybe_stored_until_ns, previous.newest_by_node,
+                                       previous.seen_by_node, read=previous.read)
         self.connections += 1
         received = 0
         message = self.out.message
@@ -217,15 +221,16 @@ class HubbleSource:
         return " (TLS: check source.tls.ca_file, source.tls.server_name and the client certificate)"
 
 
-def resume_point(newest_by_node: dict[str, int], margin_ns: int, idle_ns: int) -> int:
-    """Where to ask Hubble to start: the oldest newest-flow time among the nodes not idle
-    for longer than idle_ns (compared with the newest node), less margin_ns; 0, everything
-    Hubble holds, when no node is known."""
+def resume_point(newest_by_node: dict[str, int], seen_by_node: dict[str, int], now_ns: int, margin_ns: int,
+                 idle_ns: int) -> int:
+    """Where to ask Hubble to start: the oldest newest-flow time among the nodes heard from
+    within idle_ns (by this host's clock), less margin_ns. A node not heard from for longer
+    delivered what it had long ago; when every node is such, the newest of them, less the
+    margin. 0, everything Hubble holds, when no node is known."""
     if not newest_by_node:
         return 0
-    newest = max(newest_by_node.values())
-    oldest = min(t for t in newest_by_node.values() if t >= newest - idle_ns)
-    return max(0, oldest - margin_ns)
+    heard = [t for node, t in newest_by_node.items() if now_ns - seen_by_node.get(node, now_ns) <= idle_ns]
+    return max(0, (min(heard) if heard else max(newest_by_node.values())) - margin_ns)
 
 
 def _iso(ns: int) -> str:

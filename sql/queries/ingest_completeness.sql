@@ -8,10 +8,11 @@
 -- stream interruptions; node_events: Relay node status changes; spool_batches_lost: spooled
 -- batches that could not be read back (spool_unreadable gaps, node '', in the hour the file was
 -- written): their flows are not stored and how many there were is unknown. stored_twice: rows
--- of l7_audit, http_flows and dns_flows beyond the first with the same flow_id, in the hour of the
--- flow (count() against uniqExact(flow_id), read from the tables themselves, not the ledger):
--- 0 unless a flow was stored more than once.
--- complete_pct = 100 * received / (received + lost + quarantined), 100 when all three are 0; it
+-- of l7_audit (which holds every stored flow) beyond the first with the same flow_id, in the
+-- hour of the flow, read from the table itself, not the ledger: 0 unless a flow was stored more
+-- than once.
+-- complete_pct = 100 * (received - duplicates) / (received - duplicates + lost + quarantined):
+-- flows received again (a reconnect re-reads a window) count once; 100 when all are 0. It
 -- cannot count the flows of lost spool batches.
 --
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
@@ -33,8 +34,8 @@ SELECT
     node_events,
     spool_batches_lost,
     stored_twice,
-    if(received + lost + quarantined = 0, 100, round(100 * received / (received + lost + quarantined), 2))
-        AS complete_pct
+    if(received - duplicates + lost + quarantined = 0, 100,
+       round(100 * (received - duplicates) / (received - duplicates + lost + quarantined), 2)) AS complete_pct
 FROM
 (
     SELECT
@@ -66,26 +67,18 @@ FULL OUTER JOIN
 ) AS gaps USING (hour, node)
 FULL OUTER JOIN
 (
-    SELECT hour, node, sum(rows - ids) AS stored_twice
+    -- Grouped by l7_audit's sort key, so ClickHouse counts each id as it reads them in
+    -- order, holding one at a time instead of every id of the range.
+    SELECT toStartOfHour(toDateTime(hour, 'UTC')) AS hour, toString(node) AS node, sum(copies - 1) AS stored_twice
     FROM
     (
-        SELECT toStartOfHour(toDateTime(time, 'UTC')) AS hour, toString(node) AS node, count() AS rows,
-               uniqExact(flow_id) AS ids
+        SELECT toStartOfHour(time) AS hour, node, flow_id, count() AS copies
         FROM l7_audit
         WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
-        GROUP BY hour, node
-        UNION ALL
-        SELECT toStartOfHour(toDateTime(time, 'UTC')), toString(node), count(), uniqExact(flow_id)
-        FROM http_flows
-        WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
-        GROUP BY 1, 2
-        UNION ALL
-        SELECT toStartOfHour(toDateTime(time, 'UTC')), toString(node), count(), uniqExact(flow_id)
-        FROM dns_flows
-        WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
-        GROUP BY 1, 2
+        GROUP BY hour, node, flow_id
+        HAVING copies > 1
     )
     GROUP BY hour, node
-    HAVING stored_twice > 0
 ) AS stored USING (hour, node)
 ORDER BY hour, node
+SETTINGS optimize_aggregation_in_order = 1
