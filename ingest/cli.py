@@ -29,6 +29,9 @@ SQL_FORMATS = {"table": "PrettyCompactMonoBlock", "json": "JSONEachRow", "csv": 
                "tsv": "TabSeparatedWithNames"}
 # `flowlog query` without --since or --from.
 DEFAULT_SINCE = "1h"
+# `flowlog replay`'s exit status when lines were dead-lettered, inputs could not be read,
+# or no line was a flow (the summary line names them).
+REPLAY_INCOMPLETE = 3
 
 OWN_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
 
@@ -228,7 +231,7 @@ def _replay(args, config, client, lock) -> int:
         if bar is not None:
             bar.close()
     print(summary.line())
-    return 0
+    return 0 if summary.complete else REPLAY_INCOMPLETE
 
 
 def _run(config, client, lock) -> int:

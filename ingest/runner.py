@@ -245,6 +245,13 @@ class ReplaySummary:
     seconds: float
     dead_letter_path: str
 
+    @property
+    def complete(self) -> bool:
+        """Every line of every input was a flow or a gap record (stored, stored already, or
+        not L7), and there was at least one."""
+        c = self.counts
+        return not c.bad_lines and not c.unreadable and c.l7_flows + c.filtered + c.gaps > 0
+
     def line(self) -> str:
         c = self.counts
         stored = ", ".join(f"{n} {t}" for t, n in sorted(self.stored.items())) or "nothing new"
@@ -254,6 +261,10 @@ class ReplaySummary:
                 f"{self.duplicates} already stored")
         if c.bad_lines:
             text += f"; {c.bad_lines} bad lines kept in {self.dead_letter_path}"
+        if c.unreadable:
+            text += f"; {len(c.unreadable)} inputs not read to their end: {'; '.join(c.unreadable)}"
+        if c.l7_flows + c.filtered + c.gaps == 0:
+            text += "; no line was a Hubble flow"
         return text
 
 

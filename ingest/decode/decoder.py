@@ -30,8 +30,9 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
                16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
                22: "BADTRUNC", 23: "BADCOOKIE"}
 
-class _EnumNames(dict):
-    """An enum's names by number; a number this build does not know reads as its digits."""
+class EnumNames(dict):
+    """An enum's names by number. Proto3 enums are open: a number this build does not know
+    (a newer Cilium) is stored as its digits, and shown as UNKNOWN_<number>."""
 
     def __init__(self, enum):
         super().__init__((v.number, v.name) for v in enum.DESCRIPTOR.values)
@@ -39,12 +40,17 @@ class _EnumNames(dict):
     def __missing__(self, number: int) -> str:
         return str(number)
 
+    def shown(self, number: int) -> str:
+        """The name for a log line or a metric label."""
+        return super().get(number) or f"UNKNOWN_{number}"
 
-_VERDICT = _EnumNames(flow_pb2.Verdict)
-_L7_TYPE = _EnumNames(flow_pb2.L7FlowType)
-_DIRECTION = _EnumNames(flow_pb2.TrafficDirection)
-_LOST_SOURCE = _EnumNames(flow_pb2.LostEventSource)
-_NODE_STATE = _EnumNames(relay_pb2.NodeState)
+
+_VERDICT = EnumNames(flow_pb2.Verdict)
+_L7_TYPE = EnumNames(flow_pb2.L7FlowType)
+_DIRECTION = EnumNames(flow_pb2.TrafficDirection)
+_FLOW_TYPE = EnumNames(flow_pb2.FlowType)
+LOST_SOURCE = EnumNames(flow_pb2.LostEventSource)
+NODE_STATE = EnumNames(relay_pb2.NodeState)
 
 # Kubernetes pod-name suffixes use this alphabet (k8s.io/apimachinery rand.SafeEncodeString).
 _SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
@@ -162,7 +168,7 @@ class Decoder:
         if not flow.HasField("l7"):
             if flow.Type == flow_pb2.L7:
                 raise DecodeError("flow.l7: an L7 flow (Type L7) without an l7 record")
-            kind = flow_pb2.FlowType.Name(flow.Type) if flow.Type in (0, 1, 3) else "UNKNOWN_TYPE"
+            kind = _FLOW_TYPE.shown(flow.Type)
             return Filtered(kind, flow.node_name or (response.node_name if response is not None else ""),
                             timestamp_ns(flow.time, "flow.time"))
         if flow.HasField("time"):
@@ -338,7 +344,7 @@ def lost_events_gap(response: observer_pb2.GetFlowsResponse) -> GapRow:
     first = timestamp_ns(lost.first, "lost_events.first") if lost.HasField("first") else time_ns
     last = timestamp_ns(lost.last, "lost_events.last") if lost.HasField("last") else time_ns
     return gap(content_id(response), time_ns, node=response.node_name, kind="lost_events",
-               source=_LOST_SOURCE[lost.source], count=lost.num_events_lost, first=first,
+               source=LOST_SOURCE[lost.source], count=lost.num_events_lost, first=first,
                last=last, message=f"cpu {lost.cpu.value}" if lost.HasField("cpu") else "")
 
 
@@ -346,7 +352,7 @@ def node_status_gaps(response: observer_pb2.GetFlowsResponse) -> list[GapRow]:
     status = response.node_status
     time_ns = timestamp_ns(response.time, "time")
     gap_id = content_id(response)
-    state = _NODE_STATE[status.state_change]
+    state = NODE_STATE[status.state_change]
     return [gap(f"{gap_id}-{index}", time_ns, node=node, kind="node_status", source=state, count=0, first=time_ns,
                 last=time_ns, message=status.message)
             for index, node in enumerate(status.node_names or [response.node_name])]

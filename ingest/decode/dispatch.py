@@ -16,11 +16,10 @@ from __future__ import annotations
 import logging
 import time
 
-from ..api.flow import flow_pb2
-from ..api.relay import relay_pb2
 from ..logs import RateLimitedLog
 from .. import metrics
 from ..pipeline.records import DecodeError, Entry, FlowRows, GapRow, Tally, Window
+from .decoder import LOST_SOURCE, NODE_STATE
 
 log = logging.getLogger(__name__)
 _now_ns = time.time_ns
@@ -63,8 +62,7 @@ class Dispatcher:
         if isinstance(decoded, list):  # node status: one gap row per node
             if self.live:
                 status = response.node_status
-                state = (relay_pb2.NodeState.Name(status.state_change) if status.state_change in range(5)
-                         else "UNKNOWN")
+                state = NODE_STATE.shown(status.state_change)
                 metrics.NODE_STATUS.labels(state).inc()
                 log.info("Hubble Relay: nodes %s are %s: %s", ",".join(status.node_names), state, status.message)
             for gap_row in decoded:
@@ -75,9 +73,10 @@ class Dispatcher:
             window.gaps += 1
             if self.live:
                 lost = response.lost_events
-                metrics.LOST_EVENTS.labels(flow_pb2.LostEventSource.Name(lost.source)).inc(lost.num_events_lost)
-                self._lost_log.warning("Hubble lost %d events (%s) on %s", lost.num_events_lost,
-                                       flow_pb2.LostEventSource.Name(lost.source), response.node_name or "?")
+                where = LOST_SOURCE.shown(lost.source)
+                metrics.LOST_EVENTS.labels(where).inc(lost.num_events_lost)
+                self._lost_log.warning("Hubble lost %d events (%s) on %s", lost.num_events_lost, where,
+                                       response.node_name or "?")
             # Hubble sends a report again when a stream resumes before the flow that followed
             # it, which can be after the newest flow received: always looked up (reports are
             # rare, and a batch's lookups are one query per table).

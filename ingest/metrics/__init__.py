@@ -16,6 +16,9 @@ FLOWS_RECEIVED = Counter("flowlog_flows_received_total",
                          "Flows received, by source kind and Hubble flow type", ["source", "type"])
 FLOWS_FILTERED = Counter("flowlog_flows_filtered_total",
                          "Flows received but not stored because they are not L7, by flow type", ["type"])
+JSON_UNKNOWN_FIELDS = Counter("flowlog_json_unknown_fields_total",
+                              "Fields of replayed JSON this build does not know (skipped; the flow is stored), by "
+                              "path (at most 100 paths, the rest as other)", ["field"])
 DECODE_ERRORS = Counter("flowlog_decode_errors_total",
                         "Input that could not be decoded, by source kind", ["source"])
 DEAD_LETTERS = Counter("flowlog_dead_letters_total",

@@ -5,7 +5,11 @@ plain or gzip-compressed, or `-` for standard input. Each line is parsed into th
 message the gRPC source receives and handed to the dispatcher in file order (the
 decoder learns DNS answers as it goes), each file in a window of its own in which every
 flow is looked up before it is stored. A bad line is dead-lettered with its file and
-line number and the rest of the file goes on.
+line number and the rest of the file goes on. A line longer than MAX_LINE_BYTES or
+nested deeper than MAX_NESTING is refused before it is parsed (and only its beginning
+read into memory). A file that cannot be opened, or cannot be read to its end (a
+truncated .gz), costs one error line: what was read of it is stored, and the next file
+goes on. Fields this build does not know (a newer Cilium's) are skipped and counted.
 
 Parsing JSON into messages is most of a replay's work and needs no state, so on a
 machine with more than one usable CPU it runs in worker processes, chunks of lines at
@@ -17,24 +21,37 @@ from __future__ import annotations
 import collections
 import gzip
 import io
-import itertools
 import json
+import logging
 import multiprocessing
 import os
+import re
 import sys
+import zlib
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import json_format
 
+from .. import metrics
 from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2
 from ..pipeline.records import DecodeError, Window
 from . import jsonpb
 
+log = logging.getLogger(__name__)
+
 RESPONSE_KEYS = {"flow", "lost_events", "node_status"}
+# A Hubble flow is 1 to 3 KB of JSON, and five levels deep; these are far beyond any.
+MAX_LINE_BYTES = 8 * 1024 * 1024
+MAX_NESTING = 64
+# What a dead letter keeps of a line too long to parse.
+_KEPT_OF_TOO_LONG = 4096
 _CHUNK_LINES = 2000
+_CHUNK_BYTES = 16 * 1024 * 1024
+# Distinct unknown field paths counted by name; more fall under "other".
+_UNKNOWN_FIELD_LABELS = 100
 _CHUNKS_AHEAD = 4  # per worker: enough to keep it busy, few enough to bound memory
 # Decoding and inserting, in this process, keep up with about one parsing worker; more
 # would only cost memory (each imports the package).
@@ -50,6 +67,8 @@ class ReplayCounts:
     filtered: int = 0
     gaps: int = 0
     bad_lines: int = 0
+    # "path: why" of each input that could not be opened, or read to its end.
+    unreadable: list[str] = field(default_factory=list)
 
     def add(self, window: Window) -> None:
         """What the dispatcher counted in one file's window."""
@@ -61,23 +80,66 @@ class ReplayCounts:
 
 
 def _open(path: str) -> io.BufferedIOBase:
-    """The file as a binary stream; gzip is recognised by its magic bytes."""
+    """The file as a binary stream; gzip is recognised by its magic bytes. OSError naming
+    what is wrong when it cannot be read."""
     if path == "-":
+        if sys.stdin is None or sys.stdin.closed:
+            raise OSError("standard input is closed")
         return sys.stdin.buffer
     raw = open(path, "rb")
-    if raw.peek(2)[:2] == b"\x1f\x8b":
+    try:
+        magic = raw.peek(2)[:2]
+    except OSError:
+        raw.close()
+        raise
+    if magic == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=raw)
     return raw
 
 
-def parse_line(line: bytes) -> observer_pb2.GetFlowsResponse:
-    """One JSON line as a GetFlowsResponse; a bare Flow is wrapped. Raises DecodeError."""
+class _TooLong(bytes):
+    """The beginning of a line longer than MAX_LINE_BYTES; the rest was skipped unread."""
+
+
+def _lines(stream):
+    """The stream's lines; one longer than MAX_LINE_BYTES as a _TooLong of its beginning."""
+    while line := stream.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            line = _TooLong(line[:_KEPT_OF_TOO_LONG])
+        yield line
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _nesting(line: bytes) -> int:
+    """How deep the JSON in line nests (at least; brackets in strings do not count)."""
+    if line.count(b"{") + line.count(b"[") <= MAX_NESTING:
+        return 0  # cannot be deeper than that: the common case, at C speed
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b"", line)):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def parse_line(line: bytes, unknown: list[str] | None = None) -> observer_pb2.GetFlowsResponse:
+    """One JSON line as a GetFlowsResponse; a bare Flow is wrapped. Raises DecodeError. With a
+    list for unknown, fields this build does not know are skipped and their paths added."""
+    if isinstance(line, _TooLong):
+        raise DecodeError(f"a line longer than {MAX_LINE_BYTES} bytes (the dead letter keeps its first "
+                          f"{_KEPT_OF_TOO_LONG})")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DecodeError(f"not UTF-8 at byte {err.start}") from None
     if not text.strip():
         raise DecodeError("empty line")
+    if _nesting(line) > MAX_NESTING:
+        raise DecodeError(f"JSON nested more than {MAX_NESTING} deep")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -86,8 +148,13 @@ def parse_line(line: bytes) -> observer_pb2.GetFlowsResponse:
         raise DecodeError(f"expected a JSON object, got {type(data).__name__}")
     try:
         if RESPONSE_KEYS & data.keys():
-            return jsonpb.parse(data, observer_pb2.GetFlowsResponse)
-        flow = jsonpb.parse(data, flow_pb2.Flow)
+            return jsonpb.parse(data, observer_pb2.GetFlowsResponse, unknown)
+        if len(jsonpb.unknown_fields(data, flow_pb2.Flow.DESCRIPTOR)) == len(data):  # {} too
+            raise DecodeError("no field of a Hubble flow (flow.Flow or GetFlowsResponse)")
+        found: list[str] = []
+        flow = jsonpb.parse(data, flow_pb2.Flow, found if unknown is not None else None)
+        if unknown is not None:
+            unknown += [f"flow.{path}" for path in found]
     except json_format.ParseError as err:
         raise DecodeError(str(err)) from None
     return observer_pb2.GetFlowsResponse(flow=flow, node_name=flow.node_name, time=flow.time)
@@ -116,11 +183,17 @@ class FileSource:
     def _read(self, path: str, parse, ahead: int = 0) -> None:
         """Every line of the file in order. `parse` turns a chunk of lines into messages or
         error texts, or, when `ahead` chunks may be in flight, into a future of them."""
-        stream = _open(path)
-        window = Window("<stdin>" if path == "-" else path, place="{source}:{n}")
-        pending: collections.deque = collections.deque()
+        name = "<stdin>" if path == "-" else path
+        window = Window(name, place="{source}:{n}")
         try:
-            while chunk := list(itertools.islice(stream, _CHUNK_LINES)):
+            stream = _open(path)
+        except OSError as err:
+            self._unreadable(name, f"cannot be read: {err.strerror or err}")
+            return
+        pending: collections.deque = collections.deque()
+        chunks = _Chunks(stream)
+        try:
+            for chunk in chunks:
                 pending.append((chunk, parse(chunk)))
                 while len(pending) > ahead:
                     chunk, parsed = pending.popleft()
@@ -134,16 +207,60 @@ class FileSource:
             if stream is not sys.stdin.buffer:
                 stream.close()
             self.counts.add(window)
+        if chunks.error is not None:
+            self._unreadable(name, f"cannot be read past line {window.read}: {chunks.error}; the lines before it "
+                                   "are stored")
+
+    def _unreadable(self, name: str, why: str) -> None:
+        log.error("%s %s", name, why)
+        self.counts.unreadable.append(f"{name} {why}")
 
     def _chunk(self, window: Window, lines: list[bytes], parsed: list) -> None:
         message, unreadable = self.out.message, self.out.unreadable
         for line, result in zip(lines, parsed):
             if isinstance(result, str):
-                unreadable(window, result, line.rstrip(b"\r\n"))
-            else:
-                message(window, observer_pb2.GetFlowsResponse.FromString(result), line.rstrip(b"\r\n"))
+                unreadable(window, result, line if isinstance(line, _TooLong) else line.rstrip(b"\r\n"))
+                continue
+            serialized, unknown = result
+            for path in unknown:
+                _count_unknown_field(path)
+            message(window, observer_pb2.GetFlowsResponse.FromString(serialized), line.rstrip(b"\r\n"))
         if self.progress is not None:
             self.progress(sum(map(len, lines)))
+
+
+class _Chunks:
+    """The stream's lines in chunks of at most _CHUNK_LINES lines and about _CHUNK_BYTES;
+    a stream that fails partway (a truncated .gz) ends with what was read, and `error`
+    says why."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.error: str | None = None
+
+    def __iter__(self):
+        chunk, size = [], 0
+        try:
+            for line in _lines(self.stream):
+                chunk.append(line)
+                size += len(line)
+                if len(chunk) >= _CHUNK_LINES or size >= _CHUNK_BYTES:
+                    yield chunk
+                    chunk, size = [], 0
+        except (OSError, EOFError, ValueError, zlib.error) as err:
+            self.error = f"{type(err).__name__}: {err}"
+        if chunk:
+            yield chunk
+
+
+_counted_unknown: set[str] = set()
+
+
+def _count_unknown_field(path: str) -> None:
+    if path not in _counted_unknown and len(_counted_unknown) >= _UNKNOWN_FIELD_LABELS:
+        path = "other"
+    _counted_unknown.add(path)
+    metrics.JSON_UNKNOWN_FIELDS.labels(path).inc()
 
 
 def parse_workers() -> int:
@@ -172,13 +289,18 @@ def cgroup_cpu_limit() -> float | None:
     return quota / period if quota > 0 else None
 
 
-def parse_lines(lines: list[bytes]) -> list[bytes | str]:
-    """Each line as a serialized GetFlowsResponse, or the text of why it is not one (run
-    in worker processes: plain values cross back)."""
-    parsed: list[bytes | str] = []
+def parse_lines(lines: list[bytes]) -> list[tuple[bytes, list[str]] | str]:
+    """Each line as a serialized GetFlowsResponse and the paths of the fields it had that
+    this build does not know, or the text of why it is not one (run in worker processes:
+    plain values cross back). No line can stop the others."""
+    parsed: list[tuple[bytes, list[str]] | str] = []
     for line in lines:
+        unknown: list[str] = []
         try:
-            parsed.append(parse_line(line.rstrip(b"\r\n")).SerializeToString())
+            parsed.append((parse_line(line if isinstance(line, _TooLong) else line.rstrip(b"\r\n"),
+                                      unknown).SerializeToString(), unknown))
         except DecodeError as err:
             parsed.append(str(err))
+        except Exception as err:  # a line nothing foresaw: it costs only itself
+            parsed.append(f"cannot be parsed: {type(err).__name__}: {err}")
     return parsed

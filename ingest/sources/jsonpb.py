@@ -7,7 +7,8 @@ So a plan, worked out once per message type from its descriptor, names only the
 fields that do need converting: Timestamps (RFC 3339 strings), 64-bit integers (JSON
 strings), wrapper types, and the bool fields whose leniency differs. The result is
 the same message (tested field for field). Anything the plan does not cover, or any
-input it doubts, goes to `json_format.ParseDict`, which also words the errors.
+input it doubts, goes to `json_format.ParseDict`, which also words the errors. Fields
+this build does not know are skipped and named, for the caller to count.
 """
 
 from __future__ import annotations
@@ -167,10 +168,39 @@ def _convert(data: dict, plan: dict) -> dict:
     return data
 
 
-def parse(data: dict, message_class):
-    """The message `data` (proto3 JSON, already loaded) describes; raises json_format.ParseError."""
+def parse(data: dict, message_class, unknown: list[str] | None = None):
+    """The message `data` (proto3 JSON, already loaded) describes; raises json_format.ParseError.
+    With a list for unknown, fields this build does not know (a newer Cilium's) are left
+    out, as protobuf's ignore_unknown_fields does, and their paths appended to it."""
     try:
         converted = _convert(dict(data), _plan(message_class.DESCRIPTOR))
         return message_class(**converted)
     except (_Doubt, TypeError, ValueError):
-        return json_format.ParseDict(data, message_class())
+        pass
+    found = unknown_fields(data, message_class.DESCRIPTOR) if unknown is not None else []
+    if unknown is not None:
+        unknown += found
+    return json_format.ParseDict(data, message_class(), ignore_unknown_fields=bool(found))
+
+
+_known: dict[str, dict] = {}
+
+
+def unknown_fields(data: dict, descriptor, prefix: str = "") -> list[str]:
+    """The dotted paths of the keys in data that name no field of the message (by its proto
+    or its JSON name), in nested messages too."""
+    known = _known.get(descriptor.full_name)
+    if known is None:
+        known = _known[descriptor.full_name] = {name: field for field in descriptor.fields
+                                                for name in (field.name, field.json_name)}
+    found = []
+    for key, value in data.items():
+        field = known.get(key)
+        if field is None:
+            found.append(prefix + key)
+        elif (field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry
+              and not field.message_type.full_name.startswith("google.protobuf.")):
+            for item in (value if field.is_repeated and isinstance(value, list) else [value]):
+                if isinstance(item, dict):
+                    found += unknown_fields(item, field.message_type, f"{prefix}{key}.")
+    return found

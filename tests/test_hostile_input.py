@@ -1,0 +1,155 @@
+"""Hostile input never stops ingestion: a value this build does not know, a line nested
+100,000 deep or longer than any flow, a truncated .gz, an input that is a directory, a
+missing file or a closed stdin. Each costs only itself: one error line or dead letter,
+the rest is stored, and replay's exit status says what happened."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+from google.protobuf import json_format
+from prometheus_client import REGISTRY
+
+from ingest.api.flow import flow_pb2
+from ingest.api.observer import observer_pb2
+from ingest.demo.observer import FlowBuffer, ObserverServer
+from ingest.runner import replay
+from ingest.sources.files import MAX_LINE_BYTES
+
+from .helpers import (DNS_330, HTTP_348, REPO, RunningIngester, assert_stored_equals_fixture, fixture_lines,
+                      ingest_lines, wait_for)
+
+
+def _dead_letters(config) -> list[dict]:
+    path = config.state_path / "dead-letter.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_enum_numbers_this_build_does_not_know_are_stored_as_numbers_and_shown_as_unknown(config, client):
+    """A newer Cilium's LostEventSource or NodeState used to crash `run` at every start."""
+    lines = fixture_lines(DNS_330)
+    at = lines[50]["flow"]["time"]
+    lost = {"lost_events": {"source": 99, "num_events_lost": "5", "first": at, "last": at}, "node_name": "n1",
+            "time": at}
+    status = {"node_status": {"state_change": 42, "node_names": ["n2"], "message": "new state"}, "node_name": "n2",
+              "time": at}
+    lines[3]["flow"]["verdict"] = 77
+    before = REGISTRY.get_sample_value("flowlog_lost_events_total", {"source": "UNKNOWN_99"}) or 0
+    ingest_lines(config, client, lines[:50] + [lost, status] + lines[50:])
+    db = config.store.database
+    gaps = client.query(f"SELECT kind, source, count FROM `{db}`.ingest_gaps ORDER BY kind").result_rows
+    assert gaps == [("lost_events", "99", 5), ("node_status", "42", 0)]
+    verdicts = client.query(f"SELECT verdict, count() FROM `{db}`.dns_flows GROUP BY verdict ORDER BY verdict")
+    assert verdicts.result_rows == [("77", 1), ("FORWARDED", len(lines) - 1)]
+    assert REGISTRY.get_sample_value("flowlog_lost_events_total", {"source": "UNKNOWN_99"}) - before == 5
+    assert REGISTRY.get_sample_value("flowlog_node_status_events_total", {"state": "UNKNOWN_42"}) >= 1
+
+
+def test_json_fields_this_build_does_not_know_are_skipped_counted_and_the_flow_stored(config, client, tmp_path):
+    lines = fixture_lines(HTTP_348)
+    lines[0]["flow"]["new_in_cilium_2"] = {"x": 1}
+    lines[1]["flow"]["l7"]["http"]["new_http_field"] = "v"
+    lines[2]["flow"]["source"]["new_endpoint_field"] = [1, 2]
+    lines[3]["new_top_level"] = True
+    path = tmp_path / "newer.json"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def counted(field):
+        return REGISTRY.get_sample_value("flowlog_json_unknown_fields_total", {"field": field}) or 0
+
+    before = {f: counted(f) for f in ("flow.new_in_cilium_2", "flow.l7.http.new_http_field",
+                                       "flow.source.new_endpoint_field", "new_top_level")}
+    summary = replay(config, client, [str(path)])
+    assert summary.counts.bad_lines == 0 and summary.complete
+    assert_stored_equals_fixture(client, config, fixture_lines(HTTP_348))
+    assert {f: counted(f) - n for f, n in before.items()} == dict.fromkeys(before, 1)
+
+
+def test_a_line_nested_100000_deep_or_longer_than_any_flow_costs_only_itself(config, client, tmp_path):
+    good = HTTP_348.read_bytes().splitlines()
+    deep = b'{"flow": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    long = b'{"flow": {"uuid": "' + b"x" * (MAX_LINE_BYTES + 10) + b'"}}'
+    path = tmp_path / "hostile.json"
+    path.write_bytes(b"\n".join(good[:100] + [deep] + good[100:200] + [long] + good[200:]) + b"\n")
+    summary = replay(config, client, [str(path)])
+    assert (summary.counts.lines, summary.counts.bad_lines, summary.complete) == (len(good) + 2, 2, False)
+    assert_stored_equals_fixture(client, config, fixture_lines(HTTP_348))
+    deep_letter, long_letter = _dead_letters(config)
+    assert deep_letter["origin"] == f"{path}:101" and "nested more than 64 deep" in deep_letter["error"]
+    assert long_letter["origin"] == f"{path}:202" and f"longer than {MAX_LINE_BYTES} bytes" in long_letter["error"]
+    assert len(long_letter["raw"]) == 4096
+
+
+def _replay_cli(tmp_path, *inputs: str, stdin=None):
+    return subprocess.run([sys.executable, "-m", "ingest", "replay", "--store", f"chdb://{tmp_path / 'store'}",
+                           "--state-dir", str(tmp_path / "state"), "--no-progress", *inputs],
+                          cwd=REPO, capture_output=True, text=True, timeout=180, stdin=stdin)
+
+
+def _stored(tmp_path) -> int:
+    done = subprocess.run([sys.executable, "-m", "ingest", "sql", "--store", f"chdb://{tmp_path / 'store'}",
+                           "--state-dir", str(tmp_path / "state"), "--format", "tsv",
+                           "SELECT count() FROM l7_audit"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return int(done.stdout.splitlines()[1])
+
+
+def test_a_truncated_gz_keeps_what_was_read_and_the_next_file_goes_on(tmp_path):
+    lines = HTTP_348.read_bytes()
+    whole = gzip.compress(lines)
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(whole[:len(whole) // 2])
+    result = _replay_cli(tmp_path, str(cut), str(DNS_330))
+    assert result.returncode == 3, result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert f"{cut} cannot be read past line " in error and "EOFError" in error and "Traceback" not in result.stderr
+    read = int(error.split("past line ")[1].split(":")[0])
+    assert 0 < read < 348
+    assert _stored(tmp_path) == read + 330  # every line read before the cut, and the next file whole
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "1 inputs not read to their end" in summary and str(cut) in summary
+
+
+def test_a_directory_a_missing_file_and_a_closed_stdin_cost_one_line_each(tmp_path):
+    directory, missing = tmp_path / "a-directory", tmp_path / "missing.json"
+    directory.mkdir()
+    result = _replay_cli(tmp_path, str(directory), str(missing), "-", str(DNS_330), stdin=subprocess.DEVNULL)
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 2, errors  # an empty stdin is read, and holds no line
+    assert f"{directory} cannot be read: Is a directory" in errors[0]
+    assert f"{missing} cannot be read: No such file or directory" in errors[1]
+    assert _stored(tmp_path) == 330
+
+
+def test_replay_of_a_file_in_which_no_line_is_a_flow_is_not_a_success(tmp_path):
+    path = tmp_path / "not-flows.json"
+    path.write_text('{"a": 1}\n{"event": "something else"}\n{}\n')
+    result = _replay_cli(tmp_path, str(path))
+    assert result.returncode == 3, result.stderr
+    assert "no line was a Hubble flow" in result.stdout and "3 bad lines" in result.stdout
+
+
+def test_a_closed_stdin_is_named(config, client, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)
+    summary = replay(config, client, ["-"])
+    assert summary.counts.unreadable == ["<stdin> cannot be read: standard input is closed"]
+
+
+def test_a_message_of_a_newer_build_over_grpc_with_unknown_fields_is_stored(config, client):
+    """Unknown protobuf fields on the wire are kept by the parser and the audit row keeps
+    them; the typed row has what this build knows."""
+    lines = fixture_lines(HTTP_348)[:5]
+    responses = [json_format.ParseDict(line, observer_pb2.GetFlowsResponse()) for line in lines]
+    extra = flow_pb2.Flow()
+    extra.ParseFromString(responses[0].flow.SerializeToString() + b"\xa8\x9f\x01\x07")  # field 20005, varint 7
+    responses[0].flow.CopyFrom(extra)
+    with ObserverServer(FlowBuffer(responses)) as server:
+        config.source.address = server.address
+        with RunningIngester(config, client) as ingester:
+            wait_for(lambda: ingester.writer.committed_ns >= max(r.flow.time.ToNanoseconds() for r in responses))
+    stored = client.query(f"SELECT countIf(position(flow, unhex('A89F0107')) > 0), count() "
+                          f"FROM `{config.store.database}`.l7_audit").result_rows
+    assert stored == [(1, 5)]
