@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -16,6 +17,7 @@ import time
 
 from . import __version__, logs
 from .config import ConfigError, dump_yaml, load
+from .masking import Masker
 from .statedir import StateLock
 from .store.queries import RANGE_PARAMS, Query, QueryError, canonical_type
 from .store.queries import load as load_queries
@@ -32,6 +34,8 @@ DEFAULT_SINCE = "1h"
 # `flowlog replay`'s exit status when lines were dead-lettered, inputs could not be read,
 # or no line was a flow (the summary line names them).
 REPLAY_INCOMPLETE = 3
+# The commands that make an embedded store where there is none; the others say there is none.
+_MAKE_A_STORE = ("run", "replay", "demo", "migrate")
 
 OWN_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
 
@@ -46,6 +50,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="set any config key, e.g. --set batch.max_rows=50000")
+    parser.add_argument("--debug", action="store_true",
+                        help="log at debug level, with gRPC's own lines, and show where an error came from")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,26 +129,32 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    # gRPC's own C-core lines ("Got goaway ...") read like errors; the ingester reports
+    # what matters about a stream itself.
+    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if debug else "ERROR")
+    mask = Masker()
     try:
         config = load(args.config, overrides=_overrides(args))
-        logs.configure(config.log.format, config.log.level, config.masker())
+        mask = config.masker()
+        logs.configure(config.log.format, "debug" if debug else config.log.level, mask)
         return _dispatch(args, config)
     except ConfigError as err:
-        print(f"flowlog: error: {err}", file=sys.stderr)
+        print(f"flowlog: error: {mask(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as err:
-        from clickhouse_connect.driver.exceptions import ClickHouseError
-
-        from .sources.hubble import SourceError
-        from .statedir import StateDirInUse
-        from .store.connection import StoreError
-        from .store.migrations import MigrationError
-        if not isinstance(err, (StoreError, MigrationError, SourceError, StateDirInUse, ClickHouseError, KubeError)):
-            log.exception("unexpected error")
-        message = config.masker()(str(err)).strip().splitlines()[0]
-        print(f"flowlog: error: {message}", file=sys.stderr)
+        if debug:
+            log.exception("failed")
+        first = (mask(str(err)).strip().splitlines() or [""])[0]
+        # Ours and the store's errors say what failed; the host's (a full disk, a missing
+        # permission) need their kind; anything else is a defect.
+        ours = type(err).__module__.split(".")[0] in ("ingest", "clickhouse_connect", "chdb") or isinstance(
+            err, KubeError)
+        text = first if ours and first else f"{type(err).__name__}: {first}"
+        hint = "" if ours or isinstance(err, OSError) or debug else " (a defect: --debug shows where; please report it)"
+        print(f"flowlog: error: {text}{hint}", file=sys.stderr)
         return 1
 
 
@@ -156,7 +168,7 @@ def _dispatch(args: argparse.Namespace, config) -> int:
         return run_query(args, config)
     from .store.connection import open_store
     if args.command == "visibility":
-        return run_visibility(args, config, lambda: open_store(config))
+        return run_visibility(args, config, lambda: open_store(config, create=False))
     if args.command == "run" and args.ensure_visibility:
         # Before the store: a missing RBAC grant or a cluster without Cilium fails fast.
         ensure_visibility(config.visibility)
@@ -166,7 +178,7 @@ def _dispatch(args: argparse.Namespace, config) -> int:
     if lock is not None:
         lock.acquire()
     try:
-        return _with_store(args, config, open_store(config), lock)
+        return _with_store(args, config, open_store(config, create=args.command in _MAKE_A_STORE), lock)
     finally:
         if lock is not None:
             lock.release()
@@ -360,7 +372,7 @@ def run_query(args: argparse.Namespace, config, client=None) -> int:
     own = client is None
     if own:
         from .store.connection import open_store
-        client = open_store(config)
+        client = open_store(config, create=False)
     try:
         out = query.run(client, values, SQL_FORMATS[args.format], config.store.database)
     finally:

@@ -27,7 +27,13 @@ SENSITIVE_HEADERS = ["Authorization", "Cookie", "Set-Cookie", "Proxy-Authorizati
 
 
 class ConfigError(ValueError):
-    """A configuration key is unknown or its value has the wrong type."""
+    """A configuration key is unknown or its value has the wrong type or range."""
+
+
+# The smallest value a numeric key takes, and whether that value itself is allowed.
+_at_least_0 = {"min": 0}
+_at_least_1 = {"min": 1}
+_positive = {"min": 0, "exclusive": True}
 
 
 @dataclass
@@ -47,12 +53,12 @@ class SourceConfig:
     namespaces: list[str] = field(default_factory=list)
     # Only flows with these verdicts (FORWARDED, DROPPED, ...); empty means all.
     verdicts: list[str] = field(default_factory=list)
-    reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 30.0
+    reconnect_initial_s: float = field(default=0.5, metadata=_positive)
+    reconnect_max_s: float = field(default=30.0, metadata=_positive)
     # A reconnect or restart asks for flows since the oldest node's newest flow less this,
     # and looks up what it re-reads: above Relay's sort-buffer drain (1 s) plus the clock
     # skew between nodes.
-    resume_margin_s: float = 10.0
+    resume_margin_s: float = field(default=10.0, metadata=_at_least_0)
     # A node not heard from for this long (by this host's clock) no longer holds the
     # resume point back: it left the cluster, or has no L7 traffic.
     node_idle_s: float = 600.0
@@ -66,9 +72,9 @@ class StoreConfig:
     password: str = ""
     password_file: str = ""
     # Rows older than this are dropped (whole daily partitions); 0 keeps them forever.
-    ttl_days: int = 0
+    ttl_days: int = field(default=0, metadata=_at_least_0)
     # The same for the 1-minute rollups, which dashboards read over long ranges.
-    rollup_ttl_days: int = 0
+    rollup_ttl_days: int = field(default=0, metadata=_at_least_0)
     migrate: bool = True
     # A ClickHouse cluster (remote_servers name): replicated shard-local tables behind
     # Distributed tables of the usual names. Empty for a single server.
@@ -76,30 +82,30 @@ class StoreConfig:
     # How rows are spread over shards: "node" keeps one Cilium node's flows together; "random".
     sharding: str = "node"
     # A failing store is retried with exponential backoff from the first value, capped at the second.
-    retry_initial_s: float = 0.2
-    retry_max_s: float = 30.0
+    retry_initial_s: float = field(default=0.2, metadata=_positive)
+    retry_max_s: float = field(default=30.0, metadata=_positive)
 
 
 @dataclass
 class BatchConfig:
     # ClickHouse prefers few large inserts: flush at this many rows or this age.
-    max_rows: int = 20000
-    max_delay_ms: int = 1000
-    queue_size: int = 50000
+    max_rows: int = field(default=20000, metadata=_at_least_1)
+    max_delay_ms: int = field(default=1000, metadata=_at_least_0)
+    queue_size: int = field(default=50000, metadata=_at_least_1)
 
 
 @dataclass
 class SpoolConfig:
     # Batches wait here (beside the checkpoint) while the store is down; when it is
     # full, reading from Hubble pauses. 512 MiB holds about a million flows.
-    max_mb: int = 512
+    max_mb: int = field(default=512, metadata=_at_least_1)
 
 
 @dataclass
 class DeadLettersConfig:
     # dead-letter.jsonl is moved to dead-letter.jsonl.1 (replacing the one before) when it
     # reaches this size: bad input that keeps coming cannot fill the node's disk.
-    max_mb: int = 64
+    max_mb: int = field(default=64, metadata=_at_least_1)
 
 
 @dataclass
@@ -110,8 +116,8 @@ class HTTPConfig:
     strip_query: bool = False
     strip_userinfo: bool = True
     # Naming HTTP peers outside the cluster from the DNS answers their clients got.
-    dns_cache_entries: int = 100_000
-    dns_grace_s: float = 60.0
+    dns_cache_entries: int = field(default=100_000, metadata=_at_least_0)
+    dns_grace_s: float = field(default=60.0, metadata=_at_least_0)
 
 
 @dataclass
@@ -125,9 +131,9 @@ class MetricsConfig:
     # Serves /metrics, /healthz and /readyz; clear of Cilium's and Hubble's 4244, 4245, 9962-9966.
     address: str = "0.0.0.0:9970"
     # Series per derived L7 metric; past it, new workloads are counted under "other".
-    max_series: int = 2000
+    max_series: int = field(default=2000, metadata=_at_least_1)
     # Derived L7 series not updated for this long are dropped.
-    series_ttl_s: float = 600.0
+    series_ttl_s: float = field(default=600.0, metadata=_positive)
 
 
 @dataclass
@@ -151,7 +157,7 @@ class VisibilityConfig:
     # For Cilium < 1.16 (no enableDefaultDeny): add explicit allow-all rules instead.
     legacy_allow_all: bool = False
     # `visibility status`: how recent an L7 flow must be to count as "flows arriving".
-    status_window_minutes: int = 15
+    status_window_minutes: int = field(default=15, metadata=_at_least_1)
 
 
 @dataclass
@@ -169,7 +175,7 @@ class Config:
     state_dir: str = DEFAULT_STATE_DIR
     # On SIGTERM, how long to keep trying the store before leaving batches in the spool;
     # the DaemonSet's terminationGracePeriodSeconds must exceed it.
-    shutdown_timeout_s: float = 20.0
+    shutdown_timeout_s: float = field(default=20.0, metadata=_at_least_0)
 
     @property
     def state_path(self) -> Path:
@@ -248,7 +254,16 @@ def _build(cls, data: dict, prefix: str = ""):
     unknown = sorted(set(data) - set(hints))
     if unknown:
         raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(hints))})")
-    return cls(**{k: _coerce(prefix + k, v, hints[k]) for k, v in data.items()})
+    values = {k: _coerce(prefix + k, v, hints[k]) for k, v in data.items()}
+    for spec in dataclasses.fields(cls):
+        bound = spec.metadata.get("min")
+        if bound is None or spec.name not in values:
+            continue
+        value = values[spec.name]
+        if value < bound or (spec.metadata.get("exclusive") and value == bound):
+            least = f"more than {bound}" if spec.metadata.get("exclusive") else f"at least {bound}"
+            raise ConfigError(f"{prefix}{spec.name}: expected {least}, got {value}")
+    return cls(**values)
 
 
 def leaf_keys(cls=Config, prefix: str = "") -> list[str]:
@@ -287,9 +302,11 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
     tree: dict = {}
     if path:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigError(f"{path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
         try:
             tree = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
@@ -312,6 +329,15 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
     config = _build(Config, tree)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", config.store.database):
         raise ConfigError(f"store.database: {config.store.database!r} is not a plain identifier")
+    dsn = urlsplit(config.store.dsn)
+    if dsn.scheme == "chdb" and dsn.path != "memory" and not (dsn.path.startswith("/") and dsn.netloc == ""):
+        raise ConfigError(f"store.dsn: {config.store.dsn}: the embedded store's directory must be an absolute path, "
+                          "chdb:///abs/dir")
+    _check_address("metrics.address", config.metrics.address, empty_allowed=True)
+    if config.source.reconnect_max_s < config.source.reconnect_initial_s:
+        raise ConfigError("source.reconnect_max_s: expected at least source.reconnect_initial_s")
+    if config.store.retry_max_s < config.store.retry_initial_s:
+        raise ConfigError("store.retry_max_s: expected at least store.retry_initial_s")
     if config.store.sharding not in ("node", "random"):
         raise ConfigError(f"store.sharding: expected node or random, got {config.store.sharding!r}")
     if config.visibility.mode not in ("observe", "enforce"):
@@ -326,6 +352,15 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
     if config.log.format not in ("plain", "json"):
         raise ConfigError(f"log.format: expected plain or json, got {config.log.format!r}")
     return config
+
+
+def _check_address(key: str, address: str, empty_allowed: bool = False) -> None:
+    """HOST:PORT (HOST may be empty: every address), PORT 0 to 65535."""
+    if not address and empty_allowed:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {address!r} is no HOST:PORT with a port from 0 to 65535")
 
 
 def to_masked_dict(config: Config) -> dict:

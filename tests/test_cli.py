@@ -36,6 +36,7 @@ def test_unreachable_store_fails_at_start_naming_the_dsn_without_its_password(tm
 
 
 def test_sql_errors_are_one_line_and_formats_are_clickhouses(tmp_path):
+    assert flowlog("migrate", "--state-dir", str(tmp_path)).returncode == 0  # sql makes no store of its own
     bad = flowlog("sql", "--state-dir", str(tmp_path), "SELEC 1")
     last = bad.stderr.strip().splitlines()[-1]
     assert bad.returncode == 1 and last.startswith("flowlog: error: ") and "Syntax error" in last

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from google.protobuf import json_format
 from prometheus_client import REGISTRY
@@ -153,3 +156,61 @@ def test_a_message_of_a_newer_build_over_grpc_with_unknown_fields_is_stored(conf
     stored = client.query(f"SELECT countIf(position(flow, unhex('A89F0107')) > 0), count() "
                           f"FROM `{config.store.database}`.l7_audit").result_rows
     assert stored == [(1, 5)]
+
+
+def _flowlog(tmp_path, *argv: str, timeout: float = 120):
+    return subprocess.run([sys.executable, "-m", "ingest", *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _error_line(result) -> str:
+    """The one line a refused command prints last; no traceback before it."""
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["run", "--metrics-address", "127.0.0.1:99999"], 2,
+     "flowlog: error: metrics.address: '127.0.0.1:99999' is no HOST:PORT with a port from 0 to 65535"),
+    (["run", "--set", "batch.max_rows=-5"], 2, "flowlog: error: batch.max_rows: expected at least 1, got -5"),
+    (["run", "--set", "store.retry_initial_s=0"], 2, "flowlog: error: store.retry_initial_s: expected more than 0, got 0.0"),
+    (["sql", "--store", "chdb:relative/dir", "SELECT 1"], 2,
+     "flowlog: error: store.dsn: chdb:relative/dir: the embedded store's directory must be an absolute path, "
+     "chdb:///abs/dir"),
+], ids=["a port above 65535", "a negative batch size", "a zero retry delay", "a relative store path"])
+def test_bad_values_are_refused_in_one_line_naming_the_key(tmp_path, argv, status, message):
+    result = _flowlog(tmp_path, *argv)
+    assert (result.returncode, _error_line(result)) == (status, message)
+    assert list(tmp_path.iterdir()) == []  # nothing was made
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "flowlog.yaml").write_bytes(b"\xff\xfe store: x\n")
+    result = _flowlog(tmp_path, "config", "show", "--config", "flowlog.yaml")
+    assert (result.returncode, _error_line(result)) == (2, "flowlog: error: flowlog.yaml: not UTF-8 text (byte 0)")
+
+
+def test_a_query_of_a_store_that_does_not_exist_says_so_and_makes_none(tmp_path):
+    result = _flowlog(tmp_path, "sql", "--store", f"chdb://{tmp_path / 'no' / 'store'}", "SELECT 1")
+    assert result.returncode == 1
+    assert _error_line(result) == (f"flowlog: error: store chdb://{tmp_path / 'no' / 'store'}: there is no embedded "
+                                   f"store in {tmp_path / 'no' / 'store'} (`flowlog run`, `replay`, `demo` and "
+                                   "`migrate` make one)")
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_metrics_port_already_taken_is_named(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = _flowlog(tmp_path, "run", "--source", "127.0.0.1:1", "--metrics-address", address,
+                          "--state-dir", str(tmp_path / "state"))
+    assert (result.returncode, _error_line(result)) == (1, f"flowlog: error: metrics.address {address}: Address "
+                                                           "already in use")
+
+
+def test_the_end_of_flowlog_demo_prints_no_grpc_line(tmp_path):
+    result = _flowlog(tmp_path, "demo", "--duration", "1", "--state-dir", str(tmp_path / "state"), timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "chttp2" not in result.stderr and "goaway" not in result.stderr.lower(), result.stderr

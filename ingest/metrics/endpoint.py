@@ -20,6 +20,10 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+class EndpointError(RuntimeError):
+    """The endpoint cannot listen where it is told to; the message names the address."""
+
+
 class Endpoint:
     """Serves in a daemon thread; `checks` maps a readiness condition's name to a callable."""
 
@@ -27,7 +31,10 @@ class Endpoint:
         host, _, port = address.rpartition(":")
         self.checks = checks
         self._metrics = make_wsgi_app(registry)
-        self.server = make_server(host or "0.0.0.0", int(port), self._app, _Server, handler_class=_QuietHandler)
+        try:
+            self.server = make_server(host or "0.0.0.0", int(port), self._app, _Server, handler_class=_QuietHandler)
+        except OSError as err:
+            raise EndpointError(f"metrics.address {address}: {err.strerror or err}") from None
         self.address = f"{host or '0.0.0.0'}:{self.server.server_port}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="metrics-endpoint", daemon=True)
 

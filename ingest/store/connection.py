@@ -7,6 +7,8 @@ the config says so (`store.migrate`).
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -17,12 +19,17 @@ from ..masking import mask_dsn
 from .migrations import cluster_of, migrate
 
 
+log = logging.getLogger(__name__)
+
+
 class StoreError(RuntimeError):
     """The store could not be reached or refused us; the message never holds a secret."""
 
 
-def connect(config: Config) -> Client:
-    """A client for the configured store, with the database created if missing."""
+def connect(config: Config, create: bool = True) -> Client:
+    """A client for the configured store, with the database created if missing. An embedded
+    store whose directory does not exist is made only when create is set (a command meant
+    to make one), and the log says where."""
     dsn = config.store_dsn
     scheme = urlsplit(dsn).scheme
     mask = config.masker()
@@ -34,9 +41,12 @@ def connect(config: Config) -> Client:
                 raise StoreError(f"store {dsn}: the embedded engine needs the 'embedded' extra "
                                  "(pip install 'hubble-flowlog[embedded]')") from None
             path = urlsplit(dsn).path
-            if path and path != "memory":
-                from pathlib import Path
+            if path and path != "memory" and not Path(path).is_dir():
+                if not create:
+                    raise StoreError(f"store {dsn}: there is no embedded store in {path} (`flowlog run`, `replay`, "
+                                     "`demo` and `migrate` make one)")
                 Path(path).mkdir(parents=True, exist_ok=True)
+                log.info("made a new embedded store in %s", path)
             client = clickhouse_connect.get_client(dsn=dsn)
         elif scheme in ("http", "https", "clickhouse", "clickhouses"):
             password = config.store_password()
@@ -53,9 +63,10 @@ def connect(config: Config) -> Client:
         raise StoreError(f"cannot reach store {mask_dsn(dsn)}: {mask(str(err))}") from None
 
 
-def open_store(config: Config) -> Client:
-    """A client for the configured store, migrated to this build's schema unless store.migrate is off."""
-    client = connect(config)
+def open_store(config: Config, create: bool = True) -> Client:
+    """A client for the configured store, migrated to this build's schema unless store.migrate
+    is off; create as for connect."""
+    client = connect(config, create)
     if config.store.migrate:
         migrate(client, config.store, cluster_of(config.store))
     return client
