@@ -41,6 +41,9 @@ from .store.schema import INGEST_LEDGER
 
 log = logging.getLogger(__name__)
 
+# How often a batch held in memory on a full disk is tried again.
+_WRITE_RETRY_S = 1.0
+
 
 class Writer:
     """Takes sealed batches to the store through the spool (what `Batcher` calls its writer).
@@ -56,6 +59,11 @@ class Writer:
         self.committed = threading.Condition()
         self.committed_ns = checkpoint.time_ns if checkpoint else 0
         self.abandoned = False
+        # A sealed batch the spool could not take (a full disk): reading waits until it can.
+        self._held: SealedBatch | None = None
+        self._next_write = 0.0
+        self.writable = True
+        metrics.STATE_DIR_WRITABLE.set(1)
 
     def abandon(self) -> None:
         """The state dir is another process's now: nothing more is written to its spool or
@@ -66,15 +74,48 @@ class Writer:
         return 0 if self.abandoned else len(self.spool)
 
     def has_room(self) -> bool:
-        return self.abandoned or self.spool.has_room() or self.drain()
+        if self.abandoned:
+            return True
+        if self._held is not None and not self._make_durable(self._held):
+            return False
+        return self.spool.has_room() or self.drain()
 
     def commit(self, sealed: SealedBatch) -> None:
-        if self.abandoned:
-            return
-        self.spool.append(sealed)
+        if not self.abandoned and self._make_durable(sealed):
+            self.drain()
+
+    def _make_durable(self, sealed: SealedBatch) -> bool:
+        """Appends the batch to the spool and advances the checkpoint to it. When the disk
+        is full (or the state dir cannot be written), the batch is held in memory and
+        tried again at most once a second: until then has_room is False and reading
+        pauses, as with a full spool."""
+        if sealed is self._held and time.monotonic() < self._next_write:
+            return False
+        try:
+            self.spool.append(sealed)
+        except OSError as err:
+            self._held, self._next_write = sealed, time.monotonic() + _WRITE_RETRY_S
+            self._unwritable(err)
+            return False
+        self._held = None
+        self._writable_again()
         if self.checkpoint is not None:
             self.checkpoint.advance(sealed.newest_flow_by_node(), sealed.created_ns)
-        self.drain()
+        return True
+
+    def _unwritable(self, err: OSError) -> None:
+        metrics.STATE_DIR_WRITABLE.set(0)
+        if self.writable:
+            self.writable = False
+            log.error("cannot write to the spool in %s (%s): reading pauses until it can; Hubble's buffer holds "
+                      "what comes meanwhile, and reports what it loses", self.spool.directory,
+                      err.strerror or err)
+
+    def _writable_again(self) -> None:
+        if not self.writable:
+            self.writable = True
+            metrics.STATE_DIR_WRITABLE.set(1)
+            log.warning("the spool in %s can be written again: reading goes on", self.spool.directory)
 
     def drain(self, force: bool = False) -> bool:
         """Store spooled batches, oldest first, until the spool is empty (True) or the
@@ -84,7 +125,11 @@ class Writer:
         if not force and not self.sink.ready():
             return False
         while True:
-            oldest = self.spool.next()
+            try:
+                oldest = self.spool.next()
+            except OSError as err:  # the spool's directory could not be made again
+                self._unwritable(err)
+                return False
             if oldest is None:
                 return True
             path, batch = oldest
@@ -101,6 +146,9 @@ class Writer:
                 inserted = self.sink.insert(batch)
             except StoreUnavailable as err:
                 self.sink.failed(err)
+                return False
+            except OSError as err:  # the answer could not be kept on disk: not inserted without it
+                self._unwritable(err)
                 return False
             except BatchRefused as err:
                 self.spool.set_aside(path, str(err), err.stored_tables)
@@ -190,6 +238,7 @@ class Ingester:
             self.endpoint = Endpoint(config.metrics.address, {
                 "hubble": self.source.connected.is_set,
                 "store": lambda: self.sink.healthy,
+                "state dir writable": lambda: self.writer.writable,
                 "schema": lambda: schema_current,
             })
 

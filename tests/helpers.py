@@ -23,6 +23,7 @@ from ingest.runner import Ingester
 from ingest.store.schema import SCHEMA_MIGRATIONS
 
 from .expected import expected_rows, rfc3339_ns, stored_rows
+from .faults import FaultyClient
 
 REPO = Path(__file__).resolve().parent.parent
 # The Hubble captures and the Cilium reference data, copied into the repository (see their READMEs).
@@ -227,3 +228,11 @@ def assert_each_flow_stored_once(client, database: str) -> None:
     assert received - duplicates == audit
     assert (audit, http, dns) == one("SELECT (SELECT count() FROM DB.l7_audit), (SELECT count() FROM DB.http_flows), "
                                      "(SELECT count() FROM DB.dns_flows)")
+
+
+def take_store_down(ingester, client) -> FaultyClient:
+    """The ingester's store fails from now on, until the returned client's `down` is cleared."""
+    faulty = FaultyClient(client)
+    faulty.down.set()
+    ingester.sink.client = faulty
+    return faulty

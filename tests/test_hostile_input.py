@@ -5,11 +5,17 @@ the rest is stored, and replay's exit status says what happened."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+import logging
 import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -19,11 +25,14 @@ from prometheus_client import REGISTRY
 from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
 from ingest.demo.observer import FlowBuffer, ObserverServer
+from ingest.pipeline.spool import Spool
 from ingest.runner import replay
 from ingest.sources.files import MAX_LINE_BYTES
 
-from .helpers import (DNS_330, HTTP_348, REPO, RunningIngester, assert_stored_equals_fixture, fixture_lines,
-                      ingest_lines, wait_for)
+from .expected import rfc3339_ns
+from .helpers import (DNS_330, HTTP_348, REPO, RunningIngester, assert_each_flow_stored_once,
+                      assert_stored_equals_fixture, fixture_lines, ingest_lines, responses_of, take_store_down,
+                      wait_for)
 
 
 def _dead_letters(config) -> list[dict]:
@@ -214,3 +223,53 @@ def test_the_end_of_flowlog_demo_prints_no_grpc_line(tmp_path):
     result = _flowlog(tmp_path, "demo", "--duration", "1", "--state-dir", str(tmp_path / "state"), timeout=240)
     assert result.returncode == 0, result.stderr
     assert "chttp2" not in result.stderr and "goaway" not in result.stderr.lower(), result.stderr
+
+
+def test_a_full_disk_under_the_spool_with_the_store_down_pauses_reading_and_loses_nothing(config, client,
+                                                                                          monkeypatch, caplog):
+    """Before, ENOSPC while the store was down stopped `run`, and again after every restart."""
+    config.batch.max_rows = 50
+    config.store.retry_initial_s, config.store.retry_max_s = 0.05, 0.2
+    config.metrics.address = "127.0.0.1:0"
+    lines = fixture_lines(HTTP_348)
+    full = threading.Event()
+    full.set()
+    write_aside = Spool._write_aside
+
+    def on_a_full_disk(self, path, batch):
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_aside(self, path, batch)
+
+    monkeypatch.setattr(Spool, "_write_aside", on_a_full_disk)
+    with ObserverServer(FlowBuffer(responses_of(lines))) as server:
+        config.source.address = server.address
+        with caplog.at_level(logging.WARNING), RunningIngester(config, client) as ingester:
+            store = take_store_down(ingester, client)
+            wait_for(lambda: not ingester.writer.writable, what="the full disk noticed")
+            time.sleep(1.0)
+            assert ingester.batcher.inbox and len(ingester.spool) == 0  # reading paused, nothing written
+            assert REGISTRY.get_sample_value("flowlog_state_dir_writable") == 0
+            assert _readyz(ingester) == (503, "not ready: state dir writable\n")
+            full.clear()  # space returns, the store is still down: batches wait in the spool
+            wait_for(lambda: ingester.writer.writable and len(ingester.spool) > 0, what="spooled again")
+            store.down.clear()
+            wait_for(lambda: server.service.caught_up() and ingester.writer.committed_ns >= _newest(lines),
+                     what="every flow stored")
+    errors = [r.getMessage() for r in caplog.records if "cannot write to the spool" in r.getMessage()]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    assert REGISTRY.get_sample_value("flowlog_state_dir_writable") == 1
+    assert_stored_equals_fixture(client, config, lines)
+    assert_each_flow_stored_once(client, config.store.database)
+
+
+def _readyz(ingester) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{ingester.endpoint.address}/readyz", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _newest(lines) -> int:
+    return max(rfc3339_ns(line["flow"]["time"]) for line in lines)

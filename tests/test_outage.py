@@ -12,8 +12,7 @@ from ingest.decode.decoder import Decoder
 from ingest.demo.traffic import DemoTraffic
 from ingest.demo.observer import FlowBuffer, ObserverServer
 
-from .faults import FaultyClient
-from .helpers import RunningIngester, wait_for
+from .helpers import RunningIngester, take_store_down, wait_for
 
 START_NS = 1_790_000_000 * 1_000_000_000
 
@@ -48,14 +47,6 @@ def all_committed(server, ingester) -> bool:
     server having sent them is not enough)."""
     service = server.service
     return service.caught_up() and ingester.writer.committed_ns >= service.newest_sent_ns
-
-
-def take_store_down(ingester, client) -> FaultyClient:
-    """The ingester's store fails from now on, until the returned client's `down` is cleared."""
-    faulty = FaultyClient(client)
-    faulty.down.set()
-    ingester.sink.client = faulty
-    return faulty
 
 
 def max_rss_mb() -> float:

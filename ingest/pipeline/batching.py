@@ -144,6 +144,8 @@ class Batcher:
         # None: wait for the store as long as it takes (a replay); else the SIGTERM bound.
         self.shutdown_timeout_s = shutdown_timeout_s
         self._next_collection = 0.0
+        # Items given up at a stop with no room to make them durable.
+        self._not_durable = 0
 
     def put(self, entry: Entry) -> None:
         while len(self.inbox) >= self.inbox_size:
@@ -188,6 +190,9 @@ class Batcher:
                 self._collect_when_due()  # no flows for a while, but reconnects and scrapes go on
             if entry is END:
                 self._flush(batch)
+                if self._not_durable:
+                    log.warning("stopping with no room to make input durable (a full spool or disk): %d items not "
+                                "made durable; they are read from Hubble again after the restart", self._not_durable)
                 self._finish()
                 return
             if entry is not None:
@@ -216,8 +221,7 @@ class Batcher:
         while not self.writer.has_room():
             # Backpressure: no more input until the store takes some of what waits.
             if self.stop.is_set():
-                log.warning("stopping with the spool full and the store failing: %d items not made durable; "
-                            "they are read from Hubble again after the restart", batch.size)
+                self._not_durable += batch.size
                 return began
             self._pause()
         self.writer.commit(batch.seal())

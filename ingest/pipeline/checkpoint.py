@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from .. import metrics
+from ..logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Checkpoint:
         self.path = state_dir / "checkpoints" / f"{safe}-{digest}.json"
         self.source = source
         self.idle_ns = int(idle_s * 1e9)
+        self._warn = RateLimitedLog(log, interval_s=60.0)
         # Node name -> time of its newest durable flow, and this host's time when it was made durable.
         self.nodes, self.seen = self._read()
 
@@ -78,7 +80,11 @@ class Checkpoint:
             return
         for node in [n for n, at in self.seen.items() if at < seen_ns - self.idle_ns]:
             del self.nodes[node], self.seen[node]
-        self._write()
+        try:
+            self._write()
+        except OSError as err:  # a full disk: kept in memory, written with the next batch
+            self._warn.warning("checkpoint %s cannot be written (%s): a restart would re-read more of Hubble's "
+                               "buffer, each flow looked up", self.path, err.strerror or err)
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -143,13 +143,20 @@ class Spool:
         self._ensure_directory()
         if path not in self._sizes:
             return  # its file went with the directory; it is still stored, from memory
-        if rows_dropped:
-            self._write(path, batch)
-            return
-        marker = path.with_suffix(_NOTHING_STORED)
-        with open(marker, "wb") as handle:
-            os.fsync(handle.fileno())
-        _fsync_directory(self.directory)
+        try:
+            if rows_dropped:
+                self._write(path, batch)
+                return
+            marker = path.with_suffix(_NOTHING_STORED)
+            with open(marker, "wb") as handle:
+                os.fsync(handle.fileno())
+            _fsync_directory(self.directory)
+        except OSError:
+            # Not kept (a full disk): the batch is read from its file again, unanswered, and
+            # looked up again, rather than inserted with an answer a crash would lose.
+            if self._last is not None and self._last[0] == path:
+                self._last = None
+            raise
 
     def _write(self, path: Path, batch: SealedBatch) -> None:
         self._put_in_place(self._write_aside(path, batch), path, batch)
