@@ -186,6 +186,12 @@ class _Thread(threading.Thread):
             self.error = err
 
 
+def _spool_batch_bytes(config: Config) -> int:
+    """The most flow bytes a batch may hold to fit the spool: its file holds each flow about
+    twice (the audit row's protobuf and the typed row)."""
+    return (config.spool.max_mb << 20) // 2
+
+
 def _locked(config: Config) -> StateLock:
     lock = StateLock(config.state_path)
     lock.acquire()
@@ -229,7 +235,8 @@ class Ingester:
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
         self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
         self.writer = Writer(self.spool, self.sink, self.checkpoint, self.l7_metrics.observe)
-        self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s)
+        self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s,
+                               max_batch_bytes=_spool_batch_bytes(config))
         dispatcher = Dispatcher(Decoder(config.http), self.dead_letters, self.batcher.put, kind="hubble", live=True)
         self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.nodes, self.checkpoint.seen)
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
@@ -332,7 +339,7 @@ def _replay(config: Config, client, paths: list[str], progress) -> ReplaySummary
     dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
     sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
     writer = Writer(Spool(state / "spool", config.spool.max_mb * 1024 * 1024), sink)
-    batcher = Batcher(writer, config.batch)
+    batcher = Batcher(writer, config.batch, max_batch_bytes=_spool_batch_bytes(config))
     dispatcher = Dispatcher(Decoder(config.http), dead_letters, batcher.put, kind="file", live=False)
     source = FileSource(paths, dispatcher, progress)
     started = time.monotonic()

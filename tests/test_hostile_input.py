@@ -273,3 +273,34 @@ def _readyz(ingester) -> tuple[int, str]:
 
 def _newest(lines) -> int:
     return max(rfc3339_ns(line["flow"]["time"]) for line in lines)
+
+
+def test_flows_with_100_kb_headers_wait_within_the_byte_budgets_while_the_store_is_down(config, client):
+    """Before, 50,000 items could wait whatever their size (RSS 498 -> 838 MB), and with
+    spool.max_mb=1 a 40 MB batch sat in the spool."""
+    config.batch.queue_mb, config.spool.max_mb, config.batch.max_delay_ms = 2, 1, 200
+    config.store.retry_initial_s, config.store.retry_max_s = 0.05, 0.2
+    lines = fixture_lines(HTTP_348)[:80]
+    for index, line in enumerate(lines):
+        line["flow"]["uuid"] = f"00000000-0000-4000-8000-{index:012d}"
+        line["flow"]["l7"]["http"].setdefault("headers", []).append({"key": "X-Big", "value": "v" * 100_000})
+    responses = responses_of(lines)
+    flow_bytes = max(r.flow.ByteSize() for r in responses)
+    with ObserverServer(FlowBuffer(responses)) as server:
+        config.source.address = server.address
+        with RunningIngester(config, client) as ingester:
+            store = take_store_down(ingester, client)
+            inbox = spooled = 0
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                inbox = max(inbox, ingester.batcher.inbox_bytes)
+                spooled = max([spooled] + [p.stat().st_size for p in (config.state_path / "spool").glob("*.batch")])
+                time.sleep(0.01)
+            assert 0 < ingester.batcher.inbox_bytes and len(ingester.spool) == 1  # reading paused, spool full
+            store.down.clear()
+            wait_for(lambda: server.service.caught_up() and ingester.writer.committed_ns >= _newest(lines),
+                     timeout=60, what="every flow stored")
+    assert inbox <= (2 << 20) + flow_bytes, inbox
+    assert spooled <= (1 << 20) + 2 * flow_bytes + 64 * 1024, spooled
+    assert_stored_equals_fixture(client, config, lines)
+    assert_each_flow_stored_once(client, config.store.database)

@@ -188,10 +188,12 @@ class Decoder:
         record = l7.WhichOneof("record")
         if record is None:
             raise DecodeError("flow.l7: the l7 record holds no http, dns or kafka part")
+        serialized = flow.SerializeToString()
         audit = _AUDIT_ROW({"time": time_ns, "node": node, "flow_id": audit_id, "type": record.upper(),
-                            "l7_type": l7_type, "flow": flow.SerializeToString()})
+                            "l7_type": l7_type, "flow": serialized})
+        size = len(serialized)
         if record not in ("http", "dns"):
-            return FlowRows(flow_id, time_ns, node, None, None, audit, audit_id)
+            return FlowRows(flow_id, time_ns, node, None, None, audit, audit_id, size)
         values = self._flow_values(flow, time_ns, node, flow_id, l7_type)
         values["latency_ns"] = l7.latency_ns
         is_response = l7.type == flow_pb2.RESPONSE
@@ -203,7 +205,7 @@ class Decoder:
             values["status_code"] = _uint16(http.code, "flow.l7.http.code", "HTTP status")
             values["headers"] = self._headers(http)
             values["dst_dns_name"] = self._server_name(values, is_response, time_ns)
-            return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, _HTTP_ROW(values), audit, audit_id)
+            return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, _HTTP_ROW(values), audit, audit_id, size)
         dns = l7.dns
         rcode = values["rcode"] = _uint16(dns.rcode, "flow.l7.dns.rcode", "DNS response code")
         ips = values["ips"] = list(dns.ips)
@@ -216,7 +218,7 @@ class Decoder:
         values["cnames"] = list(dns.cnames)
         values["rrtypes"] = list(dns.rrtypes)
         values["observation_source"] = dns.observation_source
-        return FlowRows(flow_id, time_ns, node, DNS_FLOWS, _DNS_ROW(values), audit, audit_id)
+        return FlowRows(flow_id, time_ns, node, DNS_FLOWS, _DNS_ROW(values), audit, audit_id, size)
 
     def _flow_values(self, flow: flow_pb2.Flow, time_ns: int, node: str, flow_id: str, l7_type: str) -> dict:
         """The values of the columns HTTP and DNS flows share, by column name."""

@@ -57,7 +57,7 @@ class Dispatcher:
             if time_ns > newest.get(node, 0):
                 newest[node] = time_ns
             window.seen_by_node[node] = _now_ns()
-            self.emit(Entry(decoded, time_ns <= window.maybe_stored_until_ns, window.source))
+            self.emit(Entry(decoded, time_ns <= window.maybe_stored_until_ns, window.source, decoded.size))
             return
         if isinstance(decoded, list):  # node status: one gap row per node
             if self.live:

@@ -39,6 +39,8 @@ NODE_STATUS = Counter("flowlog_node_status_events_total", "Node status changes r
 RECONNECTS = Counter("flowlog_reconnects_total", "Times the Hubble stream was opened again after it broke")
 CONNECTED = Gauge("flowlog_hubble_connected", "1 while a Hubble stream is open")
 QUEUE_DEPTH = Gauge("flowlog_queue_depth", "Decoded items waiting to be batched")
+QUEUE_BYTES = Gauge("flowlog_queue_bytes", "Protobuf bytes of the decoded flows waiting to be batched "
+                    "(batch.queue_mb pauses reading)")
 LAST_INSERT = Gauge("flowlog_last_insert_timestamp_seconds", "Wall-clock time of the last acknowledged insert")
 NEWEST_COMMITTED = Gauge("flowlog_newest_committed_flow_timestamp_seconds", "Time of the newest flow durably stored")
 CHECKPOINT_UNREADABLE = Counter("flowlog_checkpoint_unreadable_total",

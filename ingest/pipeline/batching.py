@@ -1,12 +1,14 @@
 """Batching: decoded items from a source, gathered into batches and handed on sealed.
 
-The dispatcher puts `Entry`s in a bounded inbox (a full inbox blocks the source:
-backpressure, never a drop in memory). The batching loop closes a batch at
-`batch.max_rows` rows, once its oldest flow has waited `batch.max_delay_ms` and no more
-are waiting (a backlog goes out in full batches, not in many small ones), or when the
-source changes; drops ids repeated within it; and hands it, sealed, to the writer,
-which makes it durable and stores it. When the writer has no room (the spool is full
-because the store fails) the loop waits before taking more input.
+The dispatcher puts `Entry`s in an inbox bounded in items (`batch.queue_size`) and in
+bytes (`batch.queue_mb`, counted as the flows' protobuf size): a full inbox blocks the
+source, backpressure, never a drop in memory. The batching loop closes a batch at
+`batch.max_rows` rows or `batch.max_mb` bytes (no more than the spool holds), once its
+oldest flow has waited `batch.max_delay_ms` and no more are waiting (a backlog goes out
+in full batches, not in many small ones), or when the source changes; drops ids
+repeated within it; and hands it, sealed, to the writer, which makes it durable and
+stores it. When the writer has no room (the spool is full because the store fails, or
+the disk is) the loop waits before taking more input.
 
 The writer is any object with `drain(force=False) -> bool` (store what waits; True when
 nothing is left), `pending() -> int` (batches waiting), `has_room() -> bool` and
@@ -73,6 +75,7 @@ class Batch:
     seen: set[tuple[str, str]] = field(default_factory=set)
     tallies: dict[str, dict[str, int]] = field(default_factory=dict)
     size: int = 0
+    flow_bytes: int = 0
     newest_ns: int = 0
 
     def _add_row(self, table: Table, row_id: str, row: tuple, maybe_stored: bool) -> bool:
@@ -100,6 +103,7 @@ class Batch:
     def add(self, entry: Entry) -> None:
         self.source = entry.source
         self.size += 1
+        self.flow_bytes += entry.size
         item = entry.item
         if isinstance(item, FlowRows):
             tally = self._tally(item.node, item.time_ns)
@@ -132,14 +136,20 @@ class Batcher:
     """Runs the batching loop in the calling thread until a source puts END (or `stop`)."""
 
     def __init__(self, writer, batch: BatchConfig, stop: threading.Event | None = None,
-                 shutdown_timeout_s: float | None = None):
+                 shutdown_timeout_s: float | None = None, max_batch_bytes: int | None = None):
+        """max_batch_bytes: at most batch.max_mb (the spool's size, say)."""
         self.writer = writer
         self.max_rows = batch.max_rows
+        self.max_bytes = min(batch.max_mb << 20, max_batch_bytes or batch.max_mb << 20)
         self.max_delay_s = batch.max_delay_ms / 1000
         # A deque, not a queue.Queue: appends and pops need no lock of their own, which
         # matters at one handoff per flow. Both sides poll briefly when they must wait.
         self.inbox: collections.deque = collections.deque()
         self.inbox_size = batch.queue_size
+        self.inbox_max_bytes = batch.queue_mb << 20
+        # Bytes put in and taken out of the inbox: each counter is written by one thread only.
+        self._put_bytes = 0
+        self._taken_bytes = 0
         self.stop = stop or threading.Event()
         # None: wait for the store as long as it takes (a replay); else the SIGTERM bound.
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -148,9 +158,14 @@ class Batcher:
         self._not_durable = 0
 
     def put(self, entry: Entry) -> None:
-        while len(self.inbox) >= self.inbox_size:
+        while len(self.inbox) >= self.inbox_size or self._put_bytes - self._taken_bytes >= self.inbox_max_bytes:
             time.sleep(_POLL_S)
+        self._put_bytes += entry.size
         self.inbox.append(entry)
+
+    @property
+    def inbox_bytes(self) -> int:
+        return self._put_bytes - self._taken_bytes
 
     def finish(self) -> None:
         self.inbox.append(END)
@@ -184,6 +199,7 @@ class Batcher:
             except IndexError:
                 entry = None
                 metrics.QUEUE_DEPTH.set(0)
+                metrics.QUEUE_BYTES.set(0)
                 if self.writer.pending():
                     self.writer.drain()
                 time.sleep(_POLL_S)
@@ -195,6 +211,8 @@ class Batcher:
                                 "made durable; they are read from Hubble again after the restart", self._not_durable)
                 self._finish()
                 return
+            if entry is not None and entry is not END:
+                self._taken_bytes += entry.size
             if entry is not None:
                 if batch.size and entry.source != batch.source:
                     flushed_at = self._flush(batch)
@@ -202,11 +220,13 @@ class Batcher:
                 if deadline is None:
                     deadline = time.monotonic() + self.max_delay_s
                 batch.add(entry)
-                if batch.size < self.max_rows:
+                if batch.size < self.max_rows and batch.flow_bytes < self.max_bytes:
                     continue  # more may be waiting: a batch past its deadline still takes them
             # Reached when the batch is full or the inbox was found empty (before the poll's sleep).
-            if batch.size >= self.max_rows or (deadline is not None and time.monotonic() >= deadline):
+            full = batch.size >= self.max_rows or batch.flow_bytes >= self.max_bytes
+            if full or (deadline is not None and time.monotonic() >= deadline):
                 metrics.QUEUE_DEPTH.set(len(self.inbox))
+                metrics.QUEUE_BYTES.set(self.inbox_bytes)
                 flushed_at = self._flush(batch)
                 # What arrived during the flush has waited since it began: its batch closes
                 # max_delay after that, not max_delay after the flush ends.

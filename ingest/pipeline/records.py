@@ -34,6 +34,8 @@ class FlowRows:
     row: tuple | None
     audit_row: tuple
     audit_id: str  # in the audit row and the checkpoint: Hubble's uuid as it came, else the content hash
+    # Bytes of the flow's protobuf: what memory budgets count (decoded, it takes about 2.4 times that).
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -68,6 +70,8 @@ class Entry:
     item: FlowRows | GapRow | Tally
     maybe_stored: bool
     source: str
+    # What the memory budgets count it as: a flow's protobuf bytes, else a small fixed size.
+    size: int = 256
 
 
 END = object()  # put in the inbox by a source that has no more input
