@@ -255,3 +255,34 @@ def test_rfc3339_times_split_by_the_fast_route_as_timestamp_parses_them(year, mo
     if isinstance(got, dict):
         got = Timestamp(**got)
     assert got == expected, text
+
+
+# Where a newer Cilium might add a field, and the enums it might extend.
+_NESTED = (("flow",), ("flow", "l7"), ("flow", "source"), ("flow", "destination"), ("flow", "l4"))
+_ENUMS = (("flow", "verdict"), ("flow", "traffic_direction"), ("flow", "l7", "type"), ("flow", "Type"))
+
+
+@settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, len(GOOD) - 1), st.lists(st.tuples(st.sampled_from(_NESTED), st.from_regex(r"zz_[a-z_]{1,8}",
+                                                                                                  fullmatch=True),
+                                                           json_values), max_size=4),
+       st.lists(st.tuples(st.sampled_from(_ENUMS), st.integers(3, 2**31 - 1)), max_size=3))
+def test_a_flow_of_a_newer_cilium_is_kept_whatever_it_adds(index, fields, enums):
+    """Fields this build does not know, anywhere in a flow, and enum numbers it does not
+    know: the flow is still decoded into rows, and each unknown field is named."""
+    data = json.loads(GOOD[index])
+    added = set()
+    for path, key, value in fields:
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+        node[key] = value
+        added.add(".".join(path + (key,)))
+    for path, number in enums:
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = number
+    unknown: list[str] = []
+    rows = decoder.decode(parse_line(json.dumps(data).encode(), unknown))
+    assert rows.audit_row and set(unknown) == added
