@@ -10,6 +10,7 @@ reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -241,10 +242,15 @@ def _coerce(key: str, value, hint):
         expected = "an integer" if hint is int else "a number"
         if isinstance(value, _Text):
             try:
-                return hint(value)
+                number = hint(value)
             except ValueError:
                 raise ConfigError(f"{key}: expected {expected}, got {value!r}") from None
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+            return number
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+        if not math.isfinite(value):
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
         return hint(value)
     if hint is str:
@@ -265,7 +271,7 @@ def _build(cls, data: dict, prefix: str = ""):
         if bound is None or spec.name not in values:
             continue
         value = values[spec.name]
-        if value < bound or (spec.metadata.get("exclusive") and value == bound):
+        if not value >= bound or (spec.metadata.get("exclusive") and value == bound):
             least = f"more than {bound}" if spec.metadata.get("exclusive") else f"at least {bound}"
             raise ConfigError(f"{prefix}{spec.name}: expected {least}, got {value}")
     return cls(**values)
@@ -336,8 +342,8 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
         raise ConfigError(f"store.database: {config.store.database!r} is not a plain identifier")
     dsn = urlsplit(config.store.dsn)
     if dsn.scheme == "chdb" and dsn.path != "memory" and not (dsn.path.startswith("/") and dsn.netloc == ""):
-        raise ConfigError(f"store.dsn: {config.store.dsn}: the embedded store's directory must be an absolute path, "
-                          "chdb:///abs/dir")
+        raise ConfigError(f"store.dsn: {mask_dsn(config.store.dsn)}: the embedded store's directory must be an "
+                          "absolute path, chdb:///abs/dir")
     _check_address("metrics.address", config.metrics.address, empty_allowed=True)
     if config.source.reconnect_max_s < config.source.reconnect_initial_s:
         raise ConfigError("source.reconnect_max_s: expected at least source.reconnect_initial_s")

@@ -56,6 +56,8 @@ class Writer:
         self.checkpoint = checkpoint
         self.on_commit = on_commit
         self.stored: dict[str, int] = {}
+        # Flows of the batches committed: stored, or found stored already.
+        self.committed_flows = 0
         self.committed = threading.Condition()
         self.committed_ns = checkpoint.time_ns if checkpoint else 0
         self.abandoned = False
@@ -71,14 +73,22 @@ class Writer:
         self.abandoned = True
 
     def pending(self) -> int:
-        return 0 if self.abandoned else len(self.spool)
+        """Batches not stored yet: in the spool, and the one held in memory."""
+        return 0 if self.abandoned else len(self.spool) + (self._held is not None)
 
     def has_room(self) -> bool:
         if self.abandoned:
             return True
-        if self._held is not None and not self._make_durable(self._held):
-            return False
+        if self._held is not None:
+            self.drain()  # storing what the spool holds may be what frees the disk
+            if not self._make_durable(self._held):
+                return False
         return self.spool.has_room() or self.drain()
+
+    @property
+    def holding(self) -> int:
+        """Flows of the batch held in memory because the spool could not take it."""
+        return sum(t.get("received", 0) for t in self._held.tallies.values()) if self._held is not None else 0
 
     def commit(self, sealed: SealedBatch) -> None:
         if not self.abandoned and self._make_durable(sealed):
@@ -94,7 +104,7 @@ class Writer:
         try:
             self.spool.append(sealed)
         except OSError as err:
-            self._held, self._next_write = sealed, time.monotonic() + _WRITE_RETRY_S
+            self._held = sealed
             self._unwritable(err)
             return False
         self._held = None
@@ -104,6 +114,7 @@ class Writer:
         return True
 
     def _unwritable(self, err: OSError) -> None:
+        self._next_write = time.monotonic() + _WRITE_RETRY_S
         metrics.STATE_DIR_WRITABLE.set(0)
         if self.writable:
             self.writable = False
@@ -122,7 +133,7 @@ class Writer:
         store fails (False; the next call before the backoff has passed does nothing)."""
         if self.abandoned:
             return True
-        if not force and not self.sink.ready():
+        if not force and (not self.sink.ready() or not self.writable and time.monotonic() < self._next_write):
             return False
         while True:
             try:
@@ -158,6 +169,8 @@ class Writer:
             self._committed(batch, inserted)
 
     def _committed(self, batch: SealedBatch, inserted: dict[str, list[tuple]]) -> None:
+        if batch.source != RECORD_SOURCE:
+            self.committed_flows += sum(tally.get("received", 0) for tally in batch.tallies.values())
         for table, rows in inserted.items():
             if table == INGEST_LEDGER.name or batch.source == RECORD_SOURCE:
                 continue  # bookkeeping about the rows, or about a spool file: not input of this run
@@ -300,13 +313,16 @@ class ReplaySummary:
     duplicates: int
     seconds: float
     dead_letter_path: str
+    # L7 flows read but in no batch committed (a batch the store refused and set aside).
+    not_committed: int = 0
 
     @property
     def complete(self) -> bool:
-        """Every line of every input was a flow or a gap record (stored, stored already, or
-        not L7), and there was at least one."""
+        """Every line of every input was a flow or a gap record, each L7 flow in a batch
+        committed (stored, or stored already), and there was at least one."""
         c = self.counts
-        return not c.bad_lines and not c.unreadable and c.l7_flows + c.filtered + c.gaps > 0
+        return (not c.bad_lines and not c.unreadable and not self.not_committed
+                and c.l7_flows + c.filtered + c.gaps > 0)
 
     def line(self) -> str:
         c = self.counts
@@ -319,6 +335,8 @@ class ReplaySummary:
             text += f"; {c.bad_lines} bad lines kept in {self.dead_letter_path}"
         if c.unreadable:
             text += f"; {len(c.unreadable)} inputs not read to their end: {'; '.join(c.unreadable)}"
+        if self.not_committed:
+            text += f"; {self.not_committed} L7 flows not stored (their batch was set aside: see ingest_gaps)"
         if c.l7_flows + c.filtered + c.gaps == 0:
             text += "; no line was a Hubble flow"
         return text
@@ -350,7 +368,8 @@ def _replay(config: Config, client, paths: list[str], progress) -> ReplaySummary
     if reader.error is not None:
         raise reader.error
     counts = source.counts
-    duplicates = (counts.l7_flows + counts.gaps
+    not_committed = counts.l7_flows - writer.committed_flows
+    duplicates = (counts.l7_flows - not_committed + counts.gaps
                   - writer.stored.get("l7_audit", 0) - writer.stored.get("ingest_gaps", 0))
     return ReplaySummary(source.counts, writer.stored, duplicates, time.monotonic() - started,
-                         str(dead_letters.path))
+                         str(dead_letters.path), not_committed)

@@ -143,7 +143,6 @@ MALFORMED = [
     (b'{"flow": {"time": "2021-10-04T11:22:26.59', "not JSON"),
     (b'{"flow": {"time": "2021-10-04T11:22:26Z", "source": {"identity": "abc"}, "l7": {"dns": {}}}}', "identity"),
     (b'{"flow": {"time": "2021-10-04T11:22:26Z", "Type": "L7", "l7": {"type": "REQUEST"}}}', "no http, dns"),
-    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "verdict": "MAYBE"}}', "MAYBE"),
     (b'\xff\xfe{"flow": {}}', "not UTF-8"),
     (b"   ", "empty line"),
     (b'{"flow": {"time": "2021-10-04T11:22:26Z", "Type": "L7", "node_name": "n"}}', "flow.l7"),

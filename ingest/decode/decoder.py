@@ -32,7 +32,8 @@ RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOT
 
 class EnumNames(dict):
     """An enum's names by number. Proto3 enums are open: a number this build does not know
-    (a newer Cilium) is stored as its digits, and shown as UNKNOWN_<number>."""
+    (a newer Cilium) is stored as its digits, shown as UNKNOWN_<number> in a log line, and
+    counted as UNKNOWN in a metric."""
 
     def __init__(self, enum):
         super().__init__((v.number, v.name) for v in enum.DESCRIPTOR.values)
@@ -41,8 +42,13 @@ class EnumNames(dict):
         return str(number)
 
     def shown(self, number: int) -> str:
-        """The name for a log line or a metric label."""
+        """The name for a log line."""
         return super().get(number) or f"UNKNOWN_{number}"
+
+    def label(self, number: int) -> str:
+        """The name for a metric label: one UNKNOWN for every number this build does not
+        know, so that a hostile peer cannot make series without end."""
+        return super().get(number) or "UNKNOWN"
 
 
 _VERDICT = EnumNames(flow_pb2.Verdict)
@@ -168,7 +174,7 @@ class Decoder:
         if not flow.HasField("l7"):
             if flow.Type == flow_pb2.L7:
                 raise DecodeError("flow.l7: an L7 flow (Type L7) without an l7 record")
-            kind = _FLOW_TYPE.shown(flow.Type)
+            kind = _FLOW_TYPE.label(flow.Type)
             return Filtered(kind, flow.node_name or (response.node_name if response is not None else ""),
                             timestamp_ns(flow.time, "flow.time"))
         if flow.HasField("time"):

@@ -62,9 +62,9 @@ class Dispatcher:
         if isinstance(decoded, list):  # node status: one gap row per node
             if self.live:
                 status = response.node_status
-                state = NODE_STATE.shown(status.state_change)
-                metrics.NODE_STATUS.labels(state).inc()
-                log.info("Hubble Relay: nodes %s are %s: %s", ",".join(status.node_names), state, status.message)
+                metrics.NODE_STATUS.labels(NODE_STATE.label(status.state_change)).inc()
+                log.info("Hubble Relay: nodes %s are %s: %s", ",".join(status.node_names),
+                         NODE_STATE.shown(status.state_change), status.message)
             for gap_row in decoded:
                 window.gaps += 1
                 self.emit(Entry(gap_row, True, window.source))
@@ -73,10 +73,9 @@ class Dispatcher:
             window.gaps += 1
             if self.live:
                 lost = response.lost_events
-                where = LOST_SOURCE.shown(lost.source)
-                metrics.LOST_EVENTS.labels(where).inc(lost.num_events_lost)
-                self._lost_log.warning("Hubble lost %d events (%s) on %s", lost.num_events_lost, where,
-                                       response.node_name or "?")
+                metrics.LOST_EVENTS.labels(LOST_SOURCE.label(lost.source)).inc(lost.num_events_lost)
+                self._lost_log.warning("Hubble lost %d events (%s) on %s", lost.num_events_lost,
+                                       LOST_SOURCE.shown(lost.source), response.node_name or "?")
             # Hubble sends a report again when a stream resumes before the flow that followed
             # it, which can be after the newest flow received: always looked up (reports are
             # rare, and a batch's lookups are one query per table).

@@ -11,8 +11,9 @@ stores it. When the writer has no room (the spool is full because the store fail
 the disk is) the loop waits before taking more input.
 
 The writer is any object with `drain(force=False) -> bool` (store what waits; True when
-nothing is left), `pending() -> int` (batches waiting), `has_room() -> bool` and
-`commit(sealed)`; the wiring (`runner`) gives it one.
+nothing is left), `pending() -> int` (batches waiting), `has_room() -> bool`,
+`commit(sealed)` and `holding` (flows it holds in memory, not yet durable); the wiring
+(`runner`) gives it one.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ class Batcher:
                 self._collect_when_due()  # no flows for a while, but reconnects and scrapes go on
             if entry is END:
                 self._flush(batch)
+                self._not_durable += self.writer.holding if self.stop.is_set() else 0
                 if self._not_durable:
                     log.warning("stopping with no room to make input durable (a full spool or disk): %d items not "
                                 "made durable; they are read from Hubble again after the restart", self._not_durable)
@@ -249,7 +251,7 @@ class Batcher:
 
     def _finish(self) -> None:
         started = time.monotonic()
-        while not self.writer.drain():
+        while not self.writer.has_room() or not self.writer.drain():  # a batch held on a full disk first
             if self.shutdown_timeout_s is not None and time.monotonic() - started > self.shutdown_timeout_s:
                 log.warning("store still failing at shutdown: %d batches stay in the spool for the next start",
                             self.writer.pending())

@@ -164,10 +164,14 @@ class Spool:
     def _write_aside(self, path: Path, batch: SealedBatch) -> Path:
         """The batch, durable in a temp file beside path (which a restart deletes)."""
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(dump(batch))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(dump(batch))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a part written on a full disk would keep the space it took
+            raise
         return tmp
 
     def _put_in_place(self, tmp: Path, path: Path, batch: SealedBatch) -> None:

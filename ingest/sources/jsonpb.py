@@ -8,7 +8,8 @@ fields that do need converting: Timestamps (RFC 3339 strings), 64-bit integers (
 strings), wrapper types, and the bool fields whose leniency differs. The result is
 the same message (tested field for field). Anything the plan does not cover, or any
 input it doubts, goes to `json_format.ParseDict`, which also words the errors. Fields
-this build does not know are skipped and named, for the caller to count.
+this build does not know, and enum values by a name it does not know, are left out and
+named, for the caller to count; nothing this build knows is changed by them.
 """
 
 from __future__ import annotations
@@ -170,37 +171,62 @@ def _convert(data: dict, plan: dict) -> dict:
 
 def parse(data: dict, message_class, unknown: list[str] | None = None):
     """The message `data` (proto3 JSON, already loaded) describes; raises json_format.ParseError.
-    With a list for unknown, fields this build does not know (a newer Cilium's) are left
-    out, as protobuf's ignore_unknown_fields does, and their paths appended to it."""
+    With a list for unknown, what this build does not know (a newer Cilium's fields, or
+    enum values by a name it has not) is left out, and named in that list: a field by its
+    path, an enum value as path=NAME."""
     try:
         converted = _convert(dict(data), _plan(message_class.DESCRIPTOR))
         return message_class(**converted)
     except (_Doubt, TypeError, ValueError):
         pass
-    found = unknown_fields(data, message_class.DESCRIPTOR) if unknown is not None else []
     if unknown is not None:
-        unknown += found
-    return json_format.ParseDict(data, message_class(), ignore_unknown_fields=bool(found))
+        data = _known_only(data, message_class.DESCRIPTOR, "", unknown)
+    return json_format.ParseDict(data, message_class())
 
 
 _known: dict[str, dict] = {}
 
 
-def unknown_fields(data: dict, descriptor, prefix: str = "") -> list[str]:
-    """The dotted paths of the keys in data that name no field of the message (by its proto
-    or its JSON name), in nested messages too."""
+def _fields(descriptor) -> dict:
+    """Field name and JSON name -> field, of one message type."""
     known = _known.get(descriptor.full_name)
     if known is None:
         known = _known[descriptor.full_name] = {name: field for field in descriptor.fields
                                                 for name in (field.name, field.json_name)}
-    found = []
+    return known
+
+
+def has_a_field(data: dict, descriptor) -> bool:
+    """Whether any key of data names a field of the message."""
+    known = _fields(descriptor)
+    return any(key in known for key in data)
+
+
+def _known_only(data: dict, descriptor, prefix: str, unknown: list[str]) -> dict:
+    """data without the keys that name no field of the message and without enum values
+    named by a name the enum has not, in nested messages too; each appended to unknown."""
+    known = _fields(descriptor)
+    kept = {}
     for key, value in data.items():
         field = known.get(key)
         if field is None:
-            found.append(prefix + key)
+            unknown.append(prefix + key)
+            continue
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            names = field.enum_type.values_by_name
+            values = value if field.is_repeated and isinstance(value, list) else [value]
+            odd = [v for v in values if isinstance(v, str) and v not in names]
+            unknown += [f"{prefix}{key}={name}" for name in odd]
+            if odd:
+                if not field.is_repeated:
+                    continue
+                value = [v for v in value if v not in odd]
         elif (field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry
               and not field.message_type.full_name.startswith("google.protobuf.")):
-            for item in (value if field.is_repeated and isinstance(value, list) else [value]):
-                if isinstance(item, dict):
-                    found += unknown_fields(item, field.message_type, f"{prefix}{key}.")
-    return found
+            if field.is_repeated and isinstance(value, list):
+                value = [_known_only(item, field.message_type, f"{prefix}{key}.", unknown)
+                         if isinstance(item, dict) else item for item in value]
+            elif isinstance(value, dict):
+                value = _known_only(value, field.message_type, f"{prefix}{key}.", unknown)
+        kept[key] = value
+    return kept
