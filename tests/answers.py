@@ -241,6 +241,9 @@ def audit_talkers(http: list[dict], dns: list[dict], destination: str, dns_befor
     wanted = destination
     resolved = {ip for f in dns_before if is_response(f) and _dns(f).get("query") in (wanted, wanted + ".")
                 for ip in _dns(f).get("ips", [])}
+    # An IP stands for the names it was given as an answer (a Service's ClusterIP for the Service).
+    names_of_ip = {_dns(f)["query"].rstrip(".") for f in dns_before
+                   if is_response(f) and wanted in _dns(f).get("ips", [])}
     groups: dict[tuple, list[tuple]] = defaultdict(list)
     for protocol, flows in (("http", http), ("dns", dns)):
         for flow in flows:
@@ -253,7 +256,10 @@ def audit_talkers(http: list[dict], dns: list[dict], destination: str, dns_befor
                 or wanted in server["names"] or wanted.rstrip(".") in server["names"]
                 or (full_host != "" and wanted in (full_host, bare_host))
                 or (full_host != "" and (wanted.rstrip(".") + ".").startswith(f"{bare_host}.{server['namespace']}."))
-                or server["ip"] in resolved)
+                or server["ip"] in resolved
+                or any(name in server["names"] for name in names_of_ip)
+                or (full_host != "" and any(name == bare_host or (name + ".").startswith(
+                    f"{bare_host}.{server['namespace']}.") for name in names_of_ip)))
             if matched:
                 groups[(client["namespace"], client["workload"], protocol)].append((flow, client, server))
     answer = []

@@ -226,11 +226,21 @@ def test_dns_failures_nxdomain_count_per_name(store, dns):
 
 @pytest.mark.parametrize("destination", ["kube-system/kube-dns", "kube-dns", "10.128.0.4", "10.156.3.6",
                                          "productpage", "productpage.bookinfo.svc.cluster.local.",
-                                         "bookinfo/productpage-v1-6b746f74dc-ffh56", "nobody"])
+                                         "bookinfo/productpage-v1-6b746f74dc-ffh56", "10.160.7.125", "10.160.9.50",
+                                         "nobody"])
 def test_audit_talkers(store, http, dns, destination):
     got = ask(store, "audit_talkers", destination=destination, **DAY)
     assert got == answers.audit_talkers(http, dns, destination, dns)
     assert bool(got) == (destination != "nobody")
+
+
+def test_audit_talkers_of_a_cluster_ip_spelled_out(store):
+    """productpage's ClusterIP, which no flow carries: Hubble records the backend pod's IP."""
+    by_name = ask(store, "audit_talkers", destination="productpage.bookinfo.svc.cluster.local", **DAY)
+    by_ip = ask(store, "audit_talkers", destination="10.160.7.125", **DAY)
+    assert by_ip == by_name
+    assert [(r["source_workload"], r["protocol"], r["requests"], r["responses"]) for r in by_ip] == [
+        ("ratings-v1", "http", 35, 34)]
 
 
 def test_audit_talkers_of_kube_dns_spelled_out(store):

@@ -5,7 +5,10 @@
 -- namespace/pod), IP, the DNS names Cilium knew for it, the HTTP Host with or without its port,
 -- the FQDN of that Host in the server's namespace (reviews -> reviews.bookinfo.svc...), or an IP
 -- that a DNS response for the destination (as a name, trailing dot optional) listed between one
--- day before from and until. One row per client workload and protocol.
+-- day before from and until. An IP also stands for the names DNS responses in that window gave it
+-- as an answer: a Service's ClusterIP matches the flows sent to that Service by name, as Hubble
+-- records them with the backend pod's IP after Cilium's load balancing. One row per client
+-- workload and protocol.
 --
 -- param: destination String (required) a workload, service, pod, IP or DNS name
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
@@ -20,7 +23,14 @@ WITH
         WHERE l7_type = 'RESPONSE'
           AND query IN ({destination:String}, concat({destination:String}, '.'))
           AND time >= {from:DateTime64(9, 'UTC')} - INTERVAL 1 DAY AND time < {until:DateTime64(9, 'UTC')}
-    ) AS resolved_ips
+    ) AS resolved_ips,
+    (
+        SELECT groupUniqArray(trimRight(query, '.'))
+        FROM dns_flows
+        WHERE l7_type = 'RESPONSE'
+          AND has(ips, {destination:String})
+          AND time >= {from:DateTime64(9, 'UTC')} - INTERVAL 1 DAY AND time < {until:DateTime64(9, 'UTC')}
+    ) AS names_of_ip
 SELECT
     source_namespace,
     source_workload,
@@ -72,6 +82,11 @@ WHERE {destination:String} != ''
      OR (host != '' AND startsWith(concat(trimRight({destination:String}, '.'), '.'),
                                    concat(replaceRegexpOne(host, ':[0-9]+$', ''), '.', server_namespace, '.')))
      OR has(resolved_ips, server_ip)
+     OR hasAny(server_names, names_of_ip)
+     OR (host != '' AND arrayExists(name -> name = replaceRegexpOne(host, ':[0-9]+$', '')
+                                             OR startsWith(concat(name, '.'), concat(replaceRegexpOne(host, ':[0-9]+$', ''),
+                                                                                     '.', server_namespace, '.')),
+                                    names_of_ip))
   )
 GROUP BY source_namespace, source_workload, protocol
 ORDER BY requests + responses DESC, source_namespace, source_workload, protocol
