@@ -65,7 +65,7 @@ class Writer:
         self._held: SealedBatch | None = None
         self._next_write = 0.0
         self.writable = True
-        metrics.STATE_DIR_WRITABLE.set(1)
+        metrics.STATE_DIR_WRITABLE.labels("spool").set(1)
 
     def abandon(self) -> None:
         """The state dir is another process's now: nothing more is written to its spool or
@@ -115,7 +115,7 @@ class Writer:
 
     def _unwritable(self, err: OSError) -> None:
         self._next_write = time.monotonic() + _WRITE_RETRY_S
-        metrics.STATE_DIR_WRITABLE.set(0)
+        metrics.STATE_DIR_WRITABLE.labels("spool").set(0)
         if self.writable:
             self.writable = False
             log.error("cannot write to the spool in %s (%s): reading pauses until it can; Hubble's buffer holds "
@@ -125,7 +125,7 @@ class Writer:
     def _writable_again(self) -> None:
         if not self.writable:
             self.writable = True
-            metrics.STATE_DIR_WRITABLE.set(1)
+            metrics.STATE_DIR_WRITABLE.labels("spool").set(1)
             log.warning("the spool in %s can be written again: reading goes on", self.spool.directory)
 
     def drain(self, force: bool = False) -> bool:
@@ -244,7 +244,7 @@ class Ingester:
         if newest_spooled is not None:
             # Spooled before a crash but not yet in the checkpoint: durable all the same.
             self.checkpoint.advance(newest_spooled.newest_flow_by_node(), newest_spooled.created_ns)
-        self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
+        self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024, self.stop)
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
         self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
         self.writer = Writer(self.spool, self.sink, self.checkpoint, self.l7_metrics.observe)
@@ -258,7 +258,7 @@ class Ingester:
             self.endpoint = Endpoint(config.metrics.address, {
                 "hubble": self.source.connected.is_set,
                 "store": lambda: self.sink.healthy,
-                "state dir writable": lambda: self.writer.writable,
+                "state dir writable": lambda: self.writer.writable and self.dead_letters.writable,
                 "schema": lambda: schema_current,
             })
 

@@ -255,7 +255,7 @@ def test_a_full_disk_under_the_spool_with_the_store_down_pauses_reading_and_lose
             wait_for(lambda: not ingester.writer.writable, what="the full disk noticed")
             time.sleep(1.0)
             assert ingester.batcher.inbox and len(ingester.spool) == 0  # reading paused, nothing written
-            assert REGISTRY.get_sample_value("flowlog_state_dir_writable") == 0
+            assert REGISTRY.get_sample_value("flowlog_state_dir_writable", {"file": "spool"}) == 0
             assert _readyz(ingester) == (503, "not ready: state dir writable\n")
             full.clear()  # space returns, the store is still down: batches wait in the spool
             wait_for(lambda: ingester.writer.writable and len(ingester.spool) > 0, what="spooled again")
@@ -264,10 +264,56 @@ def test_a_full_disk_under_the_spool_with_the_store_down_pauses_reading_and_lose
                      what="every flow stored")
     errors = [r.getMessage() for r in caplog.records if "cannot write to the spool" in r.getMessage()]
     assert len(errors) == 1 and "No space left on device" in errors[0]
-    assert REGISTRY.get_sample_value("flowlog_state_dir_writable") == 1
+    assert REGISTRY.get_sample_value("flowlog_state_dir_writable", {"file": "spool"}) == 1
     assert_stored_equals_fixture(client, config, lines)
     assert_each_flow_stored_once(client, config.store.database)
 
+
+
+def test_a_full_disk_under_the_dead_letters_pauses_reading_and_keeps_every_bad_flow(config, client, monkeypatch,
+                                                                                     caplog):
+    """Before, a dead letter the disk refused was logged as "not kept" and reading went on:
+    bad input lost its only record while good input was stored."""
+    from ingest.pipeline.deadletters import DeadLetters
+
+    config.batch.max_rows, config.batch.max_delay_ms = 20, 50
+    config.metrics.address = "127.0.0.1:0"
+    lines = fixture_lines(HTTP_348)
+    bad = [index for index, line in enumerate(lines) if line["flow"]["l7"]["type"] == "RESPONSE"][10:12]
+    for index in bad:
+        lines[index]["flow"]["l7"]["http"]["code"] = 70000  # no HTTP status: dead-lettered
+    full = threading.Event()
+    full.set()
+    append = DeadLetters._append
+
+    def on_a_full_disk(self, line):
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return append(self, line)
+
+    monkeypatch.setattr(DeadLetters, "_append", on_a_full_disk)
+    good = [line for index, line in enumerate(lines) if index not in bad]
+    with ObserverServer(FlowBuffer(responses_of(lines))) as server:
+        config.source.address = server.address
+        with caplog.at_level(logging.WARNING), RunningIngester(config, client) as ingester:
+            wait_for(lambda: not ingester.dead_letters.writable, what="the full disk noticed")
+            time.sleep(1.5)
+            stored_while_full = ingester.writer.committed_flows
+            assert stored_while_full <= bad[0], "reading went on past the bad flow"
+            assert REGISTRY.get_sample_value("flowlog_state_dir_writable", {"file": "dead_letters"}) == 0
+            assert REGISTRY.get_sample_value("flowlog_state_dir_writable", {"file": "spool"}) == 1
+            assert _readyz(ingester) == (503, "not ready: state dir writable\n")
+            full.clear()
+            wait_for(lambda: server.service.caught_up() and ingester.writer.committed_ns >= _newest(good),
+                     what="every good flow stored")
+            assert _readyz(ingester)[0] == 200
+    errors = [r.getMessage() for r in caplog.records if "cannot write the dead-letter file" in r.getMessage()]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    assert REGISTRY.get_sample_value("flowlog_state_dir_writable", {"file": "dead_letters"}) == 1
+    kept = _dead_letters(config)
+    assert len(kept) == 2 and all("70000 is no HTTP status" in entry["error"] for entry in kept)
+    assert_stored_equals_fixture(client, config, good)
+    assert_each_flow_stored_once(client, config.store.database)
 
 def _readyz(ingester) -> tuple[int, str]:
     try:

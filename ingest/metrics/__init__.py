@@ -55,8 +55,8 @@ SPOOL_UNREADABLE = Counter("flowlog_spool_unreadable_files_total",
                            "Spool files that could not be read, moved to the spool's unreadable/ directory")
 SPOOL_BATCHES = Gauge("flowlog_spool_batches", "Batches waiting on disk for the store")
 STORE_UP = Gauge("flowlog_store_up", "1 while the last store operation succeeded")
-STATE_DIR_WRITABLE = Gauge("flowlog_state_dir_writable", "1 while the spool can be written; 0 on a full disk, "
-                           "when reading pauses")
+STATE_DIR_WRITABLE = Gauge("flowlog_state_dir_writable", "1 while the state dir's file (spool or dead_letters) "
+                           "can be written; 0 on a full disk, when reading pauses", ["file"])
 
 _last = {"committed": 0.0, "checkpoint": 0.0}
 INGEST_LAG.set_function(lambda: time.time() - _last["committed"] if _last["committed"] else 0.0)

@@ -4,6 +4,11 @@ One JSON object per line: `time`, `origin` (file:line, or the stream and message
 number), `error` (naming the field), and the input itself as `raw` text, or as
 `raw_base64` when it is not valid UTF-8. At `max_bytes` the file is moved to
 `dead-letter.jsonl.1`, replacing the one before, so the two hold the newest entries.
+
+When the file cannot be written (a full disk, a quota, a read-only mount), `add` waits
+and tries again every second: it is called by the thread that reads the input, so
+reading pauses, as it does when the spool cannot be written, and no bad input is
+dropped unrecorded while good input goes on. Only a stop gives up on the entry.
 """
 
 from __future__ import annotations
@@ -22,13 +27,20 @@ from ..logs import RateLimitedLog
 log = logging.getLogger(__name__)
 
 
+# How often an entry the disk refused is tried again.
+_WRITE_RETRY_S = 1.0
+
+
 class DeadLetters:
-    def __init__(self, state_dir: Path, max_bytes: int):
+    def __init__(self, state_dir: Path, max_bytes: int, stop: threading.Event | None = None):
         self.path = state_dir / "dead-letter.jsonl"
         self.max_bytes = max_bytes
+        self._stop = stop or threading.Event()
         self._lock = threading.Lock()
         self._warn = RateLimitedLog(log)
         self.count = 0
+        self.writable = True
+        metrics.STATE_DIR_WRITABLE.labels("dead_letters").set(1)
         try:
             self._size = self.path.stat().st_size
         except FileNotFoundError:
@@ -47,17 +59,39 @@ class DeadLetters:
         metrics.DEAD_LETTERS.inc()
         with self._lock:
             self.count += 1
-            try:
-                if self._size and self._size + len(line) > self.max_bytes:
-                    self._rotate()
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "ab") as handle:
-                    handle.write(line)
-                    self._size = handle.tell()  # the file's size, even if someone truncated or removed it
-            except OSError as err:  # a full disk, say: the input is counted and logged, and the rest goes on
-                self._warn.warning("%s: %s (not kept: writing %s failed: %s)", origin, error, self.path, err)
-                return
+            while True:
+                try:
+                    self._append(line)
+                    break
+                except OSError as err:
+                    self._unwritable(err)
+                    if self._stop.wait(_WRITE_RETRY_S):
+                        self._warn.warning("%s: %s (not kept: stopping while %s cannot be written)", origin, error,
+                                           self.path)
+                        return
+            self._writable_again()
         self._warn.warning("%s: %s (kept in %s)", origin, error, self.path)
+
+    def _append(self, line: bytes) -> None:
+        if self._size and self._size + len(line) > self.max_bytes:
+            self._rotate()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as handle:
+            handle.write(line)
+            self._size = handle.tell()  # the file's size, even if someone truncated or removed it
+
+    def _unwritable(self, err: OSError) -> None:
+        metrics.STATE_DIR_WRITABLE.labels("dead_letters").set(0)
+        if self.writable:
+            self.writable = False
+            log.error("cannot write the dead-letter file %s (%s): reading pauses until it can",
+                      self.path, err.strerror or err)
+
+    def _writable_again(self) -> None:
+        if not self.writable:
+            self.writable = True
+            metrics.STATE_DIR_WRITABLE.labels("dead_letters").set(1)
+            log.warning("the dead-letter file %s can be written again: reading goes on", self.path)
 
     def _rotate(self) -> None:
         older = self.path.with_name(self.path.name + ".1")
