@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="create or upgrade the tables")
     _common(migrate)
-    migrate.add_argument("--print", action="store_true", help="print the DDL instead of applying it")
+    migrate.add_argument("--print", action="store_true",
+                         help="print the schema as it is now instead of applying it (to create the tables by hand)")
+    migrate.add_argument("--history", action="store_true",
+                         help="print every migration in turn instead, each with a comment saying what it did")
     migrate.add_argument("--write-sql", action="store_true", help="rewrite sql/migrations/ from ingest/store/")
     migrate.add_argument("--cluster", metavar="NAME", help="create replicated, sharded tables ON CLUSTER NAME")
     migrate.add_argument("--sharding", choices=["node", "random"], help="spread rows over shards by node (default)")
@@ -144,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`flowlog query ... | head`): as other command-line tools, stop
+        # quietly. Python's flush of stdout at exit would fail again, so point it elsewhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:
         if debug:
             log.exception("failed")
@@ -162,7 +170,7 @@ def _dispatch(args: argparse.Namespace, config) -> int:
     if args.command == "config":
         sys.stdout.write(dump_yaml(config))
         return 0
-    if args.command == "migrate" and (args.print or args.write_sql):
+    if args.command == "migrate" and (args.print or args.history or args.write_sql):
         return _migrate_offline(args, config)
     if args.command == "query":
         return run_query(args, config)
@@ -208,13 +216,22 @@ def _with_store(args: argparse.Namespace, config, client, lock) -> int:
 
 
 def _migrate_offline(args, config) -> int:
-    from .store.migrations import SCHEMA_VERSION, cluster_of, render, write_sql
+    from .store.migrations import MIGRATIONS, SCHEMA_VERSION, cluster_of, render, render_current, write_sql
     if args.write_sql:
         for path in write_sql():
             print(f"wrote {path}")
         return 0
-    for version in range(1, SCHEMA_VERSION + 1):
-        for statement in render(version, config.store, cluster_of(config.store)):
+    cluster = cluster_of(config.store)
+    if not args.history:
+        print(f"-- The hubble-flowlog schema as of version {SCHEMA_VERSION}, for database {config.store.database}"
+              f"{f' on cluster {cluster.name}' if cluster else ''}.\n"
+              "-- The last statement records the version, so `flowlog run` finds nothing to migrate.\n")
+        for statement in render_current(config.store, cluster):
+            print(statement + ";\n")
+        return 0
+    for migration in MIGRATIONS:
+        print(f"-- Migration {migration.version:04d}_{migration.name}: {migration.summary}.\n")
+        for statement in render(migration.version, config.store, cluster):
             print(statement + ";\n")
     return 0
 

@@ -6,8 +6,7 @@ import re
 import subprocess
 import sys
 
-from ingest.store.migrations import render
-from ingest.store.migrations import SCHEMA_VERSION
+from ingest.store.migrations import SCHEMA_VERSION, render, render_current
 from ingest.store.schema import ALL_TABLES, Cluster
 
 from .helpers import REPO
@@ -29,6 +28,16 @@ def test_every_cluster_statement_is_valid_clickhouse(config, client):
     assert "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/" in text
     assert "ENGINE = ReplicatedAggregatingMergeTree(" in text
     assert "ENGINE = Distributed(`flowlog_cluster`, " in text and "cityHash64(node))" in text
+
+
+def test_the_cluster_schema_as_of_now_is_valid_clickhouse(config, client):
+    statements = render_current(config.store, CLUSTER)
+    for statement in statements:
+        client.query(f"EXPLAIN AST {statement}")
+    creates = [s for s in statements if s.startswith("CREATE")]
+    assert all(" ON CLUSTER `flowlog_cluster`" in s for s in creates)
+    assert len(creates) == 1 + 2 * len(ALL_TABLES) + sum(t.name.endswith("_1m") for t in ALL_TABLES)
+    assert statements[-1].startswith(f"INSERT INTO `{config.store.database}`.`schema_migrations`")
 
 
 def test_cluster_tables_have_the_single_server_columns(config, client):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+
 import pytest
 
 from ingest.config import StoreConfig
-from ingest.store.migrations import (SCHEMA_VERSION, SQL_DIR, MigrationError, column_drift, columns_as_of, migrate,
-                                     migration_files, render, sort_key_drift)
+from ingest.store.migrations import (MIGRATIONS, SCHEMA_VERSION, SQL_DIR, MigrationError, applied_version,
+                                     column_drift, columns_as_of, migrate, migration_files, render, sort_key_drift)
 from ingest.store.schema import DATA_TABLES, ROLLUPS, SCHEMA_MIGRATIONS
 
-from .helpers import create_at, v5_rows
+from .helpers import REPO, create_at, v5_rows
 
 
 def test_committed_sql_migrations_are_current():
@@ -241,3 +245,55 @@ def test_migration_6_keeps_the_rows_of_a_store_created_before_it(config, client,
         assert again.stored == {} and again.duplicates == 678
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{db}`")
+
+
+def _flowlog_print(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "ingest", "migrate", "--print", *args], capture_output=True,
+                            text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return result.stdout
+
+
+def _statements(printed: str) -> list[str]:
+    code = "\n".join(line for line in printed.splitlines() if not line.startswith("--"))
+    return [statement.strip() for statement in code.split(";\n\n") if statement.strip().rstrip(";")]
+
+
+def _settings_sorted(create: str) -> str:
+    """A table's CREATE with its SETTINGS in name order: a setting a migration turned on comes
+    last in a migrated table, in its place in a table created as of now; the table is the same."""
+    head, sep, rest = create.partition(" SETTINGS ")
+    settings, comment_sep, comment = rest.partition(" COMMENT '")
+    return head + sep + ", ".join(sorted(settings.split(", "))) + comment_sep + comment
+
+
+def test_migrate_print_creates_the_tables_every_migration_leaves(config, client):
+    """For a DBA who creates the tables by hand: the schema as it is now, not its history."""
+    db, by_hand = config.store.database, f"{config.store.database}_by_hand"
+    printed = _flowlog_print("--set", f"store.database={by_hand}")
+    assert printed.startswith(f"-- The hubble-flowlog schema as of version {SCHEMA_VERSION}, for database {by_hand}.")
+    assert "ALTER" not in printed
+
+    def layout(database):
+        rows = client.query("SELECT name, engine, replaceAll(create_table_query, {d:String}, 'DB') FROM "
+                            "system.tables WHERE database = {d:String} ORDER BY name",
+                            parameters={"d": database}).result_rows
+        return [(name, engine, _settings_sorted(query)) for name, engine, query in rows]
+
+    try:
+        for statement in _statements(printed):
+            client.command(statement.rstrip(";"))
+        assert layout(by_hand) == layout(db) and len(layout(db)) == len(DATA_TABLES) + 2 * len(ROLLUPS) + 1
+        assert column_drift(client, by_hand) == []
+        assert applied_version(client, by_hand) == SCHEMA_VERSION
+        assert migrate(client, dataclasses.replace(config.store, database=by_hand)) == 0  # nothing left to do
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{by_hand}`")
+
+
+def test_migrate_history_heads_each_migration_with_what_it_did():
+    printed = _flowlog_print("--history")
+    heads = [line for line in printed.splitlines() if line.startswith("-- Migration ")]
+    assert [head.split(":")[0] for head in heads] == [f"-- Migration {m.version:04d}_{m.name}" for m in MIGRATIONS]
+    assert all(len(head.split(": ", 1)[1]) > 20 for head in heads)
+    assert "ALTER TABLE `flowlog`.`http_flows` ADD COLUMN IF NOT EXISTS `dst_dns_name`" in printed

@@ -49,6 +49,7 @@ class Change:
 class Migration:
     version: int
     name: str
+    summary: str  # what it did and why, for the comment heading its DDL
     creates: tuple[Table, ...] = ()
     # (table, column name): added at the end of the table.
     adds: tuple[tuple[Table, str], ...] = ()
@@ -82,13 +83,19 @@ def _before_6(table: Table) -> tuple[Change, ...]:
 
 
 MIGRATIONS = (
-    Migration(1, "core_tables", creates=(HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS, SCHEMA_MIGRATIONS)),
-    Migration(2, "rollups_1m", creates=(HTTP_ROLLUP, DNS_ROLLUP)),
-    Migration(3, "ingest_ledger", creates=(INGEST_LEDGER,)),
-    Migration(4, "http_dst_dns_name", adds=((HTTP_FLOWS, "dst_dns_name"),)),
-    Migration(5, "vertical_merges", settings=tuple((table, setting.name) for table in (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT)
-                                                   for setting in VERTICAL_MERGES)),
-    Migration(6, "smaller_flows", changes=_before_6(HTTP_FLOWS) + _before_6(DNS_FLOWS)),
+    Migration(1, "core_tables", "the typed flow tables, the audit table of whole flows, the gaps",
+              creates=(HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS, SCHEMA_MIGRATIONS)),
+    Migration(2, "rollups_1m", "per-minute rollups of HTTP and DNS, filled by materialized views",
+              creates=(HTTP_ROLLUP, DNS_ROLLUP)),
+    Migration(3, "ingest_ledger", "a ledger row per batch and node: received, stored, duplicates, lost",
+              creates=(INGEST_LEDGER,)),
+    Migration(4, "http_dst_dns_name", "the DNS name a client resolved for a server outside the cluster",
+              adds=((HTTP_FLOWS, "dst_dns_name"),)),
+    Migration(5, "vertical_merges", "vertical merges for the wide flow tables: less memory when parts merge",
+              settings=tuple((table, setting.name) for table in (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT)
+                             for setting in VERTICAL_MERGES)),
+    Migration(6, "smaller_flows", "smaller flow tables: flow_id a UUID, path and query computed from url, "
+              "stronger codecs", changes=_before_6(HTTP_FLOWS) + _before_6(DNS_FLOWS)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 MIGRATION_NAMES = {m.version: m.name for m in MIGRATIONS}
@@ -176,7 +183,8 @@ def migration_statements(version: int, database: str, cluster: Cluster | None = 
 
 def migration_sql(version: int) -> str:
     """A migration file's text: the statements with ${database} left as a placeholder."""
-    header = (f"-- Migration {version:04d}_{MIGRATION_NAMES[version]}: generated from ingest/store/ by\n"
+    header = (f"-- Migration {version:04d}_{MIGRATION_NAMES[version]}: {MIGRATIONS[version - 1].summary}.\n"
+              "-- Generated from ingest/store/ by\n"
               "-- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and\n"
               "-- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.\n\n")
     return header + ";\n\n".join(migration_statements(version, "${database}")) + ";\n"
@@ -213,9 +221,31 @@ def applied_version(client, database: str) -> int:
 
 
 def render(version: int, store: StoreConfig, cluster: Cluster | None = None) -> list[str]:
-    """The statements of one migration for the configured database (on a cluster if given);
-    a TTL of 0 days keeps rows forever."""
-    statements = migration_statements(version, store.database, cluster)
+    """The statements of one migration for the configured database (on a cluster if given)."""
+    return _with_ttls(migration_statements(version, store.database, cluster), store)
+
+
+def render_current(store: StoreConfig, cluster: Cluster | None = None) -> list[str]:
+    """The schema as it is now, for a DBA who creates the tables by hand: the database, every
+    table (and each rollup's view) as this version defines it, and the row that records the
+    version, so `flowlog run` finds nothing to migrate. Applied to an empty server, it leaves
+    the same tables as every migration in turn."""
+    database = store.database
+    statements = [f"CREATE DATABASE IF NOT EXISTS `{database}`{on_cluster(cluster)}"]
+    for table in ALL_TABLES:
+        statements.append(table.create_sql(database, cluster))
+        if cluster is not None:
+            statements.append(table.distributed_sql(database, cluster))
+        if isinstance(table, Rollup):
+            statements.append(table.view_sql(database, cluster))
+    columns = ", ".join(f"`{name}`" for name in SCHEMA_MIGRATIONS.column_names)
+    statements.append(f"INSERT INTO `{database}`.`{SCHEMA_MIGRATIONS.name}` ({columns}) VALUES "
+                      f"({SCHEMA_VERSION}, now64(3), '{MIGRATION_NAMES[SCHEMA_VERSION]} (created as of this version)')")
+    return _with_ttls(statements, store)
+
+
+def _with_ttls(statements: list[str], store: StoreConfig) -> list[str]:
+    """The TTL placeholders filled from the config; a TTL of 0 days keeps rows forever."""
     for key in ("ttl_days", "rollup_ttl_days"):
         days = int(getattr(store, key))
         line = f"\nTTL toDateTime(time) + INTERVAL ${{{key}}} DAY"

@@ -1,4 +1,5 @@
--- Migration 0001_core_tables: generated from ingest/store/ by
+-- Migration 0001_core_tables: the typed flow tables, the audit table of whole flows, the gaps.
+-- Generated from ingest/store/ by
 -- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
 -- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
 

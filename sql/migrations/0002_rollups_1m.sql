@@ -1,4 +1,5 @@
--- Migration 0002_rollups_1m: generated from ingest/store/ by
+-- Migration 0002_rollups_1m: per-minute rollups of HTTP and DNS, filled by materialized views.
+-- Generated from ingest/store/ by
 -- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
 -- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
 

@@ -1,4 +1,5 @@
--- Migration 0003_ingest_ledger: generated from ingest/store/ by
+-- Migration 0003_ingest_ledger: a ledger row per batch and node: received, stored, duplicates, lost.
+-- Generated from ingest/store/ by
 -- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
 -- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
 

@@ -1,4 +1,5 @@
--- Migration 0004_http_dst_dns_name: generated from ingest/store/ by
+-- Migration 0004_http_dst_dns_name: the DNS name a client resolved for a server outside the cluster.
+-- Generated from ingest/store/ by
 -- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
 -- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
 

@@ -1,4 +1,5 @@
--- Migration 0005_vertical_merges: generated from ingest/store/ by
+-- Migration 0005_vertical_merges: vertical merges for the wide flow tables: less memory when parts merge.
+-- Generated from ingest/store/ by
 -- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
 -- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
 

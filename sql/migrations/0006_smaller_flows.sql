@@ -1,4 +1,5 @@
--- Migration 0006_smaller_flows: generated from ingest/store/ by
+-- Migration 0006_smaller_flows: smaller flow tables: flow_id a UUID, path and query computed from url, stronger codecs.
+-- Generated from ingest/store/ by
 -- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
 -- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
 
