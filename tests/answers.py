@@ -59,7 +59,12 @@ def endpoint(flow: dict, side: str) -> dict:
     if not pod:
         assert not any(l.startswith(("k8s:app=", "k8s:k8s-app=", "k8s:app.kubernetes.io/name="))
                        for l in raw.get("labels", [])), raw  # the fixtures have no pod-less workloads
-    return {"namespace": raw.get("namespace", ""), "pod": pod, "workload": WORKLOADS[pod] if pod else "",
+    workload = WORKLOADS[pod] if pod else ""
+    # An endpoint with no workload is named by its reserved identities and IP: "world 203.0.113.10".
+    reserved = ",".join(label.removeprefix("reserved:") for label in raw.get("labels", [])
+                        if label.startswith("reserved:"))
+    return {"namespace": raw.get("namespace", ""), "pod": pod, "workload": workload,
+            "workload_name": workload or f"{reserved} {flow['IP'][side]}".lstrip(),
             "ip": flow["IP"][side], "names": flow.get(f"{side}_names", [])}
 
 
@@ -74,11 +79,11 @@ def client_server(flow: dict) -> tuple[dict, dict]:
 
 
 def pod_label(e: dict) -> str:
-    return f"{e['namespace']}/{e['pod']}" if e["pod"] else e["ip"]
+    return f"{e['namespace']}/{e['pod']}" if e["pod"] else e["workload_name"]
 
 
 def workload_label(e: dict) -> str:
-    return f"{e['namespace']}/{e['workload']}" if e["workload"] else e["ip"]
+    return f"{e['namespace']}/{e['workload_name']}" if e["namespace"] else e["workload_name"]
 
 
 def latency_ns(flow: dict) -> int:
@@ -134,7 +139,7 @@ def http_latency(flows: list[dict], by_route: bool = False) -> list[dict]:
     for flow in flows:
         if is_response(flow):
             _, server = client_server(flow)
-            groups[(server["namespace"], server["workload"], route(flow) if by_route else "")].append(flow)
+            groups[(server["namespace"], server["workload_name"], route(flow) if by_route else "")].append(flow)
     answer = []
     for (namespace, workload, path), members in groups.items():
         latencies = [latency_ns(f) for f in members]
@@ -156,9 +161,9 @@ def http_slowest(flows: list[dict], limit: int) -> list[dict]:
         client, server = client_server(flow)
         http = flow["l7"]["http"]
         answer.append({"time": text_time(rfc3339_ns(flow["time"])),
-                       "source_namespace": client["namespace"], "source_workload": client["workload"],
+                       "source_namespace": client["namespace"], "source_workload": client["workload_name"],
                        "source_pod": client["pod"], "destination_namespace": server["namespace"],
-                       "destination_workload": server["workload"], "destination_pod": server["pod"],
+                       "destination_workload": server["workload_name"], "destination_pod": server["pod"],
                        "method": http.get("method", ""), "url": http.get("url", ""), "status": status(flow),
                        "latency_ms": latency_ns(flow) / 1e6})
     return answer
@@ -170,8 +175,8 @@ def http_errors(flows: list[dict], step: int, min_status: int) -> list[dict]:
         if is_response(flow) and status(flow) >= min_status:
             client, server = client_server(flow)
             bucket = rfc3339_ns(flow["time"]) // 1_000_000_000 // step * step
-            counts[(bucket, client["namespace"], client["workload"], server["namespace"], server["workload"],
-                    status(flow))] += 1
+            counts[(bucket, client["namespace"], client["workload_name"], server["namespace"],
+                    server["workload_name"], status(flow))] += 1
     answer = [{"bucket": datetime.fromtimestamp(k[0], timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
                "source_namespace": k[1], "source_workload": k[2], "destination_namespace": k[3],
                "destination_workload": k[4], "status": k[5], "responses": n} for k, n in counts.items()]
@@ -226,7 +231,7 @@ def dns_failures(flows: list[dict], rcode: str = "", limit: int = 100) -> list[d
     for flow in flows:
         if is_response(flow) and int(_dns(flow).get("rcode", 0)) != 0 and rcode.upper() in ("", _rcode(flow)):
             asker = endpoint(flow, "destination")
-            groups[(asker["namespace"], asker["workload"], _dns(flow)["query"], _rcode(flow))].append(
+            groups[(asker["namespace"], asker["workload_name"], _dns(flow)["query"], _rcode(flow))].append(
                 rfc3339_ns(flow["time"]))
     answer = [{"source_namespace": k[0], "source_workload": k[1], "name": k[2], "rcode_name": k[3],
                "responses": len(times), "first_seen": text_time(min(times)), "last_seen": text_time(max(times))}
@@ -251,7 +256,8 @@ def audit_talkers(http: list[dict], dns: list[dict], destination: str, dns_befor
             full_host = host(flow["l7"]["http"].get("url", "")) if protocol == "http" else ""
             bare_host = re.sub(r":[0-9]+$", "", full_host)
             matched = wanted != "" and (
-                wanted in (server["workload"], f"{server['namespace']}/{server['workload']}", server["pod"],
+                wanted in (server["workload"], f"{server['namespace']}/{server['workload']}", server["workload_name"],
+                           server["pod"],
                            f"{server['namespace']}/{server['pod']}", server["ip"])
                 or wanted in server["names"] or wanted.rstrip(".") in server["names"]
                 or (full_host != "" and wanted in (full_host, bare_host))
@@ -261,7 +267,7 @@ def audit_talkers(http: list[dict], dns: list[dict], destination: str, dns_befor
                 or (full_host != "" and any(name == bare_host or (name + ".").startswith(
                     f"{bare_host}.{server['namespace']}.") for name in names_of_ip)))
             if matched:
-                groups[(client["namespace"], client["workload"], protocol)].append((flow, client, server))
+                groups[(client["namespace"], client["workload_name"], protocol)].append((flow, client, server))
     answer = []
     for (namespace, workload, protocol), members in groups.items():
         times = [rfc3339_ns(f["time"]) for f, _, _ in members]

@@ -25,6 +25,15 @@ def test_demo_runs_the_real_path_and_prints_the_sql_summary(tmp_path):
     stored = flowlog("sql", "--state-dir", str(tmp_path), "--format", "tsv",
                      "SELECT count() > 2000, max(time) > now() - 60 FROM l7_audit")
     assert stored.stdout.splitlines()[1] == "1\t1", stored.stderr
+    # The README's examples on the demo's data: webpod's ClusterIP, which no flow carries, and
+    # the API outside the cluster named as the demo's own table names it.
+    assert "│ world 203.0.113.10" in out
+    talkers = flowlog("query", "audit_talkers", "--state-dir", str(tmp_path), "--since", "10m", "--format", "tsv",
+                      "-p", "destination=10.96.143.27")
+    assert [line.split("\t")[:3] for line in talkers.stdout.splitlines()[1:]] == [["default", "curl-pod", "http"]], \
+        talkers.stderr
+    latency = flowlog("query", "http_latency", "--state-dir", str(tmp_path), "--since", "10m", "--format", "tsv")
+    assert ["", "world 203.0.113.10"] in [line.split("\t")[:2] for line in latency.stdout.splitlines()]
 
 
 def test_unreachable_store_fails_at_start_naming_the_dsn_without_its_password(tmp_path):

@@ -125,10 +125,11 @@ def test_http_latency_short_range_reads_raw_flows_with_exact_quantiles(store, ht
     expected = answers.http_latency(http)
     assert without(got, "read_from", "error_pct") == without(expected, "latencies", "error_pct")
     assert [r["error_pct"] for r in got] == pytest.approx([r["error_pct"] for r in expected], abs=0.006)
-    # The six server workloads of the capture, the world (no workload) included.
+    # The five server workloads of the capture, and the servers with none named by identity and IP.
     assert {(r["destination_namespace"], r["destination_workload"]) for r in got} == {
-        ("", ""), ("kube-system", "node-local-dns"), ("bookinfo", "productpage-v1"), ("kube-system", "kube-dns"),
-        ("istio-system", "jaeger"), ("kube-system", "clickhouse-operator")}
+        ("kube-system", "node-local-dns"), ("bookinfo", "productpage-v1"), ("kube-system", "kube-dns"),
+        ("istio-system", "jaeger"), ("kube-system", "clickhouse-operator"), ("", "world 10.128.0.3"),
+        ("", "world 10.128.0.4"), ("", "world 10.128.0.6"), ("", "host 10.128.0.5")}
 
 
 def test_http_latency_by_route_collapses_ids(store, http):
@@ -323,7 +324,7 @@ def test_audit_talkers_of_a_dns_name_by_the_addresses_it_resolved_to(config, cli
     assert got == answers.audit_talkers(http, [], "metrics.example.com", dns)
     [row] = got
     assert (row["source_workload"], row["requests"], row["responses"], row["destinations"]) == \
-           ("prometheus", 20, 20, ["10.128.0.4"])
+           ("prometheus", 20, 20, ["world 10.128.0.4"])
 
 
 def test_ingest_completeness(config, client, tmp_path):

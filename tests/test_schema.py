@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -110,8 +111,8 @@ def test_rollups_follow_the_raw_tables_and_ignore_retried_blocks(config, client)
     db = config.store.database
     http = client.query(f"SELECT sum(requests), sum(errors), destination_workload FROM `{db}`.http_rollup_1m "
                         "GROUP BY destination_workload ORDER BY 1 DESC LIMIT 1").result_rows
-    raw = client.query(f"SELECT count(), countIf(status_code >= 500), src_workload FROM `{db}`.http_flows "
-                       "WHERE l7_type = 'RESPONSE' GROUP BY src_workload ORDER BY 1 DESC LIMIT 1").result_rows
+    raw = client.query(f"SELECT count(), countIf(status_code >= 500), src_workload_name FROM `{db}`.http_flows "
+                       "WHERE l7_type = 'RESPONSE' GROUP BY src_workload_name ORDER BY 1 DESC LIMIT 1").result_rows
     assert http == raw
     dns = client.query(f"SELECT sum(queries), sum(responses), sumIf(responses, rcode_name = 'NXDOMAIN') "
                        f"FROM `{db}`.dns_rollup_1m").result_rows
@@ -234,7 +235,7 @@ def test_migration_6_keeps_the_rows_of_a_store_created_before_it(config, client,
 
         before = {table: stored(table) for table in columns}
         assert len(before[HTTP_FLOWS]) == 348 and len(before[DNS_FLOWS]) == 330
-        assert migrate(client, store) == 1
+        assert migrate(client, store) == SCHEMA_VERSION - 5
         # The statements can run again (a migration cut short is redone whole).
         for statement in render(6, store):
             client.command(statement)
@@ -297,3 +298,41 @@ def test_migrate_history_heads_each_migration_with_what_it_did():
     assert [head.split(":")[0] for head in heads] == [f"-- Migration {m.version:04d}_{m.name}" for m in MIGRATIONS]
     assert all(len(head.split(": ", 1)[1]) > 20 for head in heads)
     assert "ALTER TABLE `flowlog`.`http_flows` ADD COLUMN IF NOT EXISTS `dst_dns_name`" in printed
+
+
+def test_migration_7_names_endpoints_without_a_workload_in_the_rollups_from_then_on(config, client, tmp_path):
+    """Servers outside the cluster rolled up as one blank workload; from version 7 each is
+    named by identity and IP, as the queries on the raw flows name it. The view's query is
+    replaced in place, so every flow stored before and after is rolled up once."""
+    from ingest.runner import replay
+
+    from .helpers import HTTP_348, fixture_lines
+
+    db = f"{config.store.database}_v6"
+    store = dataclasses.replace(config.store, database=db)
+    create_at(client, store, 6)
+    at_v6 = dataclasses.replace(config, store=store)
+    try:
+        replay(at_v6, client, [str(HTTP_348)])
+        assert migrate(client, store) == SCHEMA_VERSION - 6
+        later = []
+        for index, line in enumerate(fixture_lines(HTTP_348)):  # the same traffic, a day later
+            line["flow"]["time"] = line["flow"]["time"].replace("2021-10-04", "2021-10-05")
+            line["flow"]["uuid"] = f"00000000-0000-4000-8000-{index:012d}"
+            later.append(json.dumps(line))
+        (tmp_path / "later.json").write_text("\n".join(later) + "\n")
+        replay(at_v6, client, [str(tmp_path / "later.json")])
+
+        def rolled_up(day):
+            return client.query(f"SELECT destination_workload, sum(requests) FROM `{db}`.http_rollup_1m "
+                                "WHERE destination_namespace = '' AND toDate(time) = {d:Date} "
+                                "GROUP BY destination_workload ORDER BY 1", parameters={"d": day}).result_rows
+
+        assert rolled_up("2021-10-04") == [("", 59)]
+        assert rolled_up("2021-10-05") == [("host 10.128.0.5", 10), ("world 10.128.0.3", 19),
+                                           ("world 10.128.0.4", 20), ("world 10.128.0.6", 10)]
+        raw = client.query(f"SELECT count() FROM `{db}`.http_flows WHERE l7_type = 'RESPONSE'").result_rows
+        rollup = client.query(f"SELECT sum(requests) FROM `{db}`.http_rollup_1m").result_rows
+        assert raw == rollup == [(2 * 173,)]
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}`")

@@ -24,7 +24,7 @@ HISTORY_S = 120
 # On a response the server is the source: Hubble swaps the endpoints of replies.
 HTTP_SUMMARY = """
 SELECT
-    if(src_workload != '', src_namespace || '/' || src_workload, 'world ' || src_ip) AS destination,
+    if(src_namespace != '', src_namespace || '/' || src_workload_name, src_workload_name) AS destination,
     count() AS responses,
     round(countIf(status_code >= 500) / count() * 100, 1) AS error_pct,
     round(quantileExact(0.50)(latency_ns) / 1e6, 1) AS p50_ms,

@@ -17,7 +17,7 @@ definitions, so a hand-edited table is reported instead of failing inserts later
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,6 +46,16 @@ class Change:
 
 
 @dataclass(frozen=True)
+class ViewChange:
+    """A rollup column whose expression in the rollup's view changed: `before` is the
+    expression until then. The view's query is replaced in place (ALTER TABLE ... MODIFY
+    QUERY), so no inserted block goes unrolled-up; rows rolled up before keep their values."""
+    rollup: Rollup
+    column: str
+    before: str
+
+
+@dataclass(frozen=True)
 class Migration:
     version: int
     name: str
@@ -56,6 +66,7 @@ class Migration:
     changes: tuple[Change, ...] = ()
     # (table, setting name): turned on with ALTER TABLE ... MODIFY SETTING.
     settings: tuple[tuple[Table, str], ...] = ()
+    views: tuple[ViewChange, ...] = ()
 
 
 def _before_6(table: Table) -> tuple[Change, ...]:
@@ -96,6 +107,13 @@ MIGRATIONS = (
                              for setting in VERTICAL_MERGES)),
     Migration(6, "smaller_flows", "smaller flow tables: flow_id a UUID, path and query computed from url, "
               "stronger codecs", changes=_before_6(HTTP_FLOWS) + _before_6(DNS_FLOWS)),
+    Migration(7, "workload_names", "one name for an endpoint with no workload everywhere (world 203.0.113.10), "
+              "rolled up from now on; rows rolled up before keep an empty workload",
+              adds=tuple((table, f"{side}_workload_name") for table in (HTTP_FLOWS, DNS_FLOWS) for side in ("src", "dst")),
+              views=(ViewChange(HTTP_ROLLUP, "source_workload", "if(l7_type = 'RESPONSE', dst_workload, src_workload)"),
+                     ViewChange(HTTP_ROLLUP, "destination_workload",
+                                "if(l7_type = 'RESPONSE', src_workload, dst_workload)"),
+                     ViewChange(DNS_ROLLUP, "source_workload", "if(l7_type = 'RESPONSE', dst_workload, src_workload)"))),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 MIGRATION_NAMES = {m.version: m.name for m in MIGRATIONS}
@@ -128,6 +146,18 @@ def columns_as_of(table: Table, version: int) -> tuple[Column, ...]:
     return tuple(columns)
 
 
+def _view_columns_as_of(rollup: Rollup, version: int) -> tuple[Column, ...]:
+    """The rollup's columns with the expressions its view had as of version."""
+    columns = list(rollup.columns)
+    for migration in reversed(MIGRATIONS):
+        if migration.version <= version:
+            break
+        for change in migration.views:
+            if change.rollup is rollup:
+                columns = [replace(c, expr=change.before) if c.name == change.column else c for c in columns]
+    return tuple(columns)
+
+
 def _settings_as_of(table: Table, version: int) -> tuple[Setting, ...]:
     later = {name for m in MIGRATIONS if m.version > version for t, name in m.settings if t is table}
     return tuple(s for s in table.settings if s.name not in later)
@@ -148,7 +178,7 @@ def migration_statements(version: int, database: str, cluster: Cluster | None = 
             if cluster is not None:
                 statements.append(table.distributed_sql(database, cluster))
             if isinstance(table, Rollup):
-                statements.append(table.view_sql(database, cluster))
+                statements.append(table.view_sql(database, cluster, _view_columns_as_of(table, version)))
             continue
         # On a cluster, the Distributed table's columns must match the shard-local table's;
         # the rows, and so the values to convert and the settings, are in the shard-local one.
@@ -175,6 +205,10 @@ def migration_statements(version: int, database: str, cluster: Cluster | None = 
                 clauses = [f"MODIFY COLUMN {column.ddl()}"]
             statements += [statement for name in names for clause in clauses
                            for statement in _alter(database, [name], cluster, clause)]
+        if any(change.rollup is table for change in migration.views):
+            # The view reads the shard-local raw table, so it exists once per shard.
+            statements.append(f"ALTER TABLE `{database}`.`{table.view_name}`{on_cluster(cluster)} MODIFY QUERY "
+                              + table.view_select(database, cluster, _view_columns_as_of(table, version)))
         turned_on = [s.sql() for s in table.settings if any(t is table and n == s.name for t, n in migration.settings)]
         if turned_on:
             statements += _alter(database, holder, cluster, f"MODIFY SETTING {', '.join(turned_on)}")

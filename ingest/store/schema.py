@@ -151,15 +151,26 @@ class Rollup(Table):
     source: Table | None = None
     where: str = ""
 
-    def view_sql(self, database: str, cluster: Cluster | None = None) -> str:
-        """The view; in a cluster it reads each shard's local raw table, so rollups are per shard."""
-        select = ",\n    ".join(f"{c.expr} AS `{c.name}`" for c in self.columns)
-        group_by = ", ".join(f"`{c.name}`" for c in self.columns if not c.is_aggregate)
-        where = f"\nWHERE {self.where}" if self.where else ""
-        target, source = (self.local_name, self.source.local_name) if cluster else (self.name, self.source.name)
-        return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{self.name}_mv`{on_cluster(cluster)} "
+    @property
+    def view_name(self) -> str:
+        return f"{self.name}_mv"
+
+    def view_sql(self, database: str, cluster: Cluster | None = None, columns: tuple[Column, ...] | None = None) -> str:
+        """The view; in a cluster it reads each shard's local raw table, so rollups are per shard.
+        `columns` gives the expressions of an older version."""
+        target = self.local_name if cluster else self.name
+        return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS `{database}`.`{self.view_name}`{on_cluster(cluster)} "
                 f"TO `{database}`.`{target}`\n"
-                f"AS SELECT\n    {select}\nFROM `{database}`.`{source}`{where}\nGROUP BY {group_by}")
+                f"AS {self.view_select(database, cluster, columns)}")
+
+    def view_select(self, database: str, cluster: Cluster | None = None,
+                    columns: tuple[Column, ...] | None = None) -> str:
+        columns = columns or self.columns
+        select = ",\n    ".join(f"{c.expr} AS `{c.name}`" for c in columns)
+        group_by = ", ".join(f"`{c.name}`" for c in columns if not c.is_aggregate)
+        where = f"\nWHERE {self.where}" if self.where else ""
+        source = self.source.local_name if cluster else self.source.name
+        return f"SELECT\n    {select}\nFROM `{database}`.`{source}`{where}\nGROUP BY {group_by}"
 
 
 # Schema version 6 took http_flows from 69.2 to 58.2 bytes a flow and dns_flows from 31.5
@@ -177,6 +188,20 @@ def _endpoint(side: str, what: str) -> tuple[Column, ...]:
         Column(f"{side}_labels", f"Array({LC})", comment=f"Cilium labels of the {what}"),
         Column(f"{side}_names", "Array(String)", "ZSTD(1)", comment=f"DNS names of the {what} known to Cilium"),
     )
+
+
+def _workload_names() -> tuple[Column, ...]:
+    """How every answer names an endpoint (the queries, the rollups, the demo, the
+    dashboards): its workload; an endpoint with none (outside the cluster, a node) by its
+    reserved identities and IP, `world 203.0.113.10`, rather than a blank that merges
+    every such endpoint into one. Computed when read, from the stored columns."""
+    return tuple(Column(
+        f"{side}_workload_name", "String",
+        alias=f"if({side}_workload != '', {side}_workload, trimLeft(concat(arrayStringConcat(arrayMap("
+              f"label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), {side}_labels)), "
+              f"','), ' ', {side}_ip)))",
+        comment=f"the {what}'s workload, else its reserved identities and IP: world 203.0.113.10 (computed)")
+        for side, what in (("src", "source"), ("dst", "destination")))
 
 
 # Client and server of an exchange: on a response Hubble swaps the endpoints, so the
@@ -234,6 +259,7 @@ HTTP_FLOWS = Table(
         Column("headers", f"Map({LC}, String)", "ZSTD(9)", comment="allow-listed headers, sensitive values redacted"),
         Column("dst_dns_name", LC, comment="DNS name of the server of the exchange (the request destination): "
                "Hubble's, else for a server with no pod the name the client pod last resolved to its IP"),
+        *_workload_names(),
     ),
     order_by=_EXCHANGE_ORDER,
     id_column="flow_id",
@@ -255,6 +281,7 @@ DNS_FLOWS = Table(
         Column("rrtypes", f"Array({LC})"),
         Column("observation_source", LC, comment="proxy or another observer"),
         Column("latency_ns", "UInt64", "ZSTD(1)", comment="query to response, on responses"),
+        *_workload_names(),
     ),
     order_by="toStartOfHour(time), src_namespace, src_workload, query, time",
     id_column="flow_id",
@@ -308,9 +335,9 @@ _ROLLUP_TIME = Column("time", "DateTime('UTC')", "Delta, ZSTD(1)", comment="star
 def _rollup_endpoints() -> tuple[Column, ...]:
     return (
         Column("source_namespace", LC, expr=_CLIENT.format("namespace")),
-        Column("source_workload", LC, expr=_CLIENT.format("workload")),
+        Column("source_workload", LC, expr=_CLIENT.format("workload_name")),
         Column("destination_namespace", LC, expr=_SERVER.format("namespace")),
-        Column("destination_workload", LC, expr=_SERVER.format("workload")),
+        Column("destination_workload", LC, expr=_SERVER.format("workload_name")),
     )
 
 
@@ -349,7 +376,7 @@ DNS_ROLLUP = Rollup(
         _ROLLUP_TIME,
         Column("node", LC, expr="node"),
         Column("source_namespace", LC, comment="namespace of the pod that asked", expr=_CLIENT.format("namespace")),
-        Column("source_workload", LC, comment="workload of the pod that asked", expr=_CLIENT.format("workload")),
+        Column("source_workload", LC, comment="workload of the pod that asked", expr=_CLIENT.format("workload_name")),
         Column("query", "String", "ZSTD(1)", expr="query"),
         Column("qtypes", LC, comment="comma-separated, as Hubble's qtypes label", expr="arrayStringConcat(qtypes, ',')"),
         Column("rcode_name", LC, comment="empty for queries", expr="rcode_name"),

@@ -40,7 +40,8 @@ SELECT
     min(time) AS first_seen,
     max(time) AS last_seen,
     arraySort(groupUniqArray(source_endpoint)) AS source_pods,
-    arraySort(groupUniqArray(if(server_workload = '', server_ip, concat(server_namespace, '/', server_workload))))
+    arraySort(groupUniqArray(if(server_namespace = '', server_workload_name,
+                                concat(server_namespace, '/', server_workload_name))))
         AS destinations
 FROM
 (
@@ -50,31 +51,32 @@ FROM
         time,
         l7_type,
         if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS source_namespace,
-        if(l7_type = 'RESPONSE', dst_workload, src_workload) AS source_workload,
-        if(l7_type = 'RESPONSE', if(dst_pod = '', dst_ip, concat(dst_namespace, '/', dst_pod)),
-                                 if(src_pod = '', src_ip, concat(src_namespace, '/', src_pod))) AS source_endpoint,
+        if(l7_type = 'RESPONSE', dst_workload_name, src_workload_name) AS source_workload,
+        if(l7_type = 'RESPONSE', if(dst_pod = '', dst_workload_name, concat(dst_namespace, '/', dst_pod)),
+                                 if(src_pod = '', src_workload_name, concat(src_namespace, '/', src_pod))) AS source_endpoint,
         if(l7_type = 'RESPONSE', src_namespace, dst_namespace) AS server_namespace,
         if(l7_type = 'RESPONSE', src_workload, dst_workload) AS server_workload,
+        if(l7_type = 'RESPONSE', src_workload_name, dst_workload_name) AS server_workload_name,
         if(l7_type = 'RESPONSE', src_pod, dst_pod) AS server_pod,
         if(l7_type = 'RESPONSE', src_ip, dst_ip) AS server_ip,
         if(l7_type = 'RESPONSE', src_names, dst_names) AS server_names,
         host
     FROM
     (
-        SELECT 'http' AS protocol, time, l7_type, src_namespace, src_workload, src_pod, src_ip, src_names,
-               dst_namespace, dst_workload, dst_pod, dst_ip, dst_names, host
+        SELECT 'http' AS protocol, time, l7_type, src_namespace, src_workload, src_workload_name, src_pod, src_ip,
+               src_names, dst_namespace, dst_workload, dst_workload_name, dst_pod, dst_ip, dst_names, host
         FROM http_flows
         WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
         UNION ALL
-        SELECT 'dns' AS protocol, time, l7_type, src_namespace, src_workload, src_pod, src_ip, src_names,
-               dst_namespace, dst_workload, dst_pod, dst_ip, dst_names, '' AS host
+        SELECT 'dns' AS protocol, time, l7_type, src_namespace, src_workload, src_workload_name, src_pod, src_ip,
+               src_names, dst_namespace, dst_workload, dst_workload_name, dst_pod, dst_ip, dst_names, '' AS host
         FROM dns_flows
         WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
     )
 )
 WHERE {destination:String} != ''
   AND (
-        {destination:String} IN (server_workload, concat(server_namespace, '/', server_workload),
+        {destination:String} IN (server_workload, concat(server_namespace, '/', server_workload), server_workload_name,
                                  server_pod, concat(server_namespace, '/', server_pod), server_ip)
      OR has(server_names, {destination:String})
      OR has(server_names, trimRight({destination:String}, '.'))

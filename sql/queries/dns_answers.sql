@@ -20,7 +20,7 @@ SELECT
     count() AS responses,
     min(time) AS first_seen,
     max(time) AS last_seen,
-    arraySort(groupUniqArray(if(dst_pod = '', dst_ip, concat(dst_namespace, '/', dst_pod)))) AS asked_by
+    arraySort(groupUniqArray(if(dst_pod = '', dst_workload_name, concat(dst_namespace, '/', dst_pod)))) AS asked_by
 FROM dns_flows
 WHERE l7_type = 'RESPONSE'
   AND query IN ({name:String}, concat({name:String}, '.'))

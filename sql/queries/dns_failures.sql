@@ -10,7 +10,7 @@
 -- columns: source_namespace, source_workload, name, rcode_name, responses, first_seen, last_seen
 SELECT
     dst_namespace AS source_namespace,
-    dst_workload AS source_workload,
+    dst_workload_name AS source_workload,
     query AS name,
     rcode_name,
     count() AS responses,

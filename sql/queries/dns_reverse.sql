@@ -15,7 +15,7 @@ SELECT
     count() AS responses,
     min(ttl) AS ttl_min,
     max(ttl) AS ttl_max,
-    arraySort(groupUniqArray(if(dst_pod = '', dst_ip, concat(dst_namespace, '/', dst_pod)))) AS asked_by
+    arraySort(groupUniqArray(if(dst_pod = '', dst_workload_name, concat(dst_namespace, '/', dst_pod)))) AS asked_by
 FROM dns_flows
 WHERE l7_type = 'RESPONSE'
   AND has(ips, {ip:String})

@@ -14,9 +14,9 @@ SELECT
     toDateTime(intDiv(toUnixTimestamp(time), greatest({step_seconds:UInt32}, 1))
                * greatest({step_seconds:UInt32}, 1), 'UTC') AS bucket,
     dst_namespace AS source_namespace,
-    dst_workload AS source_workload,
+    dst_workload_name AS source_workload,
     src_namespace AS destination_namespace,
-    src_workload AS destination_workload,
+    src_workload_name AS destination_workload,
     status_code AS status,
     count() AS responses
 FROM http_flows

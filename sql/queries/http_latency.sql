@@ -26,7 +26,7 @@ FROM
 (
     SELECT
         src_namespace AS destination_namespace,
-        src_workload AS destination_workload,
+        src_workload_name AS destination_workload,
         if({by_route:Bool},
            concat(method, ' ', arrayStringConcat(arrayMap(segment -> if(
                match(segment, '^[0-9]+$')

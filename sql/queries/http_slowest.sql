@@ -12,10 +12,10 @@
 SELECT
     time,
     dst_namespace AS source_namespace,
-    dst_workload AS source_workload,
+    dst_workload_name AS source_workload,
     dst_pod AS source_pod,
     src_namespace AS destination_namespace,
-    src_workload AS destination_workload,
+    src_workload_name AS destination_workload,
     src_pod AS destination_pod,
     method,
     url,

@@ -1,0 +1,45 @@
+-- Migration 0007_workload_names: one name for an endpoint with no workload everywhere (world 203.0.113.10), rolled up from now on; rows rolled up before keep an empty workload.
+-- Generated from ingest/store/ by
+-- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
+-- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
+
+ALTER TABLE `${database}`.`http_flows` ADD COLUMN IF NOT EXISTS `src_workload_name` String ALIAS if(src_workload != '', src_workload, trimLeft(concat(arrayStringConcat(arrayMap(label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), src_labels)), ','), ' ', src_ip))) COMMENT 'the source\'s workload, else its reserved identities and IP: world 203.0.113.10 (computed)';
+
+ALTER TABLE `${database}`.`http_flows` ADD COLUMN IF NOT EXISTS `dst_workload_name` String ALIAS if(dst_workload != '', dst_workload, trimLeft(concat(arrayStringConcat(arrayMap(label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), dst_labels)), ','), ' ', dst_ip))) COMMENT 'the destination\'s workload, else its reserved identities and IP: world 203.0.113.10 (computed)';
+
+ALTER TABLE `${database}`.`dns_flows` ADD COLUMN IF NOT EXISTS `src_workload_name` String ALIAS if(src_workload != '', src_workload, trimLeft(concat(arrayStringConcat(arrayMap(label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), src_labels)), ','), ' ', src_ip))) COMMENT 'the source\'s workload, else its reserved identities and IP: world 203.0.113.10 (computed)';
+
+ALTER TABLE `${database}`.`dns_flows` ADD COLUMN IF NOT EXISTS `dst_workload_name` String ALIAS if(dst_workload != '', dst_workload, trimLeft(concat(arrayStringConcat(arrayMap(label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), dst_labels)), ','), ' ', dst_ip))) COMMENT 'the destination\'s workload, else its reserved identities and IP: world 203.0.113.10 (computed)';
+
+ALTER TABLE `${database}`.`http_rollup_1m_mv` MODIFY QUERY SELECT
+    toStartOfMinute(time) AS `time`,
+    node AS `node`,
+    if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS `source_namespace`,
+    if(l7_type = 'RESPONSE', dst_workload_name, src_workload_name) AS `source_workload`,
+    if(l7_type = 'RESPONSE', src_namespace, dst_namespace) AS `destination_namespace`,
+    if(l7_type = 'RESPONSE', src_workload_name, dst_workload_name) AS `destination_workload`,
+    if(traffic_direction = 'INGRESS', 'server', 'client') AS `reporter`,
+    method AS `method`,
+    concat(toString(intDiv(status_code, 100)), 'xx') AS `status_class`,
+    count() AS `requests`,
+    countIf(status_code >= 500) AS `errors`,
+    sum(latency_ns) AS `latency_sum_ns`,
+    quantileTDigestState(latency_ns) AS `latency`
+FROM `${database}`.`http_flows`
+WHERE l7_type = 'RESPONSE'
+GROUP BY `time`, `node`, `source_namespace`, `source_workload`, `destination_namespace`, `destination_workload`, `reporter`, `method`, `status_class`;
+
+ALTER TABLE `${database}`.`dns_rollup_1m_mv` MODIFY QUERY SELECT
+    toStartOfMinute(time) AS `time`,
+    node AS `node`,
+    if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS `source_namespace`,
+    if(l7_type = 'RESPONSE', dst_workload_name, src_workload_name) AS `source_workload`,
+    query AS `query`,
+    arrayStringConcat(qtypes, ',') AS `qtypes`,
+    rcode_name AS `rcode_name`,
+    countIf(l7_type = 'REQUEST') AS `queries`,
+    countIf(l7_type = 'RESPONSE') AS `responses`,
+    countIf(l7_type = 'RESPONSE' AND notEmpty(ips)) AS `responses_with_ips`,
+    sum(length(ips)) AS `ips_returned`
+FROM `${database}`.`dns_flows`
+GROUP BY `time`, `node`, `source_namespace`, `source_workload`, `query`, `qtypes`, `rcode_name`;
