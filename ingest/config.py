@@ -93,9 +93,10 @@ class BatchConfig:
     max_rows: int = field(default=20000, metadata=_at_least_1)
     max_delay_ms: int = field(default=1000, metadata=_at_least_0)
     queue_size: int = field(default=50000, metadata=_at_least_1)
-    # Memory in bytes, counted as the flows' protobuf size (decoded, a flow takes about 2.4
-    # times that): a batch closes at max_mb (and at spool.max_mb, so one fits the spool),
-    # and a queue of queue_mb pauses reading, whatever the number of flows.
+    # Memory in bytes, counted as what decoded flows hold (twice their protobuf size, plus
+    # 1 KB: decoder.held_bytes): a batch closes at max_mb (and at half of spool.max_mb, so
+    # one fits the spool), and a queue of queue_mb pauses reading, whatever the number of
+    # flows. With the store down, RSS grows by at most queue_mb + 2 x max_mb + 20 MB.
     max_mb: int = field(default=64, metadata=_at_least_1)
     queue_mb: int = field(default=64, metadata=_at_least_1)
 

@@ -91,8 +91,8 @@ class Writer:
         return sum(t.get("received", 0) for t in self._held.tallies.values()) if self._held is not None else 0
 
     def commit(self, sealed: SealedBatch) -> None:
-        if not self.abandoned and self._make_durable(sealed):
-            self.drain()
+        if not self.abandoned and self._make_durable(sealed) and not self.drain():
+            self.spool.release_memory()  # not stored now: it waits on disk, not in memory as well
 
     def _make_durable(self, sealed: SealedBatch) -> bool:
         """Appends the batch to the spool and advances the checkpoint to it. When the disk
@@ -135,6 +135,14 @@ class Writer:
             return True
         if not force and (not self.sink.ready() or not self.writable and time.monotonic() < self._next_write):
             return False
+        if self.spool and not self.sink.healthy:
+            # Reading a batch back costs its size in memory twice over (the file, the rows):
+            # not while the store still fails.
+            try:
+                self.sink.probe()
+            except StoreUnavailable as err:
+                self.sink.failed(err)
+                return False
         while True:
             try:
                 oldest = self.spool.next()
@@ -157,6 +165,7 @@ class Writer:
                 inserted = self.sink.insert(batch)
             except StoreUnavailable as err:
                 self.sink.failed(err)
+                self.spool.release_memory()
                 return False
             except OSError as err:  # the answer could not be kept on disk: not inserted without it
                 self._unwritable(err)

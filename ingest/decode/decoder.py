@@ -143,6 +143,20 @@ def _ports(l4: flow_pb2.Layer4) -> tuple[int, int]:
     return 0, 0
 
 
+# What a decoded flow holds beyond its values: the row tuples, the strings' and ints'
+# headers, the lists and the map. Measured with tracemalloc on the demo's flows (2,591
+# bytes a flow for 847 bytes of protobuf) and on flows with a 100 KB header (2.01 times
+# the protobuf): the audit row holds the protobuf once, the typed row its values again.
+_HELD_OVERHEAD = 1024
+
+
+def held_bytes(serialized: bytes, typed: bool) -> int:
+    """Bytes of memory a decoded flow holds, about: what the byte budgets (batch.queue_mb,
+    batch.max_mb) count, so that they bound memory and, as marshal writes the same values,
+    a batch's spool file."""
+    return (2 if typed else 1) * len(serialized) + _HELD_OVERHEAD
+
+
 class Decoder:
     """Turns responses into rows; holds the HTTP redaction settings."""
 
@@ -197,9 +211,9 @@ class Decoder:
         serialized = flow.SerializeToString()
         audit = _AUDIT_ROW({"time": time_ns, "node": node, "flow_id": audit_id, "type": record.upper(),
                             "l7_type": l7_type, "flow": serialized})
-        size = len(serialized)
         if record not in ("http", "dns"):
-            return FlowRows(flow_id, time_ns, node, None, None, audit, audit_id, size)
+            return FlowRows(flow_id, time_ns, node, None, None, audit, audit_id, held_bytes(serialized, typed=False))
+        size = held_bytes(serialized, typed=True)
         values = self._flow_values(flow, time_ns, node, flow_id, l7_type)
         values["latency_ns"] = l7.latency_ns
         is_response = l7.type == flow_pb2.RESPONSE

@@ -1,7 +1,7 @@
 """Batching: decoded items from a source, gathered into batches and handed on sealed.
 
 The dispatcher puts `Entry`s in an inbox bounded in items (`batch.queue_size`) and in
-bytes (`batch.queue_mb`, counted as the flows' protobuf size): a full inbox blocks the
+bytes (`batch.queue_mb`, counted as the memory decoded flows hold): a full inbox blocks the
 source, backpressure, never a drop in memory. The batching loop closes a batch at
 `batch.max_rows` rows or `batch.max_mb` bytes (no more than the spool holds), once its
 oldest flow has waited `batch.max_delay_ms` and no more are waiting (a backlog goes out

@@ -34,7 +34,7 @@ class FlowRows:
     row: tuple | None
     audit_row: tuple
     audit_id: str  # in the audit row and the checkpoint: Hubble's uuid as it came, else the content hash
-    # Bytes of the flow's protobuf: what memory budgets count (decoded, it takes about 2.4 times that).
+    # Bytes of memory the decoded flow holds, as the byte budgets count them (decoder.held_bytes).
     size: int = 0
 
 

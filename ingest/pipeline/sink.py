@@ -117,6 +117,14 @@ class Sink:
         self._next_try = 0.0
         metrics.STORE_UP.set(1)
 
+    def probe(self) -> None:
+        """Raises StoreUnavailable unless the store answers a query: asked while it fails,
+        before a batch is read back from the spool for nothing."""
+        try:
+            self.client.query("SELECT 1")
+        except Exception as err:  # as in _call: any failure is retried later
+            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+
     def _call(self, table: Table, call):
         try:
             return call()

@@ -69,7 +69,8 @@ class Spool:
             if marker.with_suffix(".batch") not in self._sizes:
                 marker.unlink()  # its batch was removed, and a crash came before the marker
         # The batch last written, kept in memory: normally it is inserted right away, and
-        # reading it back from disk would cost as much as writing it did.
+        # reading it back from disk would cost as much as writing it did. Not while the
+        # store fails (release_memory): then batches wait on disk only.
         self._last: tuple[Path, SealedBatch] | None = None
         misnamed = [p for p in self._sizes if not (p.stem.isascii() and p.stem.isdigit())]
         for path in misnamed:
@@ -157,6 +158,12 @@ class Spool:
             if self._last is not None and self._last[0] == path:
                 self._last = None
             raise
+
+    def release_memory(self) -> None:
+        """The store fails: the batch last written waits on disk like the others, instead of
+        in memory as well, so that memory while the store is down stays within the byte
+        budgets of what is being read."""
+        self._last = None
 
     def _write(self, path: Path, batch: SealedBatch) -> None:
         self._put_in_place(self._write_aside(path, batch), path, batch)
