@@ -17,8 +17,8 @@ import threading
 import time
 
 from . import __version__, logs
-from .config import ConfigError, dump_yaml, load
-from .masking import Masker
+from .config import ConfigError, dump_yaml, env_name, load
+from .masking import Masker, dsn_secrets
 from .statedir import StateLock
 from .store.queries import RANGE_PARAMS, Query, QueryError, canonical_type
 from .store.queries import load as load_queries
@@ -186,10 +186,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _secret_on_command_line(args: argparse.Namespace) -> bool:
+    """Whether a password or token came in argv, which every user of the node can read
+    (/proc/PID/cmdline) for as long as the process runs."""
+    overrides = _overrides(args)
+    if overrides.get("store.password"):
+        return True
+    secrets, _ = dsn_secrets(overrides.get("store.dsn", ""))
+    return bool(secrets)
+
+
 def _dispatch(args: argparse.Namespace, config) -> int:
     if args.command == "config":
-        sys.stdout.write(dump_yaml(config))
+        sys.stdout.write(config.masker()(dump_yaml(config)))
         return 0
+    if args.command == "run" and _secret_on_command_line(args):
+        log.warning("the store's password or token is on the command line, where every user of this node can "
+                    "read it: give it in %s or in a file named by store.password_file (%s) instead",
+                    env_name("store.password"), env_name("store.password_file"))
     if args.command == "migrate" and (args.print or args.history or args.write_sql):
         return _migrate_offline(args, config)
     if args.command == "query":
@@ -204,6 +218,8 @@ def _dispatch(args: argparse.Namespace, config) -> int:
     # A second run, replay or demo on the state dir stops here, before it touches the store.
     lock = StateLock(config.state_path) if args.command in ("run", "replay", "demo") else None
     if lock is not None:
+        # Whatever else the process writes (the embedded store's files) is its user's only.
+        os.umask(0o077)
         lock.acquire()
         large_allocations_return_to_the_os()
     try:

@@ -20,11 +20,17 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .masking import MASK, Masker, mask_dsn
+from .masking import MASK, Masker, credential_forms, dsn_secrets, mask_dsn
 
 DEFAULT_SOURCE = "unix:///var/run/cilium/hubble.sock"
 DEFAULT_STATE_DIR = "flowlog-data"
-SENSITIVE_HEADERS = ["Authorization", "Cookie", "Set-Cookie", "Proxy-Authorization"]
+SENSITIVE_HEADERS = ["Authorization", "Cookie", "Set-Cookie", "Proxy-Authorization", "X-Api-Key", "X-Auth-Token",
+                     "X-Amz-Security-Token"]
+# Query parameters that carry credentials by convention (OAuth, cloud presigned URLs, API keys).
+SENSITIVE_QUERY_PARAMS = ["access_token", "id_token", "refresh_token", "token", "api_key", "apikey", "api-key", "key",
+                          "secret", "client_secret", "password", "passwd", "pwd", "auth", "authorization", "code",
+                          "sig", "signature", "jwt", "session", "sessionid", "session_id", "x-amz-signature",
+                          "x-amz-credential", "x-amz-security-token", "x-goog-signature", "x-goog-credential"]
 
 
 class ConfigError(ValueError):
@@ -120,11 +126,23 @@ class HTTPConfig:
     # Headers stored in http_flows.headers; "*" keeps every header.
     headers_allow: list[str] = field(default_factory=lambda: ["*"])
     headers_redact: list[str] = field(default_factory=lambda: list(SENSITIVE_HEADERS))
+    # Removes the whole query (and fragment) of every URL: Cilium's hubble-redact-http-urlquery.
     strip_query: bool = False
     strip_userinfo: bool = True
+    # The values of these query parameters are redacted, the names and other values kept:
+    # page numbers and ids are what an audit looks for, tokens are not.
+    query_params_redact: list[str] = field(default_factory=lambda: list(SENSITIVE_QUERY_PARAMS))
+    # Redacts every query parameter's value instead.
+    redact_query_values: bool = False
     # Naming HTTP peers outside the cluster from the DNS answers their clients got.
     dns_cache_entries: int = field(default=100_000, metadata=_at_least_0)
     dns_grace_s: float = field(default=60.0, metadata=_at_least_0)
+
+
+@dataclass
+class KafkaConfig:
+    # Cilium's hubble-redact-kafka-apikey: the api_key of Kafka flows (kept in l7_audit).
+    redact_api_key: bool = False
 
 
 @dataclass
@@ -175,6 +193,7 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     dead_letters: DeadLettersConfig = field(default_factory=DeadLettersConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
@@ -203,9 +222,11 @@ class Config:
         return ""
 
     def secrets(self) -> list[str]:
-        """Every secret value in this config."""
-        found = [self.store_password(), urlsplit(self.store_dsn).password or ""]
-        return [s for s in found if s]
+        """Every secret value in this config, in every form it can take in text."""
+        found, users = dsn_secrets(self.store_dsn)
+        found.append(self.store_password())
+        users.append("default")  # clickhouse-connect's user when none is named
+        return sorted({form for secret in found if secret for form in credential_forms(secret, users)})
 
     def masker(self) -> Masker:
         """What every error, log line and printed value goes through."""

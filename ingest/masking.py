@@ -1,16 +1,24 @@
 """The one secret masker: every error, log line and printed config goes through it.
 
-A `Masker` holds the secret values of a configuration (the store's password, from the
-config, its file or the DSN) and replaces each occurrence of any of them by a mask.
-`mask_dsn` masks the password inside a DSN by its place, whatever its value.
+A `Masker` holds the secret values of a configuration and replaces each occurrence of any
+of them by a mask. A credential reaches text in more forms than it was given in:
+clickhouse-connect percent-decodes a DSN's password and sends it inside a Basic-auth
+header, and a server or proxy that quotes a request back shows that header; a DSN's
+`access_token` goes out as a Bearer token. `credential_forms` lists every form, and
+`mask_dsn` masks a DSN's credentials by their place, whatever their values.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 MASK = "*****"
+# DSN parameters that clickhouse-connect sends as a credential (access_token as a Bearer
+# token, password as the Basic-auth password) or that hold one (a proxy's user:password@).
+CREDENTIAL_PARAMS = ("access_token", "password", "http_proxy", "https_proxy")
 
 
 class Masker:
@@ -22,14 +30,60 @@ class Masker:
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
-            text = text.replace(secret, MASK)
+            if secret in text:
+                text = text.replace(secret, MASK)
         return text
 
 
-def mask_dsn(dsn: str) -> str:
-    """The DSN with its password, if any, replaced by the mask."""
+def credential_forms(secret: str, users: Iterable[str] = ()) -> set[str]:
+    """The secret as given, percent-decoded and percent-encoded (path and form styles),
+    escaped in JSON, and inside a Basic-auth header for each user."""
+    forms = {secret}
+    for decoded in (unquote(secret), unquote_plus(secret)):
+        forms.add(decoded)
+    for plain in list(forms):
+        forms |= {quote(plain, safe=""), quote(plain), quote_plus(plain), json.dumps(plain)[1:-1]}
+        for user in users:
+            forms.add(base64.b64encode(f"{user}:{plain}".encode()).decode())
+    return {form for form in forms if form}
+
+
+def dsn_secrets(dsn: str) -> tuple[list[str], list[str]]:
+    """(secrets, users) a DSN holds: its password, its credential parameters, the passwords
+    of the proxies it names; the users they go with."""
     parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    secrets, users = [], []
+    if parts.password:
+        secrets.append(parts.password)
+    if parts.username:
+        users += [parts.username, unquote(parts.username)]
+    for name, value in parse_qsl(parts.query, keep_blank_values=False):
+        if name in ("access_token", "password"):
+            secrets.append(value)
+        elif name in ("http_proxy", "https_proxy"):
+            proxy = urlsplit(value)
+            if proxy.password:
+                secrets.append(proxy.password)
+                users += [proxy.username or "", unquote(proxy.username or "")]
+        elif name in ("user", "user_name", "username"):
+            users.append(value)
+    # Raw forms too: parse_qsl decoded them, and the text may quote the DSN as written.
+    for name, value in (pair.partition("=")[::2] for pair in parts.query.split("&")):
+        if name in CREDENTIAL_PARAMS and value:
+            secrets.append(value)
+    return secrets, users
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with its password and credential parameters, if any, replaced by the mask."""
+    parts = urlsplit(dsn)
+    if parts.password is not None:
+        netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        masked = []
+        for pair in parts.query.split("&"):
+            name, equals, value = pair.partition("=")
+            masked.append(f"{name}={MASK}" if equals and value and name in CREDENTIAL_PARAMS else pair)
+        parts = parts._replace(query="&".join(masked))
+    return urlunsplit(parts)

@@ -259,7 +259,8 @@ class Ingester:
         self.writer = Writer(self.spool, self.sink, self.checkpoint, self.l7_metrics.observe)
         self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s,
                                max_batch_bytes=_spool_batch_bytes(config))
-        dispatcher = Dispatcher(Decoder(config.http), self.dead_letters, self.batcher.put, kind="hubble", live=True)
+        dispatcher = Dispatcher(Decoder(config.http, config.kafka), self.dead_letters, self.batcher.put, kind="hubble",
+                                live=True)
         self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.nodes, self.checkpoint.seen)
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
         self.endpoint = None
@@ -367,7 +368,7 @@ def _replay(config: Config, client, paths: list[str], progress) -> ReplaySummary
     sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
     writer = Writer(Spool(state / "spool", config.spool.max_mb * 1024 * 1024), sink)
     batcher = Batcher(writer, config.batch, max_batch_bytes=_spool_batch_bytes(config))
-    dispatcher = Dispatcher(Decoder(config.http), dead_letters, batcher.put, kind="file", live=False)
+    dispatcher = Dispatcher(Decoder(config.http, config.kafka), dead_letters, batcher.put, kind="file", live=False)
     source = FileSource(paths, dispatcher, progress)
     started = time.monotonic()
     reader = _Thread(_reading(source, batcher), "file-source")

@@ -19,10 +19,11 @@ from urllib.parse import urlsplit, urlunsplit
 from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2
 from ..api.relay import relay_pb2
-from ..config import HTTPConfig
+from ..config import HTTPConfig, KafkaConfig
 from ..pipeline.records import DecodeError, Filtered, FlowRows, GapRow, gap
 from ..store.schema import DNS_FLOWS, HTTP_FLOWS, L7_AUDIT, uuid_text
 from .dnscache import DNSCache
+from .redact import Redactor
 
 # DNS RCODEs by number (RFC 1035, 2136, 6895), the names dig prints.
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
@@ -68,8 +69,6 @@ _POD_SUFFIXES = (
 _WORKLOAD_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:app=", "k8s:k8s-app=")
 # Identities below this are Cilium's reserved ones (host, world, health, ...), whose labels vary.
 _FIRST_ALLOCATED_IDENTITY = 256
-_KEEP, _REDACT, _DROP = object(), object(), object()
-_REDACTED = "[REDACTED]"
 # How Hubble writes a flow's uuid (Go's uuid.String()).
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Flow times are DateTime64(9) (1900 to 2262), partitioned by day (a Date: 1970 to 2149)
@@ -158,20 +157,17 @@ def held_bytes(serialized: bytes, typed: bool) -> int:
 
 
 class Decoder:
-    """Turns responses into rows; holds the HTTP redaction settings."""
+    """Turns responses into rows, each flow redacted first (`redact`)."""
 
-    def __init__(self, http: HTTPConfig | None = None):
+    def __init__(self, http: HTTPConfig | None = None, kafka: KafkaConfig | None = None):
         http = http or HTTPConfig()
-        self.keep_all_headers = "*" in http.headers_allow
-        self.allowed_headers = {h.lower() for h in http.headers_allow}
-        self.redacted_headers = {h.lower() for h in http.headers_redact}
+        self.redact = Redactor(http, kafka)
         self.strip_query = http.strip_query
         self.strip_userinfo = http.strip_userinfo
         self.dns = DNSCache(http.dns_cache_entries, http.dns_grace_s)
         self._endpoints: dict[tuple, tuple] = {}
         self._labels: dict[int, list[str]] = {}
         self._urls: dict[str, tuple] = {}
-        self._header_policies: dict[str, object] = {}
 
     def decode(self, response: observer_pb2.GetFlowsResponse):
         """FlowRows, GapRow or Filtered for one response; a list of GapRow for node status."""
@@ -185,6 +181,9 @@ class Decoder:
         raise DecodeError("response_types: the message holds no flow, lost_events or node_status")
 
     def decode_flow(self, flow: flow_pb2.Flow, response=None) -> FlowRows | Filtered:
+        # Before anything reads, copies or rejects it: every row, spool file, dead letter
+        # and message quoting a value gets the redacted flow.
+        headers = self.redact.flow(flow)
         if not flow.HasField("l7"):
             if flow.Type == flow_pb2.L7:
                 raise DecodeError("flow.l7: an L7 flow (Type L7) without an l7 record")
@@ -223,7 +222,7 @@ class Decoder:
             values["url"], values["host"] = self._url(http.url)
             values["protocol"] = http.protocol
             values["status_code"] = _uint16(http.code, "flow.l7.http.code", "HTTP status")
-            values["headers"] = self._headers(http)
+            values["headers"] = headers
             values["dst_dns_name"] = self._server_name(values, is_response, time_ns)
             return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, _HTTP_ROW(values), audit, audit_id, size)
         dns = l7.dns
@@ -332,32 +331,6 @@ class Decoder:
             self._urls.clear()
         known = self._urls[url] = (stored, host)
         return known
-
-    def _headers(self, http: flow_pb2.HTTP) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        policies = self._header_policies
-        for header in http.headers:
-            key = header.key
-            policy = policies.get(key)
-            if policy is None:
-                policy = self._header_policy(key)
-            if policy is _DROP:
-                continue
-            value = header.value if policy is _KEEP else _REDACTED
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        return headers
-
-    def _header_policy(self, key: str) -> object:
-        """Keep, redact or drop a header name; worked out once per name as sent."""
-        name = key.lower()
-        if not self.keep_all_headers and name not in self.allowed_headers:
-            policy = _DROP
-        else:
-            policy = _REDACT if name in self.redacted_headers else _KEEP
-        if len(self._header_policies) >= _CACHE_ENTRIES:
-            self._header_policies.clear()
-        self._header_policies[key] = policy
-        return policy
 
 
 def lost_events_gap(response: observer_pb2.GetFlowsResponse) -> GapRow:

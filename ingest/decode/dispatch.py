@@ -6,7 +6,8 @@ stored if the window says it may be stored already), a gap row (always looked up
 Hubble sends a loss report again when a stream resumes), or a `Tally` of a flow that is
 not L7. Input that cannot be decoded is kept in the dead-letter file with its place
 (file:line, or the stream and message number), counted, and tallied as quarantined; the
-rest goes on. It counts what it read in the window, notes the newest flow of each node
+rest goes on. What is kept is redacted as the stored flows are: a message as the decoder
+left it (redacted before it could fail), a line that is no message scrubbed by pattern. It counts what it read in the window, notes the newest flow of each node
 (where the next window resumes) and when it was read, and counts in the ingester's own
 metrics, by source kind.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
+
+from google.protobuf import json_format
 
 from ..logs import RateLimitedLog
 from .. import metrics
@@ -32,6 +35,7 @@ class Dispatcher:
 
     def __init__(self, decoder, dead_letters, emit, kind: str, live: bool):
         self.decode = decoder.decode
+        self.redact = decoder.redact
         self.dead_letters = dead_letters
         self.emit = emit
         self.kind = kind
@@ -40,14 +44,15 @@ class Dispatcher:
         self._lost_log = RateLimitedLog(log)
 
     def message(self, window: Window, response, raw: bytes | None = None) -> None:
-        """One message a source read; raw is what a dead letter keeps of it (by default the
-        message, serialized)."""
+        """One message a source read, from raw when it was read as a line of JSON. A dead
+        letter keeps the message as the decoder left it, redacted before it could fail:
+        serialized, or as JSON for a line of JSON."""
         window.read += 1
         try:
             decoded = self.decode(response)
         except DecodeError as err:
-            self._bad_input(window, str(err), response.SerializeToString() if raw is None else raw,
-                           response.node_name)
+            self._bad_input(window, str(err), response.SerializeToString() if raw is None else self._as_json(response, raw),
+                            response.node_name)
             return
         if type(decoded) is FlowRows:  # nearly every message: the hot path
             window.flows += 1
@@ -87,10 +92,22 @@ class Dispatcher:
         metrics.FLOWS_FILTERED.labels(decoded.kind).inc()
         self.emit(Entry(Tally(decoded.node, decoded.time_ns, filtered=1), False, window.source))
 
+    def _as_json(self, response, raw: bytes) -> str | bytes:
+        try:
+            return json_format.MessageToJson(response, preserving_proto_field_name=True, indent=None)
+        except (ValueError, TypeError):  # a value proto3 JSON cannot write: the line, scrubbed
+            return self._scrubbed(raw)
+
+    def _scrubbed(self, raw: bytes) -> str | bytes:
+        try:
+            return self.redact.text(raw.decode("utf-8"))
+        except UnicodeDecodeError:  # the patterns are ASCII: through latin-1, every byte is kept
+            return self.redact.text(raw.decode("latin-1")).encode("latin-1")
+
     def unreadable(self, window: Window, error: str, raw: bytes) -> None:
-        """A line a source could not even parse into a message."""
+        """A line a source could not even parse into a message: kept scrubbed by pattern."""
         window.read += 1
-        self._bad_input(window, error, raw, "")
+        self._bad_input(window, self.redact.text(error), self._scrubbed(raw), "")
 
     def _bad_input(self, window: Window, error: str, raw: bytes, node: str) -> None:
         window.bad += 1

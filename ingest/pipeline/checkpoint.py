@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import metrics
 from ..logs import RateLimitedLog
+from ..statedir import make_private_dir, open_private
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,10 @@ class Checkpoint:
                                "buffer, each flow looked up", self.path, err.strerror or err)
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
         data = {"source": self.source, "time_ns": self.time_ns, "nodes": self.nodes, "seen": self.seen}
-        with open(tmp, "w") as handle:
+        with open_private(tmp, "w") as handle:
             json.dump(data, handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .. import metrics
 from ..logs import RateLimitedLog
+from ..statedir import make_private_dir, open_private
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ class DeadLetters:
     def _append(self, line: bytes) -> None:
         if self._size and self._size + len(line) > self.max_bytes:
             self._rotate()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as handle:
+        make_private_dir(self.path.parent)
+        with open_private(self.path, "ab") as handle:
             handle.write(line)
             self._size = handle.tell()  # the file's size, even if someone truncated or removed it
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from .. import metrics
+from ..statedir import make_private_dir, open_private
 from ..store.schema import INGEST_GAPS
 from .records import RECORD_SOURCE, GapRow, SealedBatch, unreadable_spool_gap
 from .spoolfile import SpoolFileError, dump, load
@@ -61,7 +62,7 @@ class Spool:
     def __init__(self, directory: Path, max_bytes: int):
         self.directory = directory
         self.max_bytes = max_bytes
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(directory)
         for stale in directory.glob("*.tmp"):
             stale.unlink()  # a write that a crash interrupted; its batch was never acknowledged
         self._sizes = {p: p.stat().st_size for p in self._files()}
@@ -118,7 +119,7 @@ class Spool:
         before the store had them, which a record in ingest_gaps says."""
         if self.directory.is_dir():
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         kept = self._last if self._last is not None and self._last[0] in self._sizes else None
         lost = [path for path in self._sizes if kept is None or path != kept[0]]
         lost_bytes = sum(self._sizes[path] for path in lost)
@@ -149,7 +150,7 @@ class Spool:
                 self._write(path, batch)
                 return
             marker = path.with_suffix(_NOTHING_STORED)
-            with open(marker, "wb") as handle:
+            with open_private(marker, "wb") as handle:
                 os.fsync(handle.fileno())
             _fsync_directory(self.directory)
         except OSError:
@@ -172,7 +173,7 @@ class Spool:
         """The batch, durable in a temp file beside path (which a restart deletes)."""
         tmp = path.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as handle:
+            with open_private(tmp, "wb") as handle:
                 handle.write(dump(batch))
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -222,7 +223,7 @@ class Spool:
         kept = self.directory / "unreadable"
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         try:
-            kept.mkdir(exist_ok=True)
+            make_private_dir(kept)
             aside, copy = kept / f"{stamp}-{path.name}", 1
             while aside.exists():
                 aside, copy = kept / f"{stamp}-{copy}-{path.name}", copy + 1

@@ -16,6 +16,7 @@ from clickhouse_connect.driver.client import Client
 
 from ..config import Config
 from ..masking import mask_dsn
+from ..statedir import make_private_dir
 from .migrations import cluster_of, migrate
 
 
@@ -45,7 +46,7 @@ def connect(config: Config, create: bool = True) -> Client:
                 if not create:
                     raise StoreError(f"store {dsn}: there is no embedded store in {path} (`flowlog run`, `replay`, "
                                      "`demo` and `migrate` make one)")
-                Path(path).mkdir(parents=True, exist_ok=True)
+                make_private_dir(Path(path))
                 log.info("made a new embedded store in %s", path)
             client = clickhouse_connect.get_client(dsn=dsn)
         elif scheme in ("http", "https", "clickhouse", "clickhouses"):
