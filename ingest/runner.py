@@ -76,14 +76,15 @@ class Writer:
         """Batches not stored yet: in the spool, and the one held in memory."""
         return 0 if self.abandoned else len(self.spool) + (self._held is not None)
 
-    def has_room(self) -> bool:
+    def has_room(self, incoming_bytes: int = 0) -> bool:
+        """Room for a sealed batch of about incoming_bytes; a batch held on a full disk first."""
         if self.abandoned:
             return True
         if self._held is not None:
             self.drain()  # storing what the spool holds may be what frees the disk
             if not self._make_durable(self._held):
                 return False
-        return self.spool.has_room() or self.drain()
+        return self.spool.has_room(incoming_bytes) or self.drain()
 
     @property
     def holding(self) -> int:

@@ -11,7 +11,7 @@ stores it. When the writer has no room (the spool is full because the store fail
 the disk is) the loop waits before taking more input.
 
 The writer is any object with `drain(force=False) -> bool` (store what waits; True when
-nothing is left), `pending() -> int` (batches waiting), `has_room() -> bool`,
+nothing is left), `pending() -> int` (batches waiting), `has_room(incoming_bytes=0) -> bool`,
 `commit(sealed)` and `holding` (flows it holds in memory, not yet durable); the wiring
 (`runner`) gives it one.
 """
@@ -240,7 +240,8 @@ class Batcher:
         began = time.monotonic()
         if not batch.size:
             return began
-        while not self.writer.has_room():
+        # The bytes the budgets count are about what the batch's spool file takes.
+        while not self.writer.has_room(batch.flow_bytes):
             # Backpressure: no more input until the store takes some of what waits.
             if self.stop.is_set():
                 self._not_durable += batch.size

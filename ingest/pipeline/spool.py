@@ -99,9 +99,10 @@ class Spool:
     def __len__(self) -> int:
         return len(self._sizes)
 
-    def has_room(self) -> bool:
-        """Room for one more batch; an empty spool always takes one, however large."""
-        return not self._sizes or self.bytes < self.max_bytes
+    def has_room(self, incoming_bytes: int = 0) -> bool:
+        """Room for a batch of about incoming_bytes (its file's size) within max_bytes; an
+        empty spool always takes one, however large."""
+        return not self._sizes or self.bytes + incoming_bytes <= self.max_bytes
 
     def append(self, batch: SealedBatch) -> Path:
         self._ensure_directory()
