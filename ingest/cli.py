@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     # gRPC's own C-core lines ("Got goaway ...") read like errors; the ingester reports
     # what matters about a stream itself.
     os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if debug else "ERROR")
+    # Whatever the process writes (the embedded store's files, a merge's new parts) is its
+    # user's only: it holds flows.
+    os.umask(0o077)
     mask = Masker()
     try:
         config = load(args.config, overrides=_overrides(args))
@@ -218,8 +221,6 @@ def _dispatch(args: argparse.Namespace, config) -> int:
     # A second run, replay or demo on the state dir stops here, before it touches the store.
     lock = StateLock(config.state_path) if args.command in ("run", "replay", "demo") else None
     if lock is not None:
-        # Whatever else the process writes (the embedded store's files) is its user's only.
-        os.umask(0o077)
         lock.acquire()
         large_allocations_return_to_the_os()
     try:

@@ -25,11 +25,12 @@ from .masking import MASK, Masker, credential_forms, dsn_secrets, mask_dsn
 DEFAULT_SOURCE = "unix:///var/run/cilium/hubble.sock"
 DEFAULT_STATE_DIR = "flowlog-data"
 SENSITIVE_HEADERS = ["Authorization", "Cookie", "Set-Cookie", "Proxy-Authorization", "X-Api-Key", "X-Auth-Token",
-                     "X-Amz-Security-Token"]
+                     "X-Amz-Security-Token", "X-ClickHouse-Key"]
 # Query parameters that carry credentials by convention (OAuth, cloud presigned URLs, API keys).
 SENSITIVE_QUERY_PARAMS = ["access_token", "id_token", "refresh_token", "token", "api_key", "apikey", "api-key", "key",
                           "secret", "client_secret", "password", "passwd", "pwd", "auth", "authorization", "code",
-                          "sig", "signature", "jwt", "session", "sessionid", "session_id", "x-amz-signature",
+                          "sig", "signature", "jwt", "session", "sessionid", "session_id", "api_token",
+                          "auth_token", "private_token", "access-token", "credential", "x-amz-signature",
                           "x-amz-credential", "x-amz-security-token", "x-goog-signature", "x-goog-credential"]
 
 
@@ -241,6 +242,14 @@ def _hints(cls) -> dict[str, typing.Any]:
     return typing.get_type_hints(cls)
 
 
+# Keys whose values are secrets: an error names their type, never the value.
+_SECRET_KEYS = ("store.password", "store.dsn")
+
+
+def _shown(key: str, value) -> str:
+    return f"a {type(value).__name__} (not shown: a secret)" if key in _SECRET_KEYS else repr(value)
+
+
 def _coerce(key: str, value, hint):
     """Check or convert one value; strings (from env and flags) are parsed."""
     if dataclasses.is_dataclass(hint):
@@ -252,13 +261,13 @@ def _coerce(key: str, value, hint):
         if isinstance(value, _Text):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+            raise ConfigError(f"{key}: expected a list of strings, got {_shown(key, value)}")
         return value
     if hint is bool:
         if isinstance(value, _Text) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_shown(key, value)}")
         return value
     if hint in (int, float):
         expected = "an integer" if hint is int else "a number"
@@ -266,18 +275,18 @@ def _coerce(key: str, value, hint):
             try:
                 number = hint(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected {expected}, got {value!r}") from None
+                raise ConfigError(f"{key}: expected {expected}, got {_shown(key, value)}") from None
             if not math.isfinite(number):
-                raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+                raise ConfigError(f"{key}: expected {expected}, got {_shown(key, value)}")
             return number
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
-            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+            raise ConfigError(f"{key}: expected {expected}, got {_shown(key, value)}")
         if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+            raise ConfigError(f"{key}: expected {expected}, got {_shown(key, value)}")
         return hint(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_shown(key, value)}")
         return str(value)
     raise ConfigError(f"{key}: unsupported type {hint}")
 
@@ -343,7 +352,11 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
         try:
             tree = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            # Where, and what is wrong, but not the line itself: it may hold a password.
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or 'syntax error'}") \
+                from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
     env = os.environ if env is None else env

@@ -48,15 +48,32 @@ def credential_forms(secret: str, users: Iterable[str] = ()) -> set[str]:
     return {form for form in forms if form}
 
 
+def _userinfo(dsn: str) -> tuple[int, int] | None:
+    """Where the `user[:password]` of a DSN is (start, end of the text before its last `@`),
+    found by hand: a password with a raw `#`, `/` or `?` (not percent-encoded, as it
+    should be) makes urlsplit see none, and clickhouse-connect then fails quoting it."""
+    start = dsn.find("://")
+    if start < 0:
+        return None
+    start += 3
+    netloc = urlsplit(dsn).netloc
+    if "@" in netloc:  # well-formed: urlsplit found it
+        return start, start + netloc.rfind("@")
+    at = dsn.rfind("@", start)
+    return (start, at) if at >= 0 else None
+
+
 def dsn_secrets(dsn: str) -> tuple[list[str], list[str]]:
     """(secrets, users) a DSN holds: its password, its credential parameters, the passwords
     of the proxies it names; the users they go with."""
     parts = urlsplit(dsn)
     secrets, users = [], []
-    if parts.password:
-        secrets.append(parts.password)
-    if parts.username:
-        users += [parts.username, unquote(parts.username)]
+    where = _userinfo(dsn)
+    if where is not None:
+        user, colon, password = dsn[where[0]:where[1]].partition(":")
+        users += [user, unquote(user)]  # a password from elsewhere goes with it
+        if colon and password:
+            secrets.append(password)
     for name, value in parse_qsl(parts.query, keep_blank_values=False):
         if name in ("access_token", "password"):
             secrets.append(value)
@@ -76,10 +93,11 @@ def dsn_secrets(dsn: str) -> tuple[list[str], list[str]]:
 
 def mask_dsn(dsn: str) -> str:
     """The DSN with its password and credential parameters, if any, replaced by the mask."""
+    where = _userinfo(dsn)
+    if where is not None and ":" in dsn[where[0]:where[1]]:
+        user = dsn[where[0]:where[1]].partition(":")[0]
+        dsn = f"{dsn[:where[0]]}{user}:{MASK}{dsn[where[1]:]}"
     parts = urlsplit(dsn)
-    if parts.password is not None:
-        netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
     if parts.query:
         masked = []
         for pair in parts.query.split("&"):

@@ -51,6 +51,8 @@ class Dispatcher:
         try:
             decoded = self.decode(response)
         except DecodeError as err:
+            if response.HasField("flow") and response.flow.Summary:  # redacted for HTTP flows only, so far
+                response.flow.Summary = self.redact.summary(response.flow.Summary)
             self._bad_input(window, str(err), response.SerializeToString() if raw is None else self._as_json(response, raw),
                             response.node_name)
             return

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import json
 import re
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from ..api.flow import flow_pb2
 from ..config import HTTPConfig, KafkaConfig
 
 REDACTED = "[REDACTED]"
 _CACHE_ENTRIES = 10_000
-_KEEP, _REDACT, _DROP = object(), object(), object()
+_KEEP, _REDACT, _DROP, _URL = object(), object(), object(), object()
 _UNKNOWN = object()
 
 
@@ -69,6 +69,11 @@ class Redactor:
                     policy = self._header_policy(key)
                 if policy is _KEEP:
                     value = header.value
+                elif policy is _URL:  # Referer, Location: a URL, redacted as one
+                    value = header.value
+                    redacted = self.url(value)
+                    if redacted is not value:
+                        header.value = value = redacted
                 else:
                     header.value = value = REDACTED
                     if policy is _DROP:
@@ -83,6 +88,8 @@ class Redactor:
             # redacted, neither does the summary.
             if summary and (redacted is not url or url not in summary):
                 flow.Summary = self.summary(summary)
+            # Fields of a newer Cilium's HTTP record that this build cannot redact: not kept.
+            http.DiscardUnknownFields()
             return kept
         if l7.HasField("kafka") and self.kafka_api_key and l7.kafka.api_key:
             if flow.Summary:
@@ -93,18 +100,20 @@ class Redactor:
 
     def _header_policy(self, key: str) -> object:
         """Keep, redact, or redact and leave out of the typed row: once per name as sent."""
-        name = key.lower()
+        name = key.strip().lower()
         if self.allowed_headers is not None and name not in self.allowed_headers:
             policy = _DROP
+        elif name in self.denied_headers:
+            policy = _REDACT
         else:
-            policy = _REDACT if name in self.denied_headers else _KEEP
+            policy = _URL if name in _URL_HEADERS else _KEEP
         if len(self._headers) >= _CACHE_ENTRIES:
             self._headers.clear()
         self._headers[key] = policy
         return policy
 
     def header_redacted(self, name: str) -> bool:
-        name = name.lower()
+        name = name.strip().lower()
         return name in self.denied_headers or (self.allowed_headers is not None and name not in self.allowed_headers)
 
     def url(self, url: str) -> str:
@@ -114,36 +123,51 @@ class Redactor:
         if known is not _UNKNOWN:
             return url if known is None else known
         redacted = url
-        if self.strip_userinfo and "@" in url:
+        if "\t" in redacted or "\r" in redacted or "\n" in redacted:
+            # As urlsplit (and so the typed row) reads it: these characters do not count.
+            redacted = redacted.replace("\t", "").replace("\r", "").replace("\n", "")
+        if self.strip_userinfo and "@" in redacted:
             redacted = _without_userinfo(redacted)
-        if "?" in redacted or "#" in redacted:
-            redacted = self._query(redacted)
+        if "?" in redacted or "#" in redacted or ";" in redacted:
+            redacted = self._parameters(redacted)
         if len(self._urls) >= _CACHE_ENTRIES:
             self._urls.clear()
         self._urls[url] = None if redacted == url else redacted  # None: nothing to redact
         return url if redacted == url else redacted
 
-    def _query(self, url: str) -> str:
-        head, question, rest = url.partition("?")
-        if not question:
-            return url
-        query, hash_, fragment = rest.partition("#")
+    def _parameters(self, url: str) -> str:
+        """The values of the parameters that must be redacted: in the query, in the fragment
+        (OAuth's implicit flow puts tokens there) and in `;name=value` path parameters."""
+        head, hash_, fragment = url.partition("#")
+        base, question, query = head.partition("?")
         if self.strip_query:
-            return head
-        parts = []
-        for part in query.split("&"):
-            name, equals, value = part.partition("=")
-            if equals and value and value != REDACTED and self.param_redacted(name):
-                part = f"{name}={REDACTED}"
-            parts.append(part)
-        return f"{head}?{'&'.join(parts)}{hash_}{fragment}"
+            return base
+        if ";" in base:
+            base = _PATH_PARAMETER.sub(lambda m: self._parameter(m[0]), base)
+        if question:
+            query = _SEPARATED.sub(lambda m: self._parameter(m[0]), query)
+        if hash_ and "=" in fragment:
+            fragment = _SEPARATED.sub(lambda m: self._parameter(m[0]), fragment)
+        return f"{base}{question}{query}{hash_}{fragment}"
+
+    def _parameter(self, part: str) -> str:
+        """`name=value` (a leading `;` kept) with its value redacted if it must be."""
+        name, equals, value = part.partition("=")
+        if equals and value and value != REDACTED and self.param_redacted(name.lstrip(";")):
+            return f"{name}={REDACTED}"
+        return part
 
     def param_redacted(self, name: str) -> bool:
-        return self.all_query_values or unquote(name).lower() in self.denied_params
+        if self.all_query_values:
+            return True
+        # As servers read names: PHP, for one, takes "access token" and "access.token"
+        # for access_token, and access_token[] for an array of them.
+        name = unquote_plus(name).strip().lower().removesuffix("[]").replace(" ", "_").replace(".", "_")
+        return name in self.denied_params
 
     def summary(self, text: str) -> str:
         """A flow's summary: each URL in it redacted as a flow's URL is, then the rest as text."""
-        if "://" in text:
+        if "//" in text:
             text = _URL_IN_TEXT.sub(lambda match: self.url(match[0]), text)
         return self._text(text)
 
@@ -151,11 +175,17 @@ class Redactor:
         return self._text(text)
 
 
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>()]+")
+# Headers whose values are URLs, which may carry credentials of their own.
+_URL_HEADERS = frozenset({"referer", "location", "content-location", "origin"})
+_URL_IN_TEXT = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^\s\"'<>()]+")
+_SEPARATED = re.compile(r"[^&;]+")
+_PATH_PARAMETER = re.compile(r";[^;/?#]+")
 
 
 def _without_userinfo(url: str) -> str:
-    """url without the `user:password@` of its authority (between `//` and the next `/`, `?`, `#`)."""
+    """url without the `user:password@` of its authority (between `//` and the next `/`,
+    `?`, `#`). A password with a raw `/` (not percent-encoded) ends the authority early:
+    one that cannot be a host (a port that is no number) before an `@` counts as userinfo."""
     scheme_end = url.find("//")
     if scheme_end < 0:
         return url
@@ -166,35 +196,63 @@ def _without_userinfo(url: str) -> str:
         if found >= 0:
             end = min(end, found)
     at = url.rfind("@", start, end)
+    if at < 0:
+        authority = url[start:end]
+        port = authority.rpartition(":")[2] if ":" in authority and not authority.startswith("[") else ""
+        query_or_fragment = min([i for i in (url.find("?", start), url.find("#", start)) if i >= 0] or [len(url)])
+        later = url.rfind("@", end, query_or_fragment)
+        if port and not port.isdigit() and later >= 0:
+            at = later
     return url if at < 0 else url[:start] + url[at + 1:]
 
 
 class _TextScrubber:
-    """Patterns for text that is no message; built once from the redactor's settings."""
+    """Patterns for text that is no message (a line that is not JSON, a summary); built
+    once from the redactor's settings. As good as patterns get, no better: they redact
+    URL userinfo, `Bearer`/`Basic`/... tokens, the values after sensitive header or
+    parameter names (as `Name: value`, `name=value` or JSON members, even cut short), and
+    the values of sensitive headers written as {"key": ..., "value": ...} objects."""
 
     def __init__(self, redactor: Redactor):
         self.redactor = redactor
-        self.userinfo = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#\"'@]*@")
-        names = "|".join(re.escape(p) for p in sorted(redactor.denied_params, key=len, reverse=True)) or "(?!)"
-        self.params = re.compile(r"(?i)([?&;](?:" + (r"[^=&#\s\"']+" if redactor.all_query_values else names)
-                                 + r")=)(?!\[REDACTED\])[^&#\s\"'\\]+")
-        self.tokens = re.compile(r"(?i)\b(bearer|basic|negotiate|digest)\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=:-]+")
+        headers = _alternatives(redactor.denied_headers)
+        params = _alternatives(redactor.denied_params | {"credential"})
+        self.userinfo = re.compile(r"(?i)((?:\b[a-z][a-z0-9+.-]*:)?//)[^\s/?#\"'@]*@")
+        value = r"(?!\[REDACTED\])(?:[^\"\\\r\n]|\\.)+"
+        self.header_objects = re.compile(
+            rf'(?i)("key"\s*:\s*"\s*(?:{headers})\s*"\s*,\s*"value"\s*:\s*")({value})')
+        self.header_objects_reversed = re.compile(
+            rf'(?i)("value"\s*:\s*")({value})("\s*,\s*"key"\s*:\s*"\s*(?:{headers})\s*")')
+        self.header_lines = re.compile(rf'(?i)((?:^|[\s{{,"])(?:{headers})"?\s*:\s*"?)({value})')
+        self.params = re.compile(r"(?i)((?:^|[?&;#\s,{\"])"
+                                 + (r"[^=&#\s\"':]+" if redactor.all_query_values else f"(?:{params})")
+                                 + r"(?:\[\])?\s*=\s*)(?!\[REDACTED\])([^&;#\s\"'\\,}]+)")
+        # JSON members named as a parameter ("access_token": "..."), but not a header
+        # object's own "key" member.
+        members = _alternatives((redactor.denied_params | {"credential"}) - {"key"})
+        self.members = re.compile(rf'(?i)("(?:{members})"\s*:\s*")({value})')
+        self.tokens = re.compile(r"(?i)\b(bearer|basic|negotiate|digest|token)\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=:-]+")
         self.objects = re.compile(r"\{[^{}]*\}")
         # One pass that finds whether any of the above could apply: most text (a flow's
-        # summary, say) holds none, and three substitutions cost 13 µs a flow.
-        self.anything = re.compile("|".join([r"://[^\s/?#\"'@]*@", self.params.pattern.removeprefix("(?i)"),
-                                             self.tokens.pattern.removeprefix("(?i)"), r'"key"']), re.IGNORECASE)
+        # summary, say) holds none, and running them all costs 13 µs a flow.
+        self.anything = re.compile("|".join([r"//[^\s/?#\"'@]*@", self.params.pattern.removeprefix("(?i)"),
+                                             self.members.pattern.removeprefix("(?i)"),
+                                             self.tokens.pattern.removeprefix("(?i)"), r'"key"',
+                                             self.header_lines.pattern.removeprefix("(?i)")]), re.IGNORECASE)
 
     def __call__(self, text: str) -> str:
         if self.anything.search(text) is None:
             return text
         if self.redactor.strip_userinfo:
             text = self.userinfo.sub(r"\1", text)
-        text = self.params.sub(rf"\1{REDACTED}", text)
         text = self.tokens.sub(rf"\1 {REDACTED}", text)
         if '"key"' in text:
             text = self.objects.sub(self._header_object, text)
-        return text
+            text = self.header_objects.sub(rf"\1{REDACTED}", text)
+            text = self.header_objects_reversed.sub(rf"\1{REDACTED}\3", text)
+        text = self.header_lines.sub(rf"\1{REDACTED}", text)
+        text = self.members.sub(rf"\1{REDACTED}", text)
+        return self.params.sub(rf"\1{REDACTED}", text)
 
     def _header_object(self, match: re.Match) -> str:
         """A JSON {"key": ..., "value": ...} of a header that is redacted, with its value redacted."""
@@ -207,3 +265,7 @@ class _TextScrubber:
             header["value"] = REDACTED
             return json.dumps(header)
         return match[0]
+
+
+def _alternatives(names) -> str:
+    return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import metrics
 from ..logs import RateLimitedLog
-from ..statedir import make_private_dir, open_private
+from ..statedir import PRIVATE_FILE_MODE, make_private_dir, open_private
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,11 @@ class DeadLetters:
         metrics.STATE_DIR_WRITABLE.labels("dead_letters").set(1)
         try:
             self._size = self.path.stat().st_size
+            os.chmod(self.path, PRIVATE_FILE_MODE)  # written by a build before files were private
         except FileNotFoundError:
             self._size = 0
+        except PermissionError:
+            pass  # not ours: the state dir around it is private
 
     def add(self, origin: str, error: str, raw: bytes | str) -> None:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "origin": origin, "error": error}

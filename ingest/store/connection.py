@@ -48,6 +48,8 @@ def connect(config: Config, create: bool = True) -> Client:
                                      "`demo` and `migrate` make one)")
                 make_private_dir(Path(path))
                 log.info("made a new embedded store in %s", path)
+            elif path and path != "memory":
+                make_private_dir(Path(path))  # one made before stores did this: its flows are no one else's
             client = clickhouse_connect.get_client(dsn=dsn)
         elif scheme in ("http", "https", "clickhouse", "clickhouses"):
             password = config.store_password()
