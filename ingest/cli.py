@@ -170,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # The reader went away (`flowlog query ... | head`): as other command-line tools, stop
-        # quietly. Python's flush of stdout at exit would fail again, so point it elsewhere.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
     except Exception as err:
+        if isinstance(err, BrokenPipeError) and _stdout_closed():
+            # The reader went away (`flowlog query ... | head`): as other command-line tools,
+            # stop quietly. Python's flush of stdout at exit would fail again: point it elsewhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         if debug:
             log.exception("failed")
         first = (mask(str(err)).strip().splitlines() or [""])[0]
@@ -187,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if ours or isinstance(err, OSError) or debug else " (a defect: --debug shows where; please report it)"
         print(f"flowlog: error: {text}{hint}", file=sys.stderr)
         return 1
+
+
+def _stdout_closed() -> bool:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    return False
 
 
 def _secret_on_command_line(args: argparse.Namespace) -> bool:
@@ -203,7 +211,7 @@ def _dispatch(args: argparse.Namespace, config) -> int:
     if args.command == "config":
         sys.stdout.write(config.masker()(dump_yaml(config)))
         return 0
-    if args.command == "run" and _secret_on_command_line(args):
+    if args.command in ("run", "replay", "demo") and _secret_on_command_line(args):
         log.warning("the store's password or token is on the command line, where every user of this node can "
                     "read it: give it in %s or in a file named by store.password_file (%s) instead",
                     env_name("store.password"), env_name("store.password_file"))

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 MASK = "*****"
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]*)?|\[[0-9A-Fa-f:.]+\](:[0-9]*)?")
 # DSN parameters that clickhouse-connect sends as a credential (access_token as a Bearer
 # token, password as the Basic-auth password) or that hold one (a proxy's user:password@).
 CREDENTIAL_PARAMS = ("access_token", "password", "http_proxy", "https_proxy")
@@ -60,7 +62,10 @@ def _userinfo(dsn: str) -> tuple[int, int] | None:
     if "@" in netloc:  # well-formed: urlsplit found it
         return start, start + netloc.rfind("@")
     at = dsn.rfind("@", start)
-    return (start, at) if at >= 0 else None
+    if at < 0 or "=" in dsn[start:at] or "&" in dsn[start:at]:
+        return None  # an "@" in the query, not after a user
+    host = re.split(r"[/?#]", dsn[at + 1:], maxsplit=1)[0]
+    return (start, at) if _HOST.fullmatch(host) else None
 
 
 def dsn_secrets(dsn: str) -> tuple[list[str], list[str]]:

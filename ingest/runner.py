@@ -176,6 +176,7 @@ class Writer:
                 continue
             self.sink.recovered()
             self.spool.done(path)
+            self._writable_again()  # a lookup's answer that could not be kept on disk, kept now
             self._committed(batch, inserted)
 
     def _committed(self, batch: SealedBatch, inserted: dict[str, list[tuple]]) -> None:

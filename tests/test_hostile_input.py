@@ -411,3 +411,41 @@ def test_a_disk_the_spool_itself_filled_frees_when_the_store_returns(config, cli
                      timeout=60, what="every flow stored")
     assert_stored_equals_fixture(client, config, lines)
     assert_each_flow_stored_once(client, config.store.database)
+
+
+def test_a_dead_letter_the_disk_cut_short_is_written_again_whole(tmp_path, monkeypatch):
+    """A write the disk refused can leave part of the line; the retry used to append the
+    whole line after it, gluing the two into one line that is no JSON."""
+    from ingest.pipeline import deadletters
+
+    letters = deadletters.DeadLetters(tmp_path, max_bytes=1 << 20)
+    letters.add("f.json:1", "not JSON", b"a" * 100)
+    refusals = []
+
+    class HalfWritten:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._handle.__exit__(*exc)
+
+        def write(self, data):
+            if len(refusals) < 2:
+                refusals.append(1)
+                self._handle.write(data[:len(data) // 2])
+                self._handle.flush()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self._handle.write(data)
+
+    opened = deadletters.open_private
+    monkeypatch.setattr(deadletters, "open_private", lambda path, mode: HalfWritten(opened(path, mode)))
+    monkeypatch.setattr(deadletters, "_WRITE_RETRY_S", 0.01)
+    letters.add("f.json:2", "not JSON", b"b" * 100)
+    lines = (tmp_path / "dead-letter.jsonl").read_text().splitlines()
+    assert len(refusals) == 2 and [json.loads(line)["origin"] for line in lines] == ["f.json:1", "f.json:2"]

@@ -336,3 +336,27 @@ def test_migration_7_names_endpoints_without_a_workload_in_the_rollups_from_then
         assert raw == rollup == [(2 * 173,)]
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{db}`")
+
+
+def test_a_client_with_no_workload_is_rolled_up_by_identity_without_its_ip(config, client, tmp_path):
+    """Clients on the internet would make a rollup row each, every minute; servers keep their IP."""
+    from ingest.runner import replay
+
+    from .helpers import HTTP_348, fixture_lines
+
+    response = next(line for line in fixture_lines(HTTP_348) if line["flow"]["l7"]["type"] == "RESPONSE"
+                    and line["flow"]["destination"].get("pod_name"))
+    lines = []
+    for index, ip in enumerate(("198.51.100.7", "198.51.100.8")):
+        line = json.loads(json.dumps(response))
+        line["flow"]["uuid"] = f"00000000-0000-4000-8000-{index:012d}"
+        line["flow"]["destination"] = {"identity": 2, "labels": ["reserved:world"]}
+        line["flow"]["IP"]["destination"] = ip
+        lines.append(json.dumps(line))
+    (tmp_path / "world.json").write_text("\n".join(lines) + "\n")
+    replay(config, client, [str(tmp_path / "world.json")])
+    db = config.store.database
+    assert client.query(f"SELECT source_namespace, source_workload, sum(requests) FROM `{db}`.http_rollup_1m "
+                        "GROUP BY ALL").result_rows == [("", "world", 2)]
+    assert client.query(f"SELECT dst_workload_name FROM `{db}`.http_flows ORDER BY 1").result_rows == [
+        ("world 198.51.100.7",), ("world 198.51.100.8",)]

@@ -378,3 +378,51 @@ def test_every_command_keeps_what_it_writes_private(tmp_path):
     loose = [f"{p} {stat.S_IMODE(p.stat().st_mode):o}" for p in [state, *state.rglob("*")]
              if stat.S_IMODE(p.stat().st_mode) & 0o077]
     assert loose == []
+
+
+# Found by a second reading.
+def test_redaction_is_linear_in_a_crafted_url():
+    """A pattern that also took the scheme rescanned every "a." run from each start: one flow
+    with a 32 KB URL took 3.2 s on the reading thread. Guarded as a hang, not timed."""
+    from ingest.decode.decoder import Decoder
+
+    from .helpers import http_flow
+
+    url = "http://svc/" + "a." * 100_000 + "?token=1&u=//x@y"
+    response = http_flow(url, {"Referer": url})
+    response.flow.Summary = f"HTTP/1.1 GET {url}"
+    done = threading.Event()
+    threading.Thread(target=lambda: (Decoder().decode(response), done.set()), daemon=True).start()
+    assert done.wait(60), "decoding one crafted flow did not end"
+    assert "token=[REDACTED]" in response.flow.l7.http.url and "x@y" not in response.flow.Summary
+
+
+def test_long_urls_are_not_cached():
+    from ingest.decode.redact import Redactor
+
+    redactor = Redactor()
+    for n in range(100):
+        redactor.url(f"http://h/{n}/" + "x" * 2000)
+        redactor.url(f"http://h/{n}")
+    assert len(redactor._urls) == 100
+
+
+def test_stripping_the_query_still_redacts_path_parameters():
+    from ingest.config import HTTPConfig
+    from ingest.decode.redact import Redactor
+
+    strip = Redactor(HTTPConfig(strip_query=True))
+    assert strip.url("http://a/x;access_token=S?q=1") == "http://a/x;access_token=[REDACTED]"
+    assert strip.url("http://a/x;access_token=S") == "http://a/x;access_token=[REDACTED]"
+
+
+@pytest.mark.parametrize("dsn, shown", [
+    ("http://host:8123/?password=Tr0ub4dor@horse-battery", "http://host:8123/?password=*****"),
+    ("https://host/?access_token=abc@def#frag", "https://host/?access_token=*****#frag"),
+    ("http://default:Pa#ss9@127.0.0.1:18123", "http://default:*****@127.0.0.1:18123"),
+])
+def test_an_at_sign_in_a_dsn_parameter_is_not_taken_for_a_user(dsn, shown):
+    from ingest.masking import dsn_secrets, mask_dsn
+
+    assert mask_dsn(dsn) == shown
+    assert all("/" not in secret or "Pa" in secret for secret in dsn_secrets(dsn)[0])

@@ -34,6 +34,7 @@ from ..config import HTTPConfig, KafkaConfig
 
 REDACTED = "[REDACTED]"
 _CACHE_ENTRIES = 10_000
+_CACHED_URL_CHARS = 512
 _KEEP, _REDACT, _DROP, _URL = object(), object(), object(), object()
 _UNKNOWN = object()
 
@@ -130,9 +131,10 @@ class Redactor:
             redacted = _without_userinfo(redacted)
         if "?" in redacted or "#" in redacted or ";" in redacted:
             redacted = self._parameters(redacted)
-        if len(self._urls) >= _CACHE_ENTRIES:
-            self._urls.clear()
-        self._urls[url] = None if redacted == url else redacted  # None: nothing to redact
+        if len(url) <= _CACHED_URL_CHARS:  # the cache stays small in bytes; long URLs rarely repeat
+            if len(self._urls) >= _CACHE_ENTRIES:
+                self._urls.clear()
+            self._urls[url] = None if redacted == url else redacted  # None: nothing to redact
         return url if redacted == url else redacted
 
     def _parameters(self, url: str) -> str:
@@ -140,10 +142,10 @@ class Redactor:
         (OAuth's implicit flow puts tokens there) and in `;name=value` path parameters."""
         head, hash_, fragment = url.partition("#")
         base, question, query = head.partition("?")
-        if self.strip_query:
-            return base
         if ";" in base:
             base = _PATH_PARAMETER.sub(lambda m: self._parameter(m[0]), base)
+        if self.strip_query:
+            return base
         if question:
             query = _SEPARATED.sub(lambda m: self._parameter(m[0]), query)
         if hash_ and "=" in fragment:
@@ -177,7 +179,9 @@ class Redactor:
 
 # Headers whose values are URLs, which may carry credentials of their own.
 _URL_HEADERS = frozenset({"referer", "location", "content-location", "origin"})
-_URL_IN_TEXT = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^\s\"'<>()]+")
+# From the "//" on: a pattern that also took the scheme before it would rescan every run
+# of word characters ("a.a.a...") from each of its starts, quadratic in a crafted URL.
+_URL_IN_TEXT = re.compile(r"//[^\s\"'<>()]+")
 _SEPARATED = re.compile(r"[^&;]+")
 _PATH_PARAMETER = re.compile(r";[^;/?#]+")
 
@@ -187,8 +191,8 @@ def _without_userinfo(url: str) -> str:
     `?`, `#`). A password with a raw `/` (not percent-encoded) ends the authority early:
     one that cannot be a host (a port that is no number) before an `@` counts as userinfo."""
     scheme_end = url.find("//")
-    if scheme_end < 0:
-        return url
+    if scheme_end < 0 or (scheme_end > 0 and url[scheme_end - 1] != ":"):
+        return url  # no authority: "//" inside a path is no userinfo's
     start = scheme_end + 2
     end = len(url)
     for stop in "/?#":
@@ -217,7 +221,7 @@ class _TextScrubber:
         self.redactor = redactor
         headers = _alternatives(redactor.denied_headers)
         params = _alternatives(redactor.denied_params | {"credential"})
-        self.userinfo = re.compile(r"(?i)((?:\b[a-z][a-z0-9+.-]*:)?//)[^\s/?#\"'@]*@")
+        self.userinfo = re.compile(r"(//)[^\s/?#\"'@]*@")
         value = r"(?!\[REDACTED\])(?:[^\"\\\r\n]|\\.)+"
         self.header_objects = re.compile(
             rf'(?i)("key"\s*:\s*"\s*(?:{headers})\s*"\s*,\s*"value"\s*:\s*")({value})')

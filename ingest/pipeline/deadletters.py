@@ -8,7 +8,8 @@ number), `error` (naming the field), and the input itself as `raw` text, or as
 When the file cannot be written (a full disk, a quota, a read-only mount), `add` waits
 and tries again every second: it is called by the thread that reads the input, so
 reading pauses, as it does when the spool cannot be written, and no bad input is
-dropped unrecorded while good input goes on. Only a stop gives up on the entry.
+dropped unrecorded while good input goes on. Only a stop gives up on the entry (`run`'s;
+a replay waits until it is interrupted).
 """
 
 from __future__ import annotations
@@ -81,7 +82,15 @@ class DeadLetters:
             self._rotate()
         make_private_dir(self.path.parent)
         with open_private(self.path, "ab") as handle:
-            handle.write(line)
+            before = os.fstat(handle.fileno()).st_size
+            try:
+                handle.write(line)
+                handle.flush()
+            except OSError:
+                # A write the disk refused may have left part of the line: the retry must
+                # not append the whole line after it.
+                os.ftruncate(handle.fileno(), before)
+                raise
             self._size = handle.tell()  # the file's size, even if someone truncated or removed it
 
     def _unwritable(self, err: OSError) -> None:

@@ -220,7 +220,10 @@ def migration_sql(version: int) -> str:
     header = (f"-- Migration {version:04d}_{MIGRATION_NAMES[version]}: {MIGRATIONS[version - 1].summary}.\n"
               "-- Generated from ingest/store/ by\n"
               "-- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and\n"
-              "-- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.\n\n")
+              "-- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.\n"
+              + ("-- By hand on ClickHouse before 24.1: SET allow_experimental_alter_materialized_view_structure = 1\n"
+                 if any(_settings_for(s) for s in migration_statements(version, "${database}")) else "")
+              + "\n")
     return header + ";\n\n".join(migration_statements(version, "${database}")) + ";\n"
 
 
@@ -288,6 +291,15 @@ def _with_ttls(statements: list[str], store: StoreConfig) -> list[str]:
     return statements
 
 
+# ClickHouse before 24.1 takes ALTER TABLE ... MODIFY QUERY only with this setting on
+# (ClickHouse/ClickHouse#59281 dropped the requirement from its docs); later ones accept it.
+_MODIFY_QUERY_SETTINGS = {"allow_experimental_alter_materialized_view_structure": 1}
+
+
+def _settings_for(statement: str) -> dict | None:
+    return _MODIFY_QUERY_SETTINGS if " MODIFY QUERY " in statement else None
+
+
 def migrate(client, store: StoreConfig, cluster: Cluster | None = None) -> int:
     """Apply every missing migration; returns the number applied."""
     database = store.database
@@ -299,7 +311,7 @@ def migrate(client, store: StoreConfig, cluster: Cluster | None = None) -> int:
     applied = 0
     for version in range(current + 1, SCHEMA_VERSION + 1):
         for statement in render(version, store, cluster):
-            client.command(statement)
+            client.command(statement, settings=_settings_for(statement))
         client.insert(f"`{database}`.`{SCHEMA_MIGRATIONS.name}`",
                       [[version, datetime.now(timezone.utc), MIGRATION_NAMES[version]]],
                       column_names=SCHEMA_MIGRATIONS.column_names)

@@ -190,6 +190,18 @@ def _endpoint(side: str, what: str) -> tuple[Column, ...]:
     )
 
 
+def _reserved(side: str) -> str:
+    return (f"arrayStringConcat(arrayMap(label -> substring(label, 10), "
+            f"arrayFilter(label -> startsWith(label, 'reserved:'), {side}_labels)), ',')")
+
+
+# In the rollups, a client with no workload is named by its reserved identities alone
+# (world): by IP, clients on the internet would make a row each, every minute. A server
+# keeps its name with the IP, as every answer names it: the servers a cluster calls are few.
+_CLIENT_IDENTITY = (f"if(l7_type = 'RESPONSE', if(dst_workload != '', dst_workload, {_reserved('dst')}), "
+                    f"if(src_workload != '', src_workload, {_reserved('src')}))")
+
+
 def _workload_names() -> tuple[Column, ...]:
     """How every answer names an endpoint (the queries, the rollups, the demo, the
     dashboards): its workload; an endpoint with none (outside the cluster, a node) by its
@@ -197,9 +209,7 @@ def _workload_names() -> tuple[Column, ...]:
     every such endpoint into one. Computed when read, from the stored columns."""
     return tuple(Column(
         f"{side}_workload_name", "String",
-        alias=f"if({side}_workload != '', {side}_workload, trimLeft(concat(arrayStringConcat(arrayMap("
-              f"label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), {side}_labels)), "
-              f"','), ' ', {side}_ip)))",
+        alias=f"if({side}_workload != '', {side}_workload, trimLeft(concat({_reserved(side)}, ' ', {side}_ip)))",
         comment=f"the {what}'s workload, else its reserved identities and IP: world 203.0.113.10 (computed)")
         for side, what in (("src", "source"), ("dst", "destination")))
 
@@ -335,7 +345,7 @@ _ROLLUP_TIME = Column("time", "DateTime('UTC')", "Delta, ZSTD(1)", comment="star
 def _rollup_endpoints() -> tuple[Column, ...]:
     return (
         Column("source_namespace", LC, expr=_CLIENT.format("namespace")),
-        Column("source_workload", LC, expr=_CLIENT.format("workload_name")),
+        Column("source_workload", LC, expr=_CLIENT_IDENTITY),
         Column("destination_namespace", LC, expr=_SERVER.format("namespace")),
         Column("destination_workload", LC, expr=_SERVER.format("workload_name")),
     )
@@ -376,7 +386,7 @@ DNS_ROLLUP = Rollup(
         _ROLLUP_TIME,
         Column("node", LC, expr="node"),
         Column("source_namespace", LC, comment="namespace of the pod that asked", expr=_CLIENT.format("namespace")),
-        Column("source_workload", LC, comment="workload of the pod that asked", expr=_CLIENT.format("workload_name")),
+        Column("source_workload", LC, comment="workload of the pod that asked", expr=_CLIENT_IDENTITY),
         Column("query", "String", "ZSTD(1)", expr="query"),
         Column("qtypes", LC, comment="comma-separated, as Hubble's qtypes label", expr="arrayStringConcat(qtypes, ',')"),
         Column("rcode_name", LC, comment="empty for queries", expr="rcode_name"),

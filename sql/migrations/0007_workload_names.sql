@@ -2,6 +2,7 @@
 -- Generated from ingest/store/ by
 -- `flowlog migrate --write-sql`; do not edit. ${database}, ${ttl_days} and
 -- ${rollup_ttl_days} are filled in from the config when `flowlog migrate` applies it.
+-- By hand on ClickHouse before 24.1: SET allow_experimental_alter_materialized_view_structure = 1
 
 ALTER TABLE `${database}`.`http_flows` ADD COLUMN IF NOT EXISTS `src_workload_name` String ALIAS if(src_workload != '', src_workload, trimLeft(concat(arrayStringConcat(arrayMap(label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), src_labels)), ','), ' ', src_ip))) COMMENT 'the source\'s workload, else its reserved identities and IP: world 203.0.113.10 (computed)';
 
@@ -15,7 +16,7 @@ ALTER TABLE `${database}`.`http_rollup_1m_mv` MODIFY QUERY SELECT
     toStartOfMinute(time) AS `time`,
     node AS `node`,
     if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS `source_namespace`,
-    if(l7_type = 'RESPONSE', dst_workload_name, src_workload_name) AS `source_workload`,
+    if(l7_type = 'RESPONSE', if(dst_workload != '', dst_workload, arrayStringConcat(arrayMap(label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), dst_labels)), ',')), if(src_workload != '', src_workload, arrayStringConcat(arrayMap(label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), src_labels)), ','))) AS `source_workload`,
     if(l7_type = 'RESPONSE', src_namespace, dst_namespace) AS `destination_namespace`,
     if(l7_type = 'RESPONSE', src_workload_name, dst_workload_name) AS `destination_workload`,
     if(traffic_direction = 'INGRESS', 'server', 'client') AS `reporter`,
@@ -33,7 +34,7 @@ ALTER TABLE `${database}`.`dns_rollup_1m_mv` MODIFY QUERY SELECT
     toStartOfMinute(time) AS `time`,
     node AS `node`,
     if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS `source_namespace`,
-    if(l7_type = 'RESPONSE', dst_workload_name, src_workload_name) AS `source_workload`,
+    if(l7_type = 'RESPONSE', if(dst_workload != '', dst_workload, arrayStringConcat(arrayMap(label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), dst_labels)), ',')), if(src_workload != '', src_workload, arrayStringConcat(arrayMap(label -> substring(label, 10), arrayFilter(label -> startsWith(label, 'reserved:'), src_labels)), ','))) AS `source_workload`,
     query AS `query`,
     arrayStringConcat(qtypes, ',') AS `qtypes`,
     rcode_name AS `rcode_name`,

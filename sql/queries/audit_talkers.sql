@@ -7,8 +7,9 @@
 -- that a DNS response for the destination (as a name, trailing dot optional) listed between one
 -- day before from and until. An IP also stands for the names DNS responses in that window gave it
 -- as an answer: a Service's ClusterIP matches the flows sent to that Service by name, as Hubble
--- records them with the backend pod's IP after Cilium's load balancing. One row per client
--- workload and protocol.
+-- records them with the backend pod's IP after Cilium's load balancing. For an IP that many names
+-- share (a CDN's edge, an ingress load balancer) this counts the flows to any of those names,
+-- whichever of their addresses they went to. One row per client workload and protocol.
 --
 -- param: destination String (required) a workload, service, pod, IP or DNS name
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
