@@ -157,7 +157,7 @@ class MetricsConfig:
     # Serves /metrics, /healthz and /readyz; clear of Cilium's and Hubble's 4244, 4245, 9962-9966.
     address: str = "0.0.0.0:9970"
     # Series per derived L7 metric; past it, new workloads are counted under "other".
-    max_series: int = field(default=2000, metadata=_at_least_1)
+    max_series: int = field(default=2000, metadata=_at_least_1)  # exposed: a histogram's label set counts 14
     # Derived L7 series not updated for this long are dropped.
     series_ttl_s: float = field(default=600.0, metadata=_positive)
 

@@ -104,12 +104,47 @@ def test_ten_thousand_pods_cannot_blow_up_the_series_count():
     l7.observe("http_flows", rows)
     families = {f.name: f for f in l7.collect()}
     requests = families["flowlog_http_requests"].samples
-    assert len(requests) <= 501
+    assert len(requests) == 500  # 499 label sets and "other"
     assert sum(s.value for s in requests) == 10_000  # nothing dropped: the overflow is counted under "other"
     other = [s for s in requests if s.labels["destination_workload"] == "other"]
-    assert len(other) == 1 and other[0].value == 10_000 - 500
+    assert len(other) == 1 and other[0].value == 10_000 - 499
+    # A histogram's label set exposes 14 series (11 buckets, +Inf, _sum, _count): the cap counts them all.
+    durations = families["flowlog_http_request_duration_seconds"].samples
+    assert 500 - 14 < len(durations) <= 500 and len(durations) % 14 == 0
+    assert sum(s.value for s in durations if s.name.endswith("_count")) == 10_000
     folded = {s.labels["metric"]: s.value for s in families["flowlog_metric_series_folded"].samples}
-    assert folded["flowlog_http_requests_total"] == 9_500
+    assert folded["flowlog_http_requests_total"] == 10_000 - 499
+    assert folded["flowlog_http_request_duration_seconds"] == 10_000 - (500 // 14 - 1)
+
+
+def test_a_scrape_does_not_hold_up_a_commit(monkeypatch):
+    """Building a 6 MB page took 0.4-1.2 s, all of it under the lock that each commit's
+    observe takes. Here a scrape stalls while it builds the page: a commit goes on."""
+    import threading
+
+    from ingest.metrics import l7 as l7_module
+
+    l7 = L7Metrics(max_series=500)
+    l7.observe("http_flows", [http_response_row(src_workload=f"api-{i}") for i in range(50)])
+    building, release = threading.Event(), threading.Event()
+    add_metric = l7_module.HistogramMetricFamily.add_metric
+
+    def slow_add_metric(self, *args, **kwargs):
+        building.set()
+        release.wait(10)
+        return add_metric(self, *args, **kwargs)
+
+    monkeypatch.setattr(l7_module.HistogramMetricFamily, "add_metric", slow_add_metric)
+    scrape = threading.Thread(target=l7.collect)
+    scrape.start()
+    assert building.wait(10)
+    committed = threading.Thread(target=l7.observe, args=("http_flows", [http_response_row(src_workload="late")]))
+    committed.start()
+    committed.join(5)
+    still_blocked = committed.is_alive()
+    release.set()
+    scrape.join(10)
+    assert not still_blocked, "observe waited for the scrape"
 
 
 def test_series_of_workloads_gone_quiet_are_removed():

@@ -6,9 +6,11 @@ responses, as Hubble's httpV2), `flowlog_dns_queries_total` and
 inserted, so a flow stored once is counted once.
 
 Cardinality is bounded, where Hubble's metrics are not (cilium/cilium#23162, #31889):
-each metric holds at most `max_series` series; past that, new series have their
+each metric exposes at most `max_series` series, a histogram's label set counting as
+its buckets, `_sum` and `_count` (14 series); past that, new label sets have their
 namespace and workload labels folded into `other`; series not updated for
-`series_ttl_s` are dropped at the next scrape.
+`series_ttl_s` are dropped at the next scrape. A scrape copies the values under the
+lock and builds the page outside it, so it never holds up a commit's `observe`.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ ENDPOINT_LABELS = ("source_namespace", "source_workload", "destination_namespace
 
 
 class _Series:
-    """Label tuples -> values, capped and expiring."""
+    """Label tuples -> values, capped (in exposed series) and expiring."""
 
-    def __init__(self, max_series: int, folded_positions: tuple[int, ...]):
-        self.max_series = max_series
+    def __init__(self, max_series: int, folded_positions: tuple[int, ...], exposed_per_label_set: int = 1):
+        # The label sets that fit, one of them kept for `other`.
+        self.max_series = max(1, max_series // exposed_per_label_set - 1)
         self.folded_positions = folded_positions
         self.values: dict[tuple, list] = {}
         self.seen: dict[tuple, float] = {}
@@ -75,7 +78,7 @@ class L7Metrics(Collector):
         self.series_ttl_s = series_ttl_s
         endpoints = (0, 1, 2, 3)
         self.http_requests = _Series(max_series, endpoints)
-        self.http_durations = _Series(max_series, endpoints)
+        self.http_durations = _Series(max_series, endpoints, exposed_per_label_set=len(DURATION_BUCKETS) + 3)
         self.dns_queries = _Series(max_series, (0, 1))
         self.dns_responses = _Series(max_series, (0, 1))
         self._lock = threading.Lock()
@@ -127,34 +130,41 @@ class L7Metrics(Collector):
             oldest = self.clock() - self.series_ttl_s
             for series in (self.http_requests, self.http_durations, self.dns_queries, self.dns_responses):
                 series.expire(oldest)
-            requests = CounterMetricFamily(
-                "flowlog_http_requests", "HTTP responses seen, by client, server, method, status and reporter",
-                labels=ENDPOINT_LABELS + ("method", "status", "reporter"))
-            for labels, (value,) in self.http_requests.values.items():
-                requests.add_metric(labels, value)
-            durations = HistogramMetricFamily(
-                "flowlog_http_request_duration_seconds", "Time from request to response, as Hubble's proxy saw it",
-                labels=ENDPOINT_LABELS + ("method", "reporter"))
-            for labels, histogram in self.http_durations.values.items():
-                cumulative, running = [], 0
-                for bound, count in zip(DURATION_BUCKETS + (float("inf"),), histogram[:-1]):
-                    running += count
-                    cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
-                durations.add_metric(labels, cumulative, histogram[-1])
-            queries = CounterMetricFamily("flowlog_dns_queries", "DNS queries seen, by asking workload and types",
-                                          labels=("source_namespace", "source_workload", "qtypes"))
-            for labels, (value,) in self.dns_queries.values.items():
-                queries.add_metric(labels, value)
-            responses = CounterMetricFamily(
-                "flowlog_dns_responses", "DNS responses seen, by asking workload, rcode, types and answer count",
-                labels=("source_namespace", "source_workload", "rcode", "qtypes", "ips_returned"))
-            for labels, (value,) in self.dns_responses.values.items():
-                responses.add_metric(labels, value)
-            folded = CounterMetricFamily(
-                "flowlog_metric_series_folded", "Observations whose workload labels were folded into 'other' "
-                "because the metric reached its series cap", labels=("metric",))
-            folded.add_metric(("flowlog_http_requests_total",), self.http_requests.folded)
-            folded.add_metric(("flowlog_http_request_duration_seconds",), self.http_durations.folded)
-            folded.add_metric(("flowlog_dns_queries_total",), self.dns_queries.folded)
-            folded.add_metric(("flowlog_dns_responses_total",), self.dns_responses.folded)
+            http_requests = [(labels, value[0]) for labels, value in self.http_requests.values.items()]
+            http_durations = [(labels, list(histogram)) for labels, histogram in self.http_durations.values.items()]
+            dns_queries = [(labels, value[0]) for labels, value in self.dns_queries.values.items()]
+            dns_responses = [(labels, value[0]) for labels, value in self.dns_responses.values.items()]
+            folded_counts = [(metric, series.folded) for metric, series in (
+                ("flowlog_http_requests_total", self.http_requests),
+                ("flowlog_http_request_duration_seconds", self.http_durations),
+                ("flowlog_dns_queries_total", self.dns_queries), ("flowlog_dns_responses_total", self.dns_responses))]
+        # Outside the lock: building the page is most of a scrape's cost.
+        requests = CounterMetricFamily(
+            "flowlog_http_requests", "HTTP responses seen, by client, server, method, status and reporter",
+            labels=ENDPOINT_LABELS + ("method", "status", "reporter"))
+        for labels, value in http_requests:
+            requests.add_metric(labels, value)
+        durations = HistogramMetricFamily(
+            "flowlog_http_request_duration_seconds", "Time from request to response, as Hubble's proxy saw it",
+            labels=ENDPOINT_LABELS + ("method", "reporter"))
+        for labels, histogram in http_durations:
+            cumulative, running = [], 0
+            for bound, count in zip(DURATION_BUCKETS + (float("inf"),), histogram[:-1]):
+                running += count
+                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            durations.add_metric(labels, cumulative, histogram[-1])
+        queries = CounterMetricFamily("flowlog_dns_queries", "DNS queries seen, by asking workload and types",
+                                      labels=("source_namespace", "source_workload", "qtypes"))
+        for labels, value in dns_queries:
+            queries.add_metric(labels, value)
+        responses = CounterMetricFamily(
+            "flowlog_dns_responses", "DNS responses seen, by asking workload, rcode, types and answer count",
+            labels=("source_namespace", "source_workload", "rcode", "qtypes", "ips_returned"))
+        for labels, value in dns_responses:
+            responses.add_metric(labels, value)
+        folded = CounterMetricFamily(
+            "flowlog_metric_series_folded", "Observations whose workload labels were folded into 'other' "
+            "because the metric reached its series cap", labels=("metric",))
+        for metric, count in folded_counts:
+            folded.add_metric((metric,), count)
         return [requests, durations, queries, responses, folded]
