@@ -12,12 +12,17 @@ from ingest.api.relay import relay_pb2
 from .helpers import CILIUM
 
 FIELDS_TSV = CILIUM / "hubble-api-v1-fields.tsv"
+# Fields upstream removed before v1.19.4 that clients still send: hubble CLIs before
+# Cilium 1.16 put their field mask here (api/v1/observer/observer.proto, v1.16: "Deprecated
+# in favor of top-level field_mask. This field will be removed in v1.17").
+OLDER_UPSTREAM = {("observer", "GetFlowsRequest.Experimental", "field_mask"): ("field", "1")}
 
 
 def upstream() -> dict[tuple[str, str, str], tuple[str, str]]:
     with open(FIELDS_TSV) as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    return {(r["package"], r["message_or_enum"], r["name"]): (r["kind"], r["number"]) for r in rows}
+    table = {(r["package"], r["message_or_enum"], r["name"]): (r["kind"], r["number"]) for r in rows}
+    return table | OLDER_UPSTREAM
 
 
 def our_definitions():
@@ -55,7 +60,8 @@ def test_every_field_and_enum_value_matches_upstream_numbers():
 def test_package_and_method_names_are_hubbles():
     service = observer_pb2.DESCRIPTOR.services_by_name["Observer"]
     assert service.full_name == "observer.Observer"
-    assert {m.name for m in service.methods} == {"GetFlows", "ServerStatus"}
+    assert {m.name for m in service.methods} == {"GetFlows", "GetAgentEvents", "GetDebugEvents", "GetNodes",
+                                                 "GetNamespaces", "ServerStatus"}
     assert flow_pb2.Flow.DESCRIPTOR.full_name == "flow.Flow"
     assert relay_pb2.NodeStatusEvent.DESCRIPTOR.full_name == "relay.NodeStatusEvent"
 

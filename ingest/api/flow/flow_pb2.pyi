@@ -190,6 +190,21 @@ class SocketTranslationPoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOCK_XLATE_POINT_POST_DIRECTION_FWD: _ClassVar[SocketTranslationPoint]
     SOCK_XLATE_POINT_PRE_DIRECTION_REV: _ClassVar[SocketTranslationPoint]
     SOCK_XLATE_POINT_POST_DIRECTION_REV: _ClassVar[SocketTranslationPoint]
+
+class AgentEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGENT_EVENT_UNKNOWN: _ClassVar[AgentEventType]
+    AGENT_STARTED: _ClassVar[AgentEventType]
+    POLICY_UPDATED: _ClassVar[AgentEventType]
+    POLICY_DELETED: _ClassVar[AgentEventType]
+    ENDPOINT_REGENERATE_SUCCESS: _ClassVar[AgentEventType]
+    ENDPOINT_REGENERATE_FAILURE: _ClassVar[AgentEventType]
+    ENDPOINT_CREATED: _ClassVar[AgentEventType]
+    ENDPOINT_DELETED: _ClassVar[AgentEventType]
+    IPCACHE_UPSERTED: _ClassVar[AgentEventType]
+    IPCACHE_DELETED: _ClassVar[AgentEventType]
+    SERVICE_UPSERTED: _ClassVar[AgentEventType]
+    SERVICE_DELETED: _ClassVar[AgentEventType]
 UNKNOWN_TYPE: FlowType
 L3_L4: FlowType
 L7: FlowType
@@ -333,6 +348,18 @@ SOCK_XLATE_POINT_PRE_DIRECTION_FWD: SocketTranslationPoint
 SOCK_XLATE_POINT_POST_DIRECTION_FWD: SocketTranslationPoint
 SOCK_XLATE_POINT_PRE_DIRECTION_REV: SocketTranslationPoint
 SOCK_XLATE_POINT_POST_DIRECTION_REV: SocketTranslationPoint
+AGENT_EVENT_UNKNOWN: AgentEventType
+AGENT_STARTED: AgentEventType
+POLICY_UPDATED: AgentEventType
+POLICY_DELETED: AgentEventType
+ENDPOINT_REGENERATE_SUCCESS: AgentEventType
+ENDPOINT_REGENERATE_FAILURE: AgentEventType
+ENDPOINT_CREATED: AgentEventType
+ENDPOINT_DELETED: AgentEventType
+IPCACHE_UPSERTED: AgentEventType
+IPCACHE_DELETED: AgentEventType
+SERVICE_UPSERTED: AgentEventType
+SERVICE_DELETED: AgentEventType
 
 class Flow(_message.Message):
     __slots__ = ("time", "uuid", "emitter", "verdict", "drop_reason", "auth_type", "ethernet", "IP", "l4", "tunnel", "source", "destination", "Type", "node_name", "node_labels", "source_names", "destination_names", "l7", "reply", "event_type", "source_service", "destination_service", "traffic_direction", "policy_match_type", "trace_observation_point", "trace_reason", "file", "ip_trace_id", "drop_reason_desc", "is_reply", "debug_capture_point", "interface", "proxy_port", "trace_context", "sock_xlate_point", "socket_cookie", "cgroup_id", "Summary", "extensions", "egress_allowed_by", "ingress_allowed_by", "egress_denied_by", "ingress_denied_by", "policy_log", "aggregate")
@@ -864,3 +891,27 @@ class Aggregate(_message.Message):
     egress_flow_count: int
     unknown_direction_flow_count: int
     def __init__(self, ingress_flow_count: _Optional[int] = ..., egress_flow_count: _Optional[int] = ..., unknown_direction_flow_count: _Optional[int] = ...) -> None: ...
+
+class AgentEvent(_message.Message):
+    __slots__ = ("type",)
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    type: AgentEventType
+    def __init__(self, type: _Optional[_Union[AgentEventType, str]] = ...) -> None: ...
+
+class DebugEvent(_message.Message):
+    __slots__ = ("source", "hash", "arg1", "arg2", "arg3", "message", "cpu")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    ARG1_FIELD_NUMBER: _ClassVar[int]
+    ARG2_FIELD_NUMBER: _ClassVar[int]
+    ARG3_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    source: Endpoint
+    hash: _wrappers_pb2.UInt32Value
+    arg1: _wrappers_pb2.UInt32Value
+    arg2: _wrappers_pb2.UInt32Value
+    arg3: _wrappers_pb2.UInt32Value
+    message: str
+    cpu: _wrappers_pb2.Int32Value
+    def __init__(self, source: _Optional[_Union[Endpoint, _Mapping]] = ..., hash: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., arg1: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., arg2: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., arg3: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., message: _Optional[str] = ..., cpu: _Optional[_Union[_wrappers_pb2.Int32Value, _Mapping]] = ...) -> None: ...

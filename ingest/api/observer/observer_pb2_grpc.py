@@ -39,6 +39,26 @@ class ObserverStub:
                 request_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetFlowsRequest.SerializeToString,
                 response_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetFlowsResponse.FromString,
                 _registered_method=True)
+        self.GetAgentEvents = channel.unary_stream(
+                '/observer.Observer/GetAgentEvents',
+                request_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetAgentEventsRequest.SerializeToString,
+                response_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetAgentEventsResponse.FromString,
+                _registered_method=True)
+        self.GetDebugEvents = channel.unary_stream(
+                '/observer.Observer/GetDebugEvents',
+                request_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetDebugEventsRequest.SerializeToString,
+                response_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetDebugEventsResponse.FromString,
+                _registered_method=True)
+        self.GetNodes = channel.unary_unary(
+                '/observer.Observer/GetNodes',
+                request_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetNodesRequest.SerializeToString,
+                response_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetNodesResponse.FromString,
+                _registered_method=True)
+        self.GetNamespaces = channel.unary_unary(
+                '/observer.Observer/GetNamespaces',
+                request_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetNamespacesRequest.SerializeToString,
+                response_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetNamespacesResponse.FromString,
+                _registered_method=True)
         self.ServerStatus = channel.unary_unary(
                 '/observer.Observer/ServerStatus',
                 request_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.ServerStatusRequest.SerializeToString,
@@ -50,6 +70,30 @@ class ObserverServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetFlows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgentEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDebugEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNodes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNamespaces(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,6 +112,26 @@ def add_ObserverServicer_to_server(servicer, server):
                     servicer.GetFlows,
                     request_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetFlowsRequest.FromString,
                     response_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetFlowsResponse.SerializeToString,
+            ),
+            'GetAgentEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetAgentEvents,
+                    request_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetAgentEventsRequest.FromString,
+                    response_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetAgentEventsResponse.SerializeToString,
+            ),
+            'GetDebugEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetDebugEvents,
+                    request_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetDebugEventsRequest.FromString,
+                    response_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetDebugEventsResponse.SerializeToString,
+            ),
+            'GetNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodes,
+                    request_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetNodesRequest.FromString,
+                    response_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetNodesResponse.SerializeToString,
+            ),
+            'GetNamespaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNamespaces,
+                    request_deserializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetNamespacesRequest.FromString,
+                    response_serializer=ingest_dot_api_dot_observer_dot_observer__pb2.GetNamespacesResponse.SerializeToString,
             ),
             'ServerStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerStatus,
@@ -102,6 +166,114 @@ class Observer:
             '/observer.Observer/GetFlows',
             ingest_dot_api_dot_observer_dot_observer__pb2.GetFlowsRequest.SerializeToString,
             ingest_dot_api_dot_observer_dot_observer__pb2.GetFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgentEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/observer.Observer/GetAgentEvents',
+            ingest_dot_api_dot_observer_dot_observer__pb2.GetAgentEventsRequest.SerializeToString,
+            ingest_dot_api_dot_observer_dot_observer__pb2.GetAgentEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDebugEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/observer.Observer/GetDebugEvents',
+            ingest_dot_api_dot_observer_dot_observer__pb2.GetDebugEventsRequest.SerializeToString,
+            ingest_dot_api_dot_observer_dot_observer__pb2.GetDebugEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/observer.Observer/GetNodes',
+            ingest_dot_api_dot_observer_dot_observer__pb2.GetNodesRequest.SerializeToString,
+            ingest_dot_api_dot_observer_dot_observer__pb2.GetNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNamespaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/observer.Observer/GetNamespaces',
+            ingest_dot_api_dot_observer_dot_observer__pb2.GetNamespacesRequest.SerializeToString,
+            ingest_dot_api_dot_observer_dot_observer__pb2.GetNamespacesResponse.FromString,
             options,
             channel_credentials,
             insecure,
