@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_visibility_parser(commands, _common)
 
+    from .history.command import add_serve_parser
+    add_serve_parser(commands, _common)
+
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser("show", help="print the effective config, secrets masked")
@@ -142,6 +145,9 @@ def _overrides(args: argparse.Namespace) -> dict:
     if getattr(args, "no_migrate", False):
         overrides["store.migrate"] = False
     overrides.update(visibility_overrides(args))
+    if args.command == "serve":
+        from .history.command import serve_overrides
+        overrides.update(serve_overrides(args))
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -211,7 +217,7 @@ def _dispatch(args: argparse.Namespace, config) -> int:
     if args.command == "config":
         sys.stdout.write(config.masker()(dump_yaml(config)))
         return 0
-    if args.command in ("run", "replay", "demo") and _secret_on_command_line(args):
+    if args.command in ("run", "replay", "demo", "serve") and _secret_on_command_line(args):
         log.warning("the store's password or token is on the command line, where every user of this node can "
                     "read it: give it in %s or in a file named by store.password_file (%s) instead",
                     env_name("store.password"), env_name("store.password_file"))
@@ -222,6 +228,9 @@ def _dispatch(args: argparse.Namespace, config) -> int:
     from .store.connection import open_store
     if args.command == "visibility":
         return run_visibility(args, config, lambda: open_store(config, create=False))
+    if args.command == "serve":
+        from .history.command import run_serve
+        return run_serve(config)
     if args.command == "run" and args.ensure_visibility:
         # Before the store: a missing RBAC grant or a cluster without Cilium fails fast.
         ensure_visibility(config.visibility)

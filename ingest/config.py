@@ -187,6 +187,32 @@ class VisibilityConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`flowlog serve`: Hubble's observer API over the stored flows."""
+    # Hubble Relay's port, which the hubble CLI and Hubble UI use by default.
+    listen: str = "0.0.0.0:4245"
+    # cert_file and key_file serve TLS; ca_file as well requires client certificates (mTLS).
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    # Each store query of a request: ClickHouse stops it past these, and the client gets
+    # RESOURCE_EXHAUSTED naming the key (max_execution_time, max_memory_usage, max_rows_to_read).
+    query_timeout_s: float = field(default=30.0, metadata=_positive)
+    query_memory_mb: int = field(default=1024, metadata=_at_least_1)
+    query_max_rows_read: int = field(default=200_000_000, metadata=_at_least_1)
+    # Flows read from the store at once; a longer window is read in parts.
+    page_rows: int = field(default=5000, metadata=_at_least_1)
+    # GetFlows calls served at once; more are refused with RESOURCE_EXHAUSTED.
+    max_streams: int = field(default=32, metadata=_at_least_1)
+    # follow: the store is polled this often, and a flow is sent once it is this old, so
+    # that flows stored a little late (batching, Relay's sort buffer) still come in order.
+    follow_poll_s: float = field(default=0.5, metadata=_positive)
+    follow_delay_s: float = field(default=3.0, metadata=_at_least_0)
+    # A flow stored later than this after its time is not sent to a follow already past it.
+    follow_window_s: float = field(default=120.0, metadata=_positive)
+    # GetNodes: a node with a flow stored within this is connected, else unavailable.
+    node_recent_s: float = field(default=600.0, metadata=_positive)
+
+
+@dataclass
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -198,6 +224,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     # Checkpoints, the spool and the dead-letter file live here, beside the embedded store.
     state_dir: str = DEFAULT_STATE_DIR
     # On SIGTERM, how long to keep trying the store before leaving batches in the spool;
@@ -380,6 +407,10 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
         raise ConfigError(f"store.dsn: {mask_dsn(config.store.dsn)}: the embedded store's directory must be an "
                           "absolute path, chdb:///abs/dir")
     _check_address("metrics.address", config.metrics.address, empty_allowed=True)
+    _check_address("serve.listen", config.serve.listen)
+    if config.serve.follow_window_s <= config.serve.follow_delay_s:
+        raise ConfigError(f"serve.follow_window_s: expected more than serve.follow_delay_s "
+                          f"({config.serve.follow_delay_s}), got {config.serve.follow_window_s}")
     if config.source.reconnect_max_s < config.source.reconnect_initial_s:
         raise ConfigError("source.reconnect_max_s: expected at least source.reconnect_initial_s")
     if config.store.retry_max_s < config.store.retry_initial_s:

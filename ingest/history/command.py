@@ -1,0 +1,52 @@
+"""`flowlog serve`: the history server until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from ..store.connection import connect, open_store
+from .reader import HistoryReader
+from .server import HistoryServer
+
+log = logging.getLogger("flowlog")
+
+
+def add_serve_parser(subparsers, common):
+    parser = subparsers.add_parser(
+        "serve", help="serve Hubble's observer API over the stored flows (hubble observe, Hubble UI)",
+        description="Serve observer.Observer (GetFlows, ServerStatus, GetNodes, GetNamespaces) and gRPC health "
+                    "over the stored history, for `hubble observe --server HOST:4245` and Hubble UI.")
+    common(parser)
+    parser.add_argument("--listen", metavar="HOST:PORT", help="where to listen (default 0.0.0.0:4245)")
+    parser.add_argument("--tls-cert-file", dest="serve_tls_cert_file", metavar="FILE", help="serve TLS with this "
+                        "certificate")
+    parser.add_argument("--tls-key-file", dest="serve_tls_key_file", metavar="FILE", help="its key")
+    parser.add_argument("--tls-client-ca-file", dest="serve_tls_ca_file", metavar="FILE",
+                        help="require client certificates signed by this CA (mTLS)")
+    return parser
+
+
+def serve_overrides(args) -> dict:
+    flags = {"serve.listen": "listen", "serve.tls.cert_file": "serve_tls_cert_file",
+             "serve.tls.key_file": "serve_tls_key_file", "serve.tls.ca_file": "serve_tls_ca_file"}
+    return {key: getattr(args, attr) for key, attr in flags.items() if getattr(args, attr, None) is not None}
+
+
+def run_serve(config, stop: threading.Event | None = None) -> int:
+    """Serves until stop is set (SIGTERM and SIGINT set it when run from the main thread)."""
+    open_store(config, create=False).close()  # the schema is current before the first query
+    reader = HistoryReader(lambda: connect(config, create=False), config.store.database, config.serve,
+                           config.masker())
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    server = HistoryServer(reader, config.serve, config.store.database).start()
+    log.info("serving Hubble's observer API over %s on %s%s", config.store.database, server.address,
+             " (TLS)" if config.serve.tls.cert_file else "")
+    stop.wait()
+    log.info("stopping the history server")
+    server.stop()
+    return 0

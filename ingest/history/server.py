@@ -1,0 +1,189 @@
+"""observer.Observer over the stored history: what `hubble observe`, Hubble UI and anything
+speaking Hubble's API call, answered from the store instead of a node's ring buffer.
+
+GetFlows streams stored flows (`stream`); ServerStatus, GetNodes and GetNamespaces
+summarise the store; GetAgentEvents and GetDebugEvents answer UNIMPLEMENTED (the store
+keeps no such events). Every response carries the `hubble-server-version` header the
+hubble CLI reads, and the gRPC health service answers for `hubble.server.Observer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from .. import __version__
+from ..api.observer import observer_pb2, observer_pb2_grpc
+from ..api.relay import relay_pb2
+from ..config import ServeConfig
+from .reader import HistoryReader, OverBudget, StoreFailed
+from .stream import FlowStream, InvalidRequest, plan
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICE = "hubble.server.Observer"
+# The Hubble API this server speaks (api/v1 of Cilium 1.19.4), with this build as
+# semver build metadata, so the hubble CLI's version check parses it.
+SERVER_VERSION = f"1.19.4+flowlog.{__version__}"
+_HEADERS = (("hubble-server-version", SERVER_VERSION),)
+
+
+class HistoryObserver(observer_pb2_grpc.ObserverServicer):
+    def __init__(self, reader: HistoryReader, serve: ServeConfig, database: str, tls: bool = False):
+        self.reader = reader
+        self.serve = serve
+        self.database = database
+        self.tls = tls
+        self.started_ns = time.time_ns()
+
+    def _refuse(self, context, err: Exception):
+        if isinstance(err, InvalidRequest):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if isinstance(err, OverBudget):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+
+    def GetFlows(self, request, context):
+        context.send_initial_metadata(_HEADERS)
+        try:
+            stream = FlowStream(self.reader, plan(request, self.database), self.serve.page_rows,
+                                self.serve.follow_poll_s, self.serve.follow_delay_s, self.serve.follow_window_s,
+                                active=context.is_active)
+            yield from stream.responses()
+        except (InvalidRequest, OverBudget, StoreFailed) as err:
+            log.info("GetFlows from %s refused: %s", context.peer(), err)
+            self._refuse(context, err)
+
+    def ServerStatus(self, request, context):
+        context.send_initial_metadata(_HEADERS)
+        try:
+            _, _, stored = self.reader.span()
+            seen, recent = self.reader.seen_and_recent(60.0)
+            connected, unavailable = self._node_states()
+        except (OverBudget, StoreFailed) as err:
+            self._refuse(context, err)
+        response = observer_pb2.ServerStatusResponse(
+            num_flows=stored, max_flows=stored, seen_flows=max(seen, stored),
+            uptime_ns=time.time_ns() - self.started_ns, version=f"flowlog {__version__} (history)",
+            flows_rate=recent / 60.0, unavailable_nodes=unavailable)
+        response.num_connected_nodes.value = len(connected)
+        response.num_unavailable_nodes.value = len(unavailable)
+        return response
+
+    def _node_states(self) -> tuple[list[str], list[str]]:
+        cutoff = time.time_ns() - int(self.serve.node_recent_s * 1e9)
+        connected, unavailable = [], []
+        for node, _, newest in self.reader.nodes():
+            (connected if newest >= cutoff else unavailable).append(node)
+        return connected, unavailable
+
+    def GetNodes(self, request, context):
+        context.send_initial_metadata(_HEADERS)
+        try:
+            rows = self.reader.nodes()
+        except (OverBudget, StoreFailed) as err:
+            self._refuse(context, err)
+        cutoff = time.time_ns() - int(self.serve.node_recent_s * 1e9)
+        nodes = [observer_pb2.Node(
+            name=node, version=SERVER_VERSION, address="", num_flows=count, max_flows=count, seen_flows=count,
+            uptime_ns=time.time_ns() - self.started_ns,
+            state=relay_pb2.NODE_CONNECTED if newest >= cutoff else relay_pb2.NODE_UNAVAILABLE,
+            tls=observer_pb2.TLS(enabled=self.tls)) for node, count, newest in rows]
+        return observer_pb2.GetNodesResponse(nodes=nodes)
+
+    def GetNamespaces(self, request, context):
+        context.send_initial_metadata(_HEADERS)
+        try:
+            names = self.reader.namespaces()
+        except (OverBudget, StoreFailed) as err:
+            self._refuse(context, err)
+        return observer_pb2.GetNamespacesResponse(
+            namespaces=[observer_pb2.Namespace(namespace=name) for name in names])
+
+    def GetAgentEvents(self, request, context):
+        context.send_initial_metadata(_HEADERS)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the history server keeps no agent events: ask Hubble Relay")
+
+    def GetDebugEvents(self, request, context):
+        context.send_initial_metadata(_HEADERS)
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the history server keeps no debug events: ask Hubble Relay")
+
+
+class HistoryServer:
+    """The gRPC server: observer.Observer and health, on serve.listen."""
+
+    def __init__(self, reader: HistoryReader, serve: ServeConfig, database: str):
+        self.reader = reader
+        self.serve = serve
+        tls = bool(serve.tls.cert_file)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=serve.max_streams + 4,
+                                                             thread_name_prefix="history"),
+                                  maximum_concurrent_rpcs=serve.max_streams + 4)
+        observer_pb2_grpc.add_ObserverServicer_to_server(HistoryObserver(reader, serve, database, tls), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if tls:
+            self.port = self.server.add_secure_port(serve.listen, _credentials(serve))
+        else:
+            self.port = self.server.add_insecure_port(serve.listen)
+        if self.port == 0:
+            raise OSError(f"serve.listen: cannot listen on {serve.listen}")
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._watch_store, name="history-health", daemon=True)
+
+    @property
+    def address(self) -> str:
+        host = self.serve.listen.rpartition(":")[0] or "0.0.0.0"
+        return f"{host}:{self.port}"
+
+    def start(self) -> "HistoryServer":
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._check_store()
+        self.server.start()
+        self._watch.start()
+        return self
+
+    def _check_store(self) -> None:
+        try:
+            self.reader.span()
+            status = health_pb2.HealthCheckResponse.SERVING
+        except (OverBudget, StoreFailed) as err:
+            log.warning("history server: the store does not answer: %s", err)
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(HEALTH_SERVICE, status)
+
+    def _watch_store(self) -> None:
+        while not self._stop.wait(10.0):
+            self._check_store()
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop(0)
+
+
+def _credentials(serve: ServeConfig) -> grpc.ServerCredentials:
+    def read(path: str, what: str) -> bytes:
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as err:
+            raise OSError(f"serve.tls.{what}: cannot read {path}: {err.strerror}") from None
+    if not serve.tls.key_file:
+        raise OSError("serve.tls.key_file: a certificate needs its key")
+    pair = [(read(serve.tls.key_file, "key_file"), read(serve.tls.cert_file, "cert_file"))]
+    if serve.tls.ca_file:
+        return grpc.ssl_server_credentials(pair, root_certificates=read(serve.tls.ca_file, "ca_file"),
+                                           require_client_auth=True)
+    return grpc.ssl_server_credentials(pair)

@@ -1,0 +1,306 @@
+"""GetFlows over the stored history, as Hubble's local observer answers it.
+
+Where the stream starts (Hubble's rules): `first` reads from `since`, else from the
+oldest stored flow; `since` alone starts there too; `follow` with no `number` and no
+`since` starts at the present; `number` 0 means every flow; otherwise the newest
+`number` flows that match. Then flows go out oldest first, at most `number` of them
+(unless following), ending at the first flow later than `until`. Recorded gaps in the
+span the stream covers go out as `lost_events` (or `node_status`) at their place in
+time; they pass every filter and do not count toward `number`, as in Hubble.
+
+`follow` polls the store: a flow is sent once it is `serve.follow_delay_s` old, so flows
+stored a little late still come in time order, and the last `serve.follow_window_s` are
+read again at every poll, so one stored later still comes (out of order). A key per flow
+sent in that window keeps every flow to one copy, across the hand-over from history too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from google.protobuf import field_mask_pb2
+
+from ..api.flow import flow_pb2
+from ..api.observer import observer_pb2
+from ..api.relay import relay_pb2
+from .filters import FilterError, Test, compile_request
+from .query import Pushdown, pushdown
+from .reader import Gap, HistoryReader, StoredFlow
+
+NS = 1_000_000_000
+_MIN_WINDOW_NS = 1_000            # 1 µs: below it, a window's flows are read in one query
+_FIRST_WINDOW_NS = 60 * NS
+_MAX_WINDOW_NS = 7 * 86_400 * NS
+
+
+class InvalidRequest(ValueError):
+    """A request Hubble refuses too (INVALID_ARGUMENT)."""
+
+
+@dataclass
+class Plan:
+    """A GetFlowsRequest as this server reads it."""
+    number: int
+    first: bool
+    follow: bool
+    since_ns: int | None
+    until_ns: int | None
+    wanted: Test
+    push: Pushdown
+    mask: "FieldMask | None"
+
+
+def plan(request: observer_pb2.GetFlowsRequest, database: str) -> Plan:
+    if request.first and request.follow:
+        raise InvalidRequest("first cannot be combined with follow")
+    try:
+        wanted = compile_request(request.whitelist, request.blacklist)
+    except FilterError as err:
+        raise InvalidRequest(str(err)) from None
+    paths = list(request.field_mask.paths) or list(request.experimental.field_mask.paths)
+    return Plan(
+        number=request.number, first=request.first, follow=request.follow,
+        since_ns=_ns(request.since) if request.HasField("since") else None,
+        until_ns=_ns(request.until) if request.HasField("until") else None,
+        wanted=wanted, push=pushdown(database, request.whitelist),
+        mask=FieldMask(paths) if paths else None)
+
+
+def _ns(stamp) -> int:
+    return stamp.seconds * NS + stamp.nanos
+
+
+class FieldMask:
+    """Keeps only the named fields of each flow. Paths this build does not know are
+    ignored, not refused: the hubble CLI's default compact mask names `ip_trace_id`,
+    which older servers do not have."""
+
+    def __init__(self, paths: list[str]):
+        known = [p for p in paths if _is_path(flow_pb2.Flow.DESCRIPTOR, p.split("."))]
+        self.ignored = sorted(set(paths) - set(known))
+        self.mask = field_mask_pb2.FieldMask(paths=known)
+
+    def apply(self, flow: flow_pb2.Flow) -> flow_pb2.Flow:
+        kept = flow_pb2.Flow()
+        if self.mask.paths:
+            self.mask.MergeMessage(flow, kept)
+        return kept
+
+
+def _is_path(descriptor, parts: list[str]) -> bool:
+    field = descriptor.fields_by_name.get(parts[0])
+    if field is None:
+        return False
+    if len(parts) == 1:
+        return True
+    return field.message_type is not None and not field.is_repeated and \
+        _is_path(field.message_type, parts[1:])
+
+
+class FlowStream:
+    """The responses to one GetFlows request."""
+
+    def __init__(self, reader: HistoryReader, plan_: Plan, page_rows: int, follow_poll_s: float,
+                 follow_delay_s: float, follow_window_s: float, clock: Callable[[], int] = time.time_ns,
+                 sleep: Callable[[float], None] = time.sleep, active: Callable[[], bool] = lambda: True):
+        self.reader = reader
+        self.plan = plan_
+        self.page_rows = page_rows
+        self.poll_s = follow_poll_s
+        self.delay_ns = int(follow_delay_s * NS)
+        self.window_ns = int(follow_window_s * NS)
+        self.clock = clock
+        self.sleep = sleep
+        self.active = active
+        self.sent = 0
+        self.gaps_sent: set[str] = set()
+        self.oldest = self.newest = 0
+
+    # --- reading the store window by window -------------------------------------------
+
+    def _scan(self, lo: int, hi: int, descending: bool) -> Iterator[StoredFlow]:
+        """Every candidate flow in [lo, hi), in time order (or reverse). Windows grow while
+        they hold few flows and shrink when one holds more than page_rows."""
+        window = _FIRST_WINDOW_NS
+        if self.newest:  # no empty years read window by window
+            lo, hi = max(lo, self.oldest), min(hi, self.newest + 1)
+        cursor = hi if descending else lo
+        while (cursor > lo) if descending else (cursor < hi):
+            w_lo, w_hi = (max(lo, cursor - window), cursor) if descending else (cursor, min(hi, cursor + window))
+            exhaustive = w_hi - w_lo <= _MIN_WINDOW_NS
+            limit = (1 << 63) if exhaustive else self.page_rows + 1
+            rows = self.reader.flows(w_lo, w_hi, self.plan.push, descending, limit)
+            if len(rows) > self.page_rows and not exhaustive:
+                window = max(_MIN_WINDOW_NS, (w_hi - w_lo) // 4)
+                continue
+            yield from rows
+            cursor = w_lo if descending else w_hi
+            if len(rows) < self.page_rows // 4:
+                window = min(_MAX_WINDOW_NS, window * 4)
+
+    def _decode(self, row: StoredFlow) -> flow_pb2.Flow | None:
+        flow = flow_pb2.Flow.FromString(row.flow)
+        # A flow received without its own time or node (they came on the response) gets
+        # them back from its row, so filters and clients see what Hubble sent.
+        if not flow.HasField("time"):
+            flow.time.FromNanoseconds(row.time_ns)
+        if not flow.node_name:
+            flow.node_name = row.node
+        return flow if self.plan.wanted(flow) else None
+
+    def _response(self, row: StoredFlow, flow: flow_pb2.Flow) -> observer_pb2.GetFlowsResponse:
+        sent = self.plan.mask.apply(flow) if self.plan.mask else flow
+        response = observer_pb2.GetFlowsResponse(flow=sent, node_name=row.node)
+        response.time.FromNanoseconds(row.time_ns)
+        return response
+
+    # --- the stream -------------------------------------------------------------------
+
+    def responses(self) -> Iterator[observer_pb2.GetFlowsResponse]:
+        p = self.plan
+        now = self.clock()
+        oldest, newest, count = self.reader.span()
+        if not p.follow:
+            self.oldest, self.newest = oldest, newest
+        if p.follow:
+            history_end = now - self.delay_ns
+        else:
+            history_end = max(now, newest) + 1
+        if p.until_ns is not None:
+            history_end = min(history_end, p.until_ns + 1)
+        limit = p.number if (p.number and not p.follow) else None
+        start: tuple[int, str, str] | None = None
+        if p.first or p.since_ns is not None:
+            lo = p.since_ns if p.since_ns is not None else oldest
+        elif p.follow and p.number == 0:
+            lo = history_end
+        elif p.number == 0:
+            lo = oldest
+        else:
+            held, start = self._newest(p.number, oldest, history_end)
+            if held is not None:
+                yield from self._with_gaps(held, held[0][0].time_ns if held else history_end, history_end,
+                                           final=not p.follow)
+                if p.follow:
+                    yield from self._follow(history_end, [row.key for row, _ in held])
+                return
+            lo = start[0] if start else oldest
+        if count == 0 and not p.follow:
+            yield from self._with_gaps([], lo, history_end, final=True)
+            return
+        sent_keys: list[tuple[int, str, str]] = []
+        forward = self._forward(lo, history_end, start, limit, sent_keys)
+        yield from self._with_gaps(forward, lo, history_end, final=not p.follow, limited=limit is not None)
+        if p.follow:
+            yield from self._follow(history_end, sent_keys)
+
+    def _newest(self, number: int, oldest: int, end: int):
+        """The newest `number` matching flows: held in memory when they are few (with None),
+        else (None, the key of the oldest of them) for a second pass forward."""
+        held: list[tuple[StoredFlow, flow_pb2.Flow]] = []
+        found = 0
+        for row in self._scan(oldest, end, descending=True):
+            flow = self._decode(row)
+            if flow is None:
+                continue
+            found += 1
+            if number <= self.page_rows:
+                held.append((row, flow))
+            if found == number:
+                break
+        if number <= self.page_rows:
+            held.reverse()
+            return held, None
+        return None, (row.key if found else None)
+
+    def _forward(self, lo: int, hi: int, start, limit, sent_keys):
+        count = 0
+        for row in self._scan(lo, hi, descending=False):
+            if start is not None and row.key < start:
+                continue
+            flow = self._decode(row)
+            if flow is None:
+                continue
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            if self.plan.follow:
+                sent_keys.append(row.key)
+            yield row, flow
+
+    def _with_gaps(self, flows, lo: int, hi: int, final: bool, limited: bool = False):
+        """The flows, with the gaps recorded between lo and hi each at its time. When the
+        number of flows ended the stream early, gaps after the last flow are not sent."""
+        gaps = self.reader.gaps(lo, hi) if hi > lo else []
+        index = 0
+        last_ns = None
+        for row, flow in flows:
+            while index < len(gaps) and gaps[index].time_ns <= row.time_ns:
+                yield self._gap(gaps[index])
+                index += 1
+            self.sent += 1
+            last_ns = row.time_ns
+            yield self._response(row, flow)
+        if limited and last_ns is not None and self.plan.number and self.sent >= self.plan.number:
+            return
+        for gap in gaps[index:]:
+            yield self._gap(gap)
+
+    def _gap(self, gap: Gap) -> observer_pb2.GetFlowsResponse:
+        self.gaps_sent.add(gap.gap_id)
+        return _gap_response(gap)
+
+    def _follow(self, cursor: int, sent_keys) -> Iterator[observer_pb2.GetFlowsResponse]:
+        """Polls for flows stored since; every key sent within the window is remembered."""
+        recent = {key: True for key in sent_keys if key[0] >= cursor - self.window_ns}
+        until = self.plan.until_ns
+        while self.active():
+            self.sleep(self.poll_s)
+            end = self.clock() - self.delay_ns
+            if until is not None:
+                end = min(end, until + 1)
+            lo = cursor - self.window_ns
+            fresh: list[tuple[StoredFlow, flow_pb2.Flow]] = []
+            for row in self._scan(lo, end, descending=False):
+                if row.key in recent:
+                    continue
+                recent[row.key] = True
+                flow = self._decode(row)
+                if flow is not None:
+                    fresh.append((row, flow))
+            gaps = [g for g in self.reader.gaps(lo, end) if g.gap_id not in self.gaps_sent]
+            events = sorted([(row.time_ns, 1, row, flow) for row, flow in fresh] +
+                            [(gap.time_ns, 0, gap, None) for gap in gaps], key=lambda e: (e[0], e[1]))
+            for _, kind, item, flow in events:
+                if kind == 0:
+                    yield self._gap(item)
+                else:
+                    self.sent += 1
+                    yield self._response(item, flow)
+            cursor = max(cursor, end)
+            horizon = cursor - self.window_ns
+            for key in [k for k in recent if k[0] < horizon]:
+                del recent[key]
+            if until is not None and end > until:
+                return
+
+
+def _gap_response(gap: Gap) -> observer_pb2.GetFlowsResponse:
+    response = observer_pb2.GetFlowsResponse(node_name=gap.node)
+    response.time.FromNanoseconds(gap.time_ns)
+    if gap.kind == "node_status":
+        state = relay_pb2.NodeState.Value(gap.source) if gap.source in relay_pb2.NodeState.keys() else 0
+        response.node_status.CopyFrom(relay_pb2.NodeStatusEvent(state_change=state, node_names=[gap.node],
+                                                                message=gap.message))
+        return response
+    source = flow_pb2.LostEventSource.Value(gap.source) if gap.source in flow_pb2.LostEventSource.keys() else 0
+    lost = response.lost_events
+    lost.source = source
+    lost.num_events_lost = gap.count
+    if gap.first_ns:
+        lost.first.FromNanoseconds(gap.first_ns)
+    if gap.last_ns:
+        lost.last.FromNanoseconds(gap.last_ns)
+    return response

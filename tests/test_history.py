@@ -1,0 +1,267 @@
+"""`flowlog serve`: Hubble's observer API over the stored flows, tested as its clients use it.
+
+The store holds the real captured flows, ingested by `run` from a real gRPC Observer; the
+server is the real gRPC server on loopback; requests are the ones the hubble CLI and
+Hubble UI build (tests/hubble_cli.py, from cilium/hubble's cmd/observe), and answers are
+compared with an independent reading of the fixture JSON (tests/history_reference.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ingest import config as config_mod
+from ingest.api.flow import flow_pb2
+from ingest.api.observer import observer_pb2, observer_pb2_grpc
+from ingest.demo.observer import FlowBuffer, ObserverServer
+from ingest.history.reader import HistoryReader
+from ingest.history.server import HEALTH_SERVICE, SERVER_VERSION, HistoryServer
+from ingest.store.connection import connect, open_store
+
+from .helpers import DNS_330, HTTP_348, RunningIngester, fixture_lines, ingest_lines, responses_of, wait_for
+
+NS = 1_000_000_000
+
+
+def make_config(chdb_dir, state: str, **overrides):
+    return config_mod.load(env={}, overrides={
+        "store.dsn": f"chdb://{chdb_dir}", "store.database": f"t_{uuid.uuid4().hex[:12]}",
+        "state_dir": state, "batch.max_delay_ms": "100", "metrics.address": "", "serve.listen": "127.0.0.1:0",
+        **overrides})
+
+
+class Served:
+    """A history server over a store, and a stub talking to it."""
+
+    def __init__(self, config):
+        self.config = config
+        reader = HistoryReader(lambda: connect(config, create=False), config.store.database, config.serve,
+                               config.masker())
+        self.server = HistoryServer(reader, config.serve, config.store.database).start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.port}")
+        self.stub = observer_pb2_grpc.ObserverStub(self.channel)
+
+    def flows(self, request) -> list[observer_pb2.GetFlowsResponse]:
+        return list(self.stub.GetFlows(request, timeout=60))
+
+    def close(self):
+        self.channel.close()
+        self.server.stop(0)
+
+
+LOST_AT = "2021-10-04T14:30:00.5Z"
+
+
+def lost_event_line() -> dict:
+    return {"lost_events": {"source": "HUBBLE_RING_BUFFER", "num_events_lost": "7"},
+            "node_name": "gke-ilya-otel-demo-2-ilya-otel-demo-2-dac8cc20-979h", "time": LOST_AT}
+
+
+@pytest.fixture(scope="module")
+def stored(chdb_dir, tmp_path_factory):
+    """The HTTP and DNS captures and one lost-events report, stored by `run`; a server over them."""
+    config = make_config(chdb_dir, str(tmp_path_factory.mktemp("history") / "state"))
+    client = open_store(config)
+    lines = fixture_lines(HTTP_348) + fixture_lines(DNS_330)
+    ingest_lines(config, client, sorted(lines + [lost_event_line()], key=lambda line: line["time"]))
+    served = Served(config)
+    yield served, lines
+    served.close()
+    client.command(f"DROP DATABASE IF EXISTS `{config.store.database}`")
+    client.close()
+
+
+def flow_bytes(response: observer_pb2.GetFlowsResponse) -> bytes:
+    return response.flow.SerializeToString(deterministic=True)
+
+
+def test_status_nodes_namespaces_and_health(stored):
+    served, lines = stored
+    status = served.stub.ServerStatus(observer_pb2.ServerStatusRequest())
+    assert status.num_flows == len(lines) == 678
+    assert status.num_unavailable_nodes.value == 4 and status.num_connected_nodes.value == 0  # captured in 2021
+    assert status.version.startswith("flowlog ")
+    nodes = served.stub.GetNodes(observer_pb2.GetNodesRequest()).nodes
+    per_node = {}
+    for line in lines:
+        per_node[line["node_name"]] = per_node.get(line["node_name"], 0) + 1
+    assert {n.name: n.num_flows for n in nodes} == per_node
+    assert {n.state for n in nodes} == {2}  # NODE_UNAVAILABLE: nothing stored in the last 10 minutes
+    namespaces = {n.namespace for n in served.stub.GetNamespaces(observer_pb2.GetNamespacesRequest()).namespaces}
+    expected = {line["flow"][side].get("namespace", "") for line in lines for side in ("source", "destination")}
+    assert namespaces == expected - {""}
+    health = health_pb2_grpc.HealthStub(served.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service=HEALTH_SERVICE)).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as refused:
+        list(served.stub.GetAgentEvents(observer_pb2.GetAgentEventsRequest()))
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.RpcError) as refused:
+        list(served.stub.GetDebugEvents(observer_pb2.GetDebugEventsRequest()))
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_every_response_carries_the_server_version_header(stored):
+    served, _ = stored
+    call = served.stub.GetFlows(observer_pb2.GetFlowsRequest(number=1))
+    assert dict(call.initial_metadata())["hubble-server-version"] == SERVER_VERSION
+    assert len(list(call)) == 1
+    _, call = served.stub.ServerStatus.with_call(observer_pb2.ServerStatusRequest())
+    assert dict(call.initial_metadata())["hubble-server-version"] == SERVER_VERSION
+
+
+def test_unknown_field_mask_paths_are_ignored_and_known_ones_kept(stored):
+    served, lines = stored
+    request = observer_pb2.GetFlowsRequest(number=5)
+    request.field_mask.paths.extend(["time", "IP", "source.namespace", "l7", "not_a_field", "source.not_either",
+                                     "Summary", "ip_trace_id"])
+    responses = served.flows(request)
+    assert len(responses) == 5
+    for response in responses:
+        assert {f.name for f, _ in response.flow.ListFields()} <= {"time", "IP", "source", "l7", "Summary"}
+        assert {f.name for f, _ in response.flow.source.ListFields()} <= {"namespace"}
+        assert response.flow.l7.WhichOneof("record") in ("http", "dns")
+    assert any(response.flow.source.namespace for response in responses)
+    # What hubble CLIs before 1.16 send instead of field_mask.
+    old = observer_pb2.GetFlowsRequest(number=2)
+    old.experimental.field_mask.paths.extend(["verdict", "no_such"])
+    assert all({f.name for f, _ in r.flow.ListFields()} == {"verdict"} for r in served.flows(old))
+
+
+def test_a_cel_filter_and_first_with_follow_are_refused(stored):
+    served, _ = stored
+    cel = observer_pb2.GetFlowsRequest(number=5)
+    cel.whitelist.add().experimental.cel_expression.append("_flow.verdict == Verdict.DROPPED")
+    with pytest.raises(grpc.RpcError) as refused:
+        served.flows(cel)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cel_expression" in refused.value.details()
+    with pytest.raises(grpc.RpcError) as refused:
+        served.flows(observer_pb2.GetFlowsRequest(first=True, follow=True))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad_status = observer_pb2.GetFlowsRequest()
+    bad_status.whitelist.add().http_status_code.append("5xx")
+    with pytest.raises(grpc.RpcError) as refused:
+        served.flows(bad_status)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "http_status_code" in refused.value.details()
+
+
+def test_a_query_over_its_budget_is_refused_naming_the_key(stored, tmp_path):
+    served, _ = stored
+    config = served.config
+    tight = config_mod.load(env={}, overrides={
+        "store.dsn": config.store.dsn, "store.database": config.store.database, "state_dir": str(tmp_path),
+        "metrics.address": "", "serve.listen": "127.0.0.1:0", "serve.query_max_rows_read": "100"})
+    other = Served(tight)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            other.flows(observer_pb2.GetFlowsRequest(number=0))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "serve.query_max_rows_read" in refused.value.details()
+    finally:
+        other.close()
+
+
+def _ns(text: str) -> int:
+    from google.protobuf import timestamp_pb2
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromJsonString(text)
+    return stamp.ToNanoseconds()
+
+
+def test_lost_events_in_the_window_are_sent_at_their_place(stored):
+    served, lines = stored
+    lost_ns = _ns(LOST_AT)
+    request = observer_pb2.GetFlowsRequest(number=0)
+    request.since.FromNanoseconds(lost_ns - 2 * NS)
+    request.until.FromNanoseconds(lost_ns + 2 * NS)
+    responses = served.flows(request)
+    kinds = [r.WhichOneof("response_types") for r in responses]
+    assert kinds.count("lost_events") == 1
+    lost = responses[kinds.index("lost_events")]
+    assert lost.lost_events.num_events_lost == 7
+    assert lost.lost_events.source == flow_pb2.HUBBLE_RING_BUFFER
+    times = [r.time.ToNanoseconds() for r in responses]
+    assert times == sorted(times)
+    in_window = [line for line in lines if lost_ns - 2 * NS <= _ns(line["time"]) <= lost_ns + 2 * NS]
+    assert kinds.count("flow") == len(in_window) > 0
+    # A window that does not hold it sends none.
+    later = observer_pb2.GetFlowsRequest(number=0)
+    later.since.FromNanoseconds(lost_ns + 1)
+    assert "lost_events" not in [r.WhichOneof("response_types") for r in served.flows(later)]
+
+
+def restamped(lines: list[dict], start_ns: int, step_ns: int) -> list[observer_pb2.GetFlowsResponse]:
+    """The captured flows as if seen from start_ns on, one every step_ns."""
+    responses = responses_of(lines)
+    for index, response in enumerate(responses):
+        response.flow.time.FromNanoseconds(start_ns + index * step_ns)
+        response.time.CopyFrom(response.flow.time)
+    return responses
+
+
+def read_until_cancelled(call, into: list) -> None:
+    try:
+        for response in call:
+            into.append(response)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.CANCELLED, err
+
+
+def test_follow_hands_over_from_history_to_new_flows_with_nothing_missed_or_twice(chdb_dir, tmp_path):
+    """`hubble observe --since 1m -f` while `run` stores: each flow once, in time order."""
+    config = make_config(chdb_dir, str(tmp_path / "state"), **{
+        "serve.follow_poll_s": "0.1", "serve.follow_delay_s": "1.0", "serve.follow_window_s": "30"})
+    client = open_store(config)
+    lines = sorted(fixture_lines(HTTP_348) + fixture_lines(DNS_330), key=lambda line: line["time"])
+    step = 5_000_000  # 200 flows a second
+    start = time.time_ns() - 2 * NS
+    everything = restamped(lines, start, step)
+    history, live = everything[:300], everything[300:]
+    buffer = FlowBuffer(history)
+    received: list[observer_pb2.GetFlowsResponse] = []
+    served = None
+    try:
+        with ObserverServer(buffer) as hubble:
+            config.source.address = hubble.address
+            with RunningIngester(config, client) as ingester:
+                wait_for(lambda: hubble.service.caught_up() and ingester.writer.committed_ns >= hubble.service
+                         .newest_sent_ns, what="history stored")
+                served = Served(config)
+                request = observer_pb2.GetFlowsRequest(follow=True)
+                request.since.FromNanoseconds(start - NS)
+                call = served.stub.GetFlows(request)
+                reader = threading.Thread(target=read_until_cancelled, args=(call, received), daemon=True)
+                reader.start()
+                # New flows arrive while the client reads history: each stamped when it arrives.
+                for index in range(0, len(live), 20):
+                    chunk = live[index:index + 20]
+                    now = time.time_ns()
+                    for offset, response in enumerate(chunk):
+                        response.flow.time.FromNanoseconds(now + offset * 1000)
+                        response.time.CopyFrom(response.flow.time)
+                    buffer.extend(chunk)
+                    time.sleep(0.05)
+                wait_for(lambda: len(received) >= len(everything), timeout=60, what="every flow followed")
+                time.sleep(1.5)  # and nothing more comes
+                call.cancel()
+                reader.join(timeout=10)
+    finally:
+        if served:
+            served.close()
+        client.command(f"DROP DATABASE IF EXISTS `{config.store.database}`")
+        client.close()
+    flows = [r for r in received if r.HasField("flow")]
+    assert len(flows) == len(everything)
+    assert sorted(flow_bytes(r) for r in flows) == sorted(r.flow.SerializeToString(deterministic=True)
+                                                         for r in everything)
+    times = [r.flow.time.ToNanoseconds() for r in flows]
+    assert times == sorted(times)
