@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -26,6 +27,8 @@ from ingest.history.server import HEALTH_SERVICE, SERVER_VERSION, HistoryServer
 from ingest.store.connection import connect, open_store
 
 from .helpers import DNS_330, HTTP_348, RunningIngester, fixture_lines, ingest_lines, responses_of, wait_for
+from .history_reference import expected_responses, masked_response
+from .hubble_cli import build_request
 
 NS = 1_000_000_000
 
@@ -265,3 +268,47 @@ def test_follow_hands_over_from_history_to_new_flows_with_nothing_missed_or_twic
                                                          for r in everything)
     times = [r.flow.time.ToNanoseconds() for r in flows]
     assert times == sorted(times)
+
+
+# What `hubble observe` sends for these command lines (tests/hubble_cli.py), at NOW: the
+# captures are from 2021-10-04 14:28 to 14:31 UTC.
+NOW = datetime(2021, 10, 4, 14, 32, tzinfo=UTC)
+HUBBLE_COMMANDS = [
+    [],
+    ["-o", "jsonpb"],
+    ["--last", "50", "-o", "jsonpb"],
+    ["--all", "-o", "jsonpb"],
+    ["--first", "30"],
+    ["--namespace", "bookinfo", "--last", "40"],
+    ["-n", "kube-system", "-t", "l7", "--all", "-o", "jsonpb"],
+    ["--since", "2m", "-t", "l7", "--http-status", "5+", "-o", "jsonpb"],
+    ["--since", "3h30m", "--until", "3h7m", "--protocol", "dns"],
+    ["--since", "2m", "--last", "25"],
+    ["--until", "2m", "--last", "15", "-o", "jsonpb"],
+    ["--from-pod", "bookinfo/productpage", "--http-method", "get", "--all"],
+    ["--label", "app=ratings", "--all", "-o", "jsonpb"],
+    ["--to-label", "k8s:k8s-app in (kube-dns, node-local-dns)", "--last", "60"],
+    ["--verdict", "FORWARDED", "--not", "--http-status", "200", "-t", "l7", "--all"],
+    ["--node-name", "gke-*-979h", "--all", "-o", "jsonpb"],
+    ["--allowlist", '{"dns_query":["^productpage\\\\."]}', "--all", "-o", "jsonpb"],
+    ["--port", "9080", "--http-path", "^/productpage$", "--all"],
+    ["--http-url", "metrics", "--traffic-direction", "egress", "--all"],
+    ["--protocol", "http", "--not", "--namespace", "istio-system", "--last", "100", "-o", "jsonpb"],
+    ["--to-fqdn", "*.cluster.local", "--all"],  # no names in these captures: nothing
+    ["--ip", "10.128.0.4", "--all", "-o", "jsonpb"],
+    ["--from-ip", "10.156.0.0/16", "--to-port", "53", "--last", "30"],
+    ["--identity", "1", "--all"],
+    ["--http-header", "User-Agent:curl/7.52.1", "--all", "-o", "jsonpb"],
+]
+
+
+@pytest.mark.parametrize("argv", HUBBLE_COMMANDS, ids=lambda argv: " ".join(argv) or "(no flags)")
+def test_requests_of_the_hubble_cli_get_what_hubble_would_answer(stored, argv):
+    """Same flows, same order, byte-identical messages (masked as Hubble masks them)."""
+    served, lines = stored
+    request = build_request(argv, NOW)
+    expected = [json_format.ParseDict(masked_response(request, line), observer_pb2.GetFlowsResponse())
+                for line in expected_responses(request, lines, NOW)]
+    got = [r for r in served.flows(request) if r.HasField("flow")]
+    assert [r.SerializeToString(deterministic=True) for r in got] == \
+        [r.SerializeToString(deterministic=True) for r in expected]

@@ -75,14 +75,14 @@ def compile_filter(flow_filter: flow_pb2.FlowFilter, where: str = "whitelist") -
 # --- endpoints -------------------------------------------------------------------------
 
 def parse_namespaced_name(value: str) -> tuple[str, str]:
-    """`ns/prefix` -> (ns, prefix); a bare name is in namespace default (Cilium's
-    k8s.ParseNamespaceName)."""
+    """`ns/prefix` -> (ns, prefix); a bare name is in namespace default; an empty namespace
+    (`/prefix`) or prefix (`ns/`) matches any (Cilium's k8s.ParseNamespaceName)."""
     if not value:
         raise FilterError("a name must not be empty")
-    namespace, slash, name = value.partition("/")
-    if slash:
-        return namespace, name
-    return "default", namespace
+    parts = value.split("/")
+    if len(parts) > 1:
+        return parts[0], parts[1]
+    return "default", value
 
 
 def _namespaced(get: Callable[[Flow], tuple[str, str]]):
@@ -93,7 +93,7 @@ def _namespaced(get: Callable[[Flow], tuple[str, str]]):
             namespace, name = get(flow)
             if not namespace and not name:
                 return False
-            return any(namespace == ns and name.startswith(prefix) for ns, prefix in wanted)
+            return any((not ns or namespace == ns) and name.startswith(prefix) for ns, prefix in wanted)
         return test
     return build
 
@@ -106,7 +106,8 @@ def _ips(get: Callable[[Flow], str]):
                 if "/" in value:
                     networks.append(ipaddress.ip_network(value, strict=False))
                 else:
-                    addresses.add(ipaddress.ip_address(value))
+                    ipaddress.ip_address(value)
+                    addresses.add(value)  # Hubble compares the text
             except ValueError:
                 raise FilterError(f"{value!r} is no IP address or CIDR") from None
 
@@ -114,31 +115,34 @@ def _ips(get: Callable[[Flow], str]):
             text = get(flow)
             if not text:
                 return False
+            if text in addresses:
+                return True
             try:
                 ip = ipaddress.ip_address(text)
             except ValueError:
                 return False
-            return ip in addresses or any(ip in net for net in networks)
+            return any(ip.version == net.version and ip in net for net in networks)
         return test
     return build
 
 
-_FQDN_ILLEGAL = re.compile(r"[^-a-zA-Z0-9_.*]")
+_FQDN_LEGAL = re.compile(r"[-_0-9a-z.*]+")
+_ANY_NAME = "[-.0-9a-z]*"  # what * stands for in Hubble's FQDN and node name patterns
 
 
-def _fqdn_pattern(pattern: str):
-    pattern = pattern.lower().strip().removesuffix(".")
-    if not pattern or _FQDN_ILLEGAL.search(pattern):
-        raise FilterError(f"{pattern!r} is no FQDN pattern (letters, digits, - _ . and *)")
-    return _regex.compile("^" + pattern.replace(".", "[.]").replace("*", "[-a-zA-Z0-9_.]*") + "$")
+def _fqdn_regex(pattern: str) -> str:
+    pattern = pattern.strip().removesuffix(".").lower()
+    if not pattern or pattern.endswith(".") or not _FQDN_LEGAL.fullmatch(pattern):
+        raise FilterError(f"{pattern!r} is no name pattern (letters, digits, - _ . and *)")
+    return pattern.replace(".", r"\.").replace("*", _ANY_NAME)
 
 
 def _fqdns(get: Callable[[Flow], list[str]]):
     def build(values: list[str]) -> Test:
-        patterns = [_fqdn_pattern(v) for v in values]
+        pattern = re.compile("(?:" + "|".join(_fqdn_regex(v) for v in values) + ")")
 
         def test(flow: Flow) -> bool:
-            return any(p.match(name) for name in get(flow) for p in patterns)
+            return any(pattern.fullmatch(name) for name in get(flow))
         return test
     return build
 
@@ -378,7 +382,7 @@ def _http_methods(values: list[str]) -> Test:
 
     def test(flow: Flow) -> bool:
         http = _http(flow)
-        return http is not None and http.method.lower() in wanted
+        return http is not None and bool(http.method) and http.method.lower() in wanted
     return test
 
 
@@ -395,15 +399,41 @@ def _reply(values: list[bool]) -> Test:
     wanted = set(values)
 
     def test(flow: Flow) -> bool:
-        return flow.HasField("is_reply") and flow.is_reply.value in wanted
+        if not flow.HasField("is_reply"):  # unknown: only a dropped flow counts as no reply
+            return flow.verdict == flow_pb2.DROPPED and False in wanted
+        return flow.is_reply.value in wanted
     return test
 
 
 def _event_types(values: list) -> Test:
     def test(flow: Flow) -> bool:
+        if not flow.HasField("event_type"):
+            return False
         have = flow.event_type
-        return any(have.type == t.type and (not t.match_sub_type or have.sub_type == t.sub_type) for t in values)
+        return any((t.type == 0 or have.type == t.type) and (not t.match_sub_type or have.sub_type == t.sub_type)
+                   for t in values)
     return test
+
+
+def _identities(side: str):
+    def build(values: list[int]) -> Test:
+        wanted = set(values)
+        return lambda flow: flow.HasField(side) and getattr(flow, side).identity in wanted
+    return build
+
+
+def _drop_reasons(values: list[int]) -> Test:
+    wanted = set(values)
+    return lambda flow: flow.verdict == flow_pb2.DROPPED and flow.drop_reason_desc in wanted
+
+
+def _cluster_names(get: Callable[[Flow], str]):
+    def build(values: list[str]) -> Test:
+        if "" in values:
+            raise FilterError("a name must not be empty")
+        wanted = set(values)
+        return lambda flow: get(flow) in wanted
+    return build
 
 
 def _tcp_flags(values: list) -> Test:
@@ -417,20 +447,29 @@ def _tcp_flags(values: list) -> Test:
     return test
 
 
-def _node_pattern(pattern: str):
-    """`name`, `name*`, `cluster/name`: a pattern without a cluster matches any cluster."""
+_DEFAULT_CLUSTER = "default"  # Cilium's cluster-name when none is set
+
+
+def _node_regex(pattern: str) -> str:
+    """`name*` or `cluster/name*`: a pattern without a cluster matches any cluster."""
     if not pattern:
         raise FilterError("an empty node name pattern")
-    cluster, slash, node = pattern.rpartition("/")
-    parts = []
-    for part in ((cluster or "*") if slash else "*", node):
-        parts.append("".join("[^/]*" if c == "*" else re.escape(c) for c in part))
-    return re.compile(f"(?:{parts[0]}/)?{parts[1]}" if not slash else f"{parts[0]}/{parts[1]}")
+    parts = pattern.split("/")
+    if len(parts) > 2:
+        raise FilterError(f"{pattern!r}: too many slashes")
+    cluster, node = parts if len(parts) == 2 else ("", parts[0])
+    return (_fqdn_regex(cluster) if cluster else _ANY_NAME) + "/" + (_fqdn_regex(node) if node else _ANY_NAME)
 
 
 def _node_names(values: list[str]) -> Test:
-    patterns = [_node_pattern(v) for v in values]
-    return lambda flow: any(p.fullmatch(flow.node_name) for p in patterns)
+    pattern = re.compile("(?:" + "|".join(_node_regex(v) for v in values) + ")")
+
+    def test(flow: Flow) -> bool:
+        name = flow.node_name
+        if not name:
+            return False
+        return bool(pattern.fullmatch(name if "/" in name else f"{_DEFAULT_CLUSTER}/{name}"))
+    return test
 
 
 def _interfaces(values: list) -> Test:
@@ -456,13 +495,13 @@ _FIELDS: dict[str, Callable[[list], Test]] = {
     "node_labels": _labels(lambda f: f.node_labels),
     "source_workload": _workloads(lambda f: f.source.workloads),
     "destination_workload": _workloads(lambda f: f.destination.workloads),
-    "source_cluster_name": _in_set(lambda f: f.source.cluster_name),
-    "destination_cluster_name": _in_set(lambda f: f.destination.cluster_name),
-    "source_identity": _in_set(lambda f: f.source.identity),
-    "destination_identity": _in_set(lambda f: f.destination.identity),
+    "source_cluster_name": _cluster_names(lambda f: f.source.cluster_name),
+    "destination_cluster_name": _cluster_names(lambda f: f.destination.cluster_name),
+    "source_identity": _identities("source"),
+    "destination_identity": _identities("destination"),
     "traffic_direction": _in_set(lambda f: f.traffic_direction),
     "verdict": _in_set(lambda f: f.verdict),
-    "drop_reason_desc": _in_set(lambda f: f.drop_reason_desc),
+    "drop_reason_desc": _drop_reasons,
     "interface": _interfaces,
     "event_type": _event_types,
     "http_status_code": _status_codes,

@@ -65,8 +65,9 @@ def _one_filter(flow_filter: flow_pb2.FlowFilter, push: Pushdown) -> _Parts:
             alternatives = []
             for value in values:
                 namespace, prefix = parse_namespaced_name(value)
-                alternatives.append(f"({side}_namespace = {push.parameter(namespace, 'String')} AND "
-                                    f"startsWith({side}_pod, {push.parameter(prefix, 'String')}))")
+                same = [f"{side}_namespace = {push.parameter(namespace, 'String')}"] if namespace else []
+                alternatives.append("(" + " AND ".join(same + [
+                    f"startsWith({side}_pod, {push.parameter(prefix, 'String')})"]) + ")")
             for conditions in both:
                 conditions.append("(" + " OR ".join(alternatives) + ")")
     for side, values in (("src", flow_filter.source_identity), ("dst", flow_filter.destination_identity)):

@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from google.protobuf import field_mask_pb2
-
 from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2
 from ..api.relay import relay_pb2
@@ -73,20 +71,48 @@ def _ns(stamp) -> int:
 
 
 class FieldMask:
-    """Keeps only the named fields of each flow. Paths this build does not know are
-    ignored, not refused: the hubble CLI's default compact mask names `ip_trace_id`,
-    which older servers do not have."""
+    """Keeps only the named fields of each flow, as Hubble's fieldmask does: a message on a
+    path is always present, if empty. Paths this build does not know are ignored, not
+    refused: the hubble CLI's default compact mask may name fields newer than this build."""
 
     def __init__(self, paths: list[str]):
-        known = [p for p in paths if _is_path(flow_pb2.Flow.DESCRIPTOR, p.split("."))]
-        self.ignored = sorted(set(paths) - set(known))
-        self.mask = field_mask_pb2.FieldMask(paths=known)
+        self.tree: dict = {}
+        self.ignored: list[str] = []
+        for path in sorted(set(paths)):
+            parts = path.split(".")
+            if not _is_path(flow_pb2.Flow.DESCRIPTOR, parts):
+                self.ignored.append(path)
+                continue
+            node = self.tree
+            for index, part in enumerate(parts):
+                if node.get(part, {}) is None:
+                    break  # a shorter path keeps the whole field
+                if index == len(parts) - 1:
+                    node[part] = None
+                else:
+                    node = node.setdefault(part, {})
 
     def apply(self, flow: flow_pb2.Flow) -> flow_pb2.Flow:
         kept = flow_pb2.Flow()
-        if self.mask.paths:
-            self.mask.MergeMessage(flow, kept)
+        _copy(self.tree, flow, kept)
         return kept
+
+
+def _copy(tree: dict, source, destination) -> None:
+    for name, below in tree.items():
+        if below is None:
+            field = source.DESCRIPTOR.fields_by_name[name]
+            if field.is_repeated:
+                getattr(destination, name).extend(getattr(source, name))
+            elif field.message_type is not None:
+                if source.HasField(name):
+                    getattr(destination, name).CopyFrom(getattr(source, name))
+            else:
+                setattr(destination, name, getattr(source, name))
+        else:
+            inner = getattr(destination, name)
+            inner.SetInParent()
+            _copy(below, getattr(source, name), inner)
 
 
 def _is_path(descriptor, parts: list[str]) -> bool:
@@ -151,9 +177,11 @@ class FlowStream:
         return flow if self.plan.wanted(flow) else None
 
     def _response(self, row: StoredFlow, flow: flow_pb2.Flow) -> observer_pb2.GetFlowsResponse:
+        """As Hubble: the response's time and node are the (masked) flow's."""
         sent = self.plan.mask.apply(flow) if self.plan.mask else flow
-        response = observer_pb2.GetFlowsResponse(flow=sent, node_name=row.node)
-        response.time.FromNanoseconds(row.time_ns)
+        response = observer_pb2.GetFlowsResponse(flow=sent, node_name=sent.node_name)
+        if sent.HasField("time"):
+            response.time.CopyFrom(sent.time)
         return response
 
     # --- the stream -------------------------------------------------------------------

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""`flowlog serve` over millions of stored flows: time to the first response and flows/s
+streamed, for the requests `hubble observe` sends.
+
+    python bench/history.py --base-flows 1000000 --copies 5
+
+Builds an embedded store once (cached in bench/.cache/history-*): `flowlog replay` stores
+--base-flows generated flows (bench/traffic.py, 2,500 flows/s of cluster time), then
+ClickHouse copies them --copies - 1 times, each a day later (INSERT ... SELECT with the time moved:
+ids and times differ, the flow bytes are the same, so a copy's flow.time field still
+says the first day; response.time and every filter on time use the stored time). Then
+`flowlog serve` runs in its own process and this one sends each request as the hubble CLI
+builds it, counting the responses without decoding them (the client's cost is not the
+server's). "Now" is the newest stored flow. The server's CPU seconds are reported beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import flowfiles  # noqa: E402
+from bench.ingester import free_port  # noqa: E402
+from ingest.api.flow import flow_pb2  # noqa: E402
+from ingest.api.observer import observer_pb2  # noqa: E402
+
+NS = 1_000_000_000
+DAY = 86_400 * NS
+TABLES = ("l7_audit", "http_flows", "dns_flows")
+
+
+def flowlog(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ingest", *argv], check=True, cwd=REPO, **kwargs)
+
+
+def build_store(cache: Path, base: int, copies: int, seed: int, log) -> Path:
+    store = cache / f"history-{seed}-{base}-{copies}"
+    if (store / "done").exists():
+        return store
+    shutil.rmtree(store, ignore_errors=True)
+    files = flowfiles.make(cache, seed, base, rate=2500.0, log=log)
+    log(f"storing {base:,} flows with flowlog replay")
+    started = time.monotonic()
+    common = ["--state-dir", str(store / "state"), "--store", f"chdb://{store / 'db'}", "--log-level", "warning"]
+    flowlog("replay", "--no-progress", *common, str(files.jsonl))
+    log(f"  {time.monotonic() - started:.0f} s; copying {copies - 1} times, a day apart")
+    for copy in range(1, copies):
+        for table in TABLES:
+            columns = _stored_columns(store, table)
+            select = ", ".join(f"time + toIntervalDay({copy})" if c == "time" else
+                               f"concat(flow_id, '-{copy}')" if (c == "flow_id" and table == "l7_audit") else
+                               "generateUUIDv4()" if c == "flow_id" else f"`{c}`" for c in columns)
+            sql = (f"INSERT INTO flowlog.{table} ({', '.join(f'`{c}`' for c in columns)}) "
+                   f"SELECT {select} FROM flowlog.{table} WHERE time < (SELECT min(time) FROM flowlog.{table}) + "
+                   f"toIntervalDay(1)")
+            flowlog("sql", *common, sql)
+    (store / "done").write_text("")
+    return store
+
+
+def _stored_columns(store: Path, table: str) -> list[str]:
+    from ingest.store.schema import ALL_TABLES
+    return list(next(t for t in ALL_TABLES if t.name == table).column_names)
+
+
+def namespace_filters(namespace: str, **fields) -> list[flow_pb2.FlowFilter]:
+    """`--namespace X`: two filters OR'ed, each with the other flags' fields (hubble CLI)."""
+    return [flow_pb2.FlowFilter(source_pod=[f"{namespace}/"], **fields),
+            flow_pb2.FlowFilter(destination_pod=[f"{namespace}/"], **fields)]
+
+
+def requests(newest_ns: int, namespace: str, dns_pattern: str) -> dict[str, observer_pb2.GetFlowsRequest]:
+    def since(ns_ago: int, **kwargs) -> observer_pb2.GetFlowsRequest:
+        request = observer_pb2.GetFlowsRequest(**kwargs)
+        request.since.FromNanoseconds(newest_ns - ns_ago)
+        return request
+    l7 = [flow_pb2.EventTypeFilter(type=129)]
+    return {
+        f"--since 1h --namespace {namespace} --last 100": since(3600 * NS, number=100,
+                                                               whitelist=namespace_filters(namespace)),
+        "--since 24h --http-status 5+": since(DAY, whitelist=[flow_pb2.FlowFilter(http_status_code=["5+"],
+                                                                                   event_type=l7)]),
+        f"--since 7d --dns-query '{dns_pattern}'": since(7 * DAY, whitelist=[flow_pb2.FlowFilter(
+            dns_query=[dns_pattern])]),
+        f"--namespace {namespace} --last 1000 (no since)": observer_pb2.GetFlowsRequest(
+            number=1000, whitelist=namespace_filters(namespace)),
+        "--since 1h --last 50000 (every flow)": since(3600 * NS, number=50_000),
+        "--since 1m -f (history, then follow)": since(60 * NS, follow=True),
+    }
+
+
+def measure(address: str, request: observer_pb2.GetFlowsRequest, follow_s: float) -> dict:
+    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        call = channel.unary_stream("/observer.Observer/GetFlows",
+                                    request_serializer=observer_pb2.GetFlowsRequest.SerializeToString,
+                                    response_deserializer=None)(request, timeout=follow_s if request.follow
+                                                                else 600)
+        started = time.monotonic()
+        first = None
+        count = 0
+        size = 0
+        try:
+            for raw in call:
+                if first is None:
+                    first = time.monotonic() - started
+                count += 1
+                size += len(raw)
+                if request.follow and time.monotonic() - started > follow_s:
+                    call.cancel()
+                    break
+        except grpc.RpcError as err:
+            if err.code() not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED) or \
+                    not request.follow:
+                raise
+        total = time.monotonic() - started
+    streaming = total - (first or 0)
+    return {"responses": count, "first_response_s": round(first, 3) if first is not None else None,
+            "total_s": round(total, 3), "bytes": size,
+            "flows_per_s": round((count - 1) / streaming) if count > 1 and streaming > 0 and not request.follow
+            else None}
+
+
+def newest_and_namespace(store: Path) -> tuple[int, str, str]:
+    common = ["--state-dir", str(store / "state"), "--store", f"chdb://{store / 'db'}", "--log-level", "warning"]
+    out = flowlog("sql", *common, "SELECT toUnixTimestamp64Nano(max(time)) FROM flowlog.l7_audit FORMAT TSV",
+                  capture_output=True, text=True).stdout.split()
+    namespace = flowlog("sql", *common, "SELECT src_namespace FROM flowlog.http_flows WHERE src_namespace != '' "
+                        "GROUP BY src_namespace ORDER BY count() ASC LIMIT 1 OFFSET 2 FORMAT TSV",
+                        capture_output=True, text=True).stdout.strip()
+    pattern = flowlog("sql", *common, "SELECT query FROM flowlog.dns_flows WHERE query LIKE '%stripe%' "
+                      "LIMIT 1 FORMAT TSV", capture_output=True, text=True).stdout.strip()
+    return int(out[0]), namespace, "stripe" if pattern else "svc"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-flows", type=int, default=1_000_000)
+    parser.add_argument("--copies", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--follow-seconds", type=float, default=5.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    cache = REPO / "bench" / ".cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    store = build_store(cache, args.base_flows, args.copies, args.seed, log)
+    newest_ns, namespace, pattern = newest_and_namespace(store)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "ingest", "serve", "--listen", f"127.0.0.1:{port}",
+                               "--state-dir", str(store / "state"), "--store", f"chdb://{store / 'db'}",
+                               "--log-level", "warning"], cwd=REPO)
+    results = {"flows_stored": args.base_flows * args.copies, "now": newest_ns, "queries": {}}
+    try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with grpc.insecure_channel(address) as channel:
+                    grpc.channel_ready_future(channel).result(timeout=1)
+                break
+            except grpc.FutureTimeoutError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("flowlog serve did not start")
+        for name, request in requests(newest_ns, namespace, pattern).items():
+            cpu_before = cpu_seconds(server.pid)
+            result = measure(address, request, args.follow_seconds)
+            result["server_cpu_s"] = round(cpu_seconds(server.pid) - cpu_before, 2)
+            results["queries"][name] = result
+            print(f"{name:55} first {result['first_response_s']} s, {result['responses']:>8,} responses, "
+                  f"{result['flows_per_s'] or '-':>8} flows/s, server CPU {result['server_cpu_s']} s", flush=True)
+    finally:
+        server.terminate()
+        server.wait(30)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
