@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .history.command import add_serve_parser
     add_serve_parser(commands, _common)
+    from .history import observe
+    observe.add_arguments(commands.add_parser(
+        "observe", help="show stored flows from `flowlog serve`, as `hubble observe` shows live ones",
+        description="Ask a history server (`flowlog serve`) for flows, with hubble observe's flags and output."))
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -158,6 +162,9 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "observe":  # a client of a server: no config, no store
+        from .history import observe
+        return observe.run(args)
     debug = getattr(args, "debug", False)
     # gRPC's own C-core lines ("Got goaway ...") read like errors; the ingester reports
     # what matters about a stream itself.

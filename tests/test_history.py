@@ -8,6 +8,7 @@ compared with an independent reading of the fixture JSON (tests/history_referenc
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -312,3 +313,36 @@ def test_requests_of_the_hubble_cli_get_what_hubble_would_answer(stored, argv):
     got = [r for r in served.flows(request) if r.HasField("flow")]
     assert [r.SerializeToString(deterministic=True) for r in got] == \
         [r.SerializeToString(deterministic=True) for r in expected]
+
+
+# `flowlog observe` builds hubble's requests itself (ingest/history/observe.py): the same
+# flags give the same request as the model of hubble's own code.
+SHARED_FLAGS = [argv for argv in HUBBLE_COMMANDS
+                if not {"--allowlist", "--http-header", "--label", "--to-label"} & set(argv)]
+
+
+@pytest.mark.parametrize("argv", SHARED_FLAGS, ids=lambda argv: " ".join(argv) or "(no flags)")
+def test_flowlog_observe_sends_what_hubble_observe_sends(argv):
+    from ingest.cli import build_parser
+    from ingest.history import observe
+    args = build_parser().parse_args(["observe", *argv])
+    assert observe.build_request(args, NOW) == build_request(argv, NOW)
+
+
+def test_flowlog_observe_prints_stored_flows_as_hubble_does(stored, capsys):
+    served, lines = stored
+    from ingest import cli
+    code = cli.main(["observe", "--server", f"127.0.0.1:{served.server.port}", "--namespace", "bookinfo",
+                     "--http-status", "200", "-t", "l7", "--last", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(out) == 2
+    # Hubble's compact line: time, client <- server on a response, identities, type, verdict, summary.
+    # Hubble's compact line: time, the client <- the server on a response, identities (2 is
+    # world), type, verdict and the flow's summary.
+    assert out[-1] == ("Oct  4 14:30:59.864: bookinfo/ratings-v1-b6994bb9-4dt5c:44312 (ID:26105) <- "
+                       "bookinfo/productpage-v1-6b746f74dc-ffh56:9080 (world) http-response FORWARDED "
+                       "(HTTP/1.1 200 3020ms (GET http://productpage:9080/productpage))")
+    assert cli.main(["observe", "--server", f"127.0.0.1:{served.server.port}", "--since", "2021-10-04T00:00:00Z",
+                     "--all", "-o", "jsonpb", "--protocol", "dns"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sum(1 for line in printed if "flow" in line) == sum(1 for line in lines if "dns" in line["flow"]["l7"])

@@ -20,7 +20,7 @@ LAYERS = {
     "records": ("ingest.pipeline.records",),
     "stages": (),  # STAGES
     "wiring": ("ingest.runner",),
-    "commands": ("ingest.cli", "ingest.__main__", "ingest.demo", "ingest.visibility"),
+    "commands": ("ingest.cli", "ingest.__main__", "ingest.demo", "ingest.visibility", "ingest.history"),
 }
 STAGES = {
     "sources": ("ingest.sources",),
