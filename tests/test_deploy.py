@@ -1,7 +1,8 @@
 """`deploy/`: every overlay builds with the real kustomize, every object validates, the config
 in the ConfigMap loads with our own loader and fits the DaemonSet's mounts, the Grafana
-ConfigMaps hold `grafana/` as it is, and the visibility RBAC grants exactly what the
-commands send to a Kubernetes API.
+ConfigMaps hold `grafana/` as it is, the visibility RBAC grants exactly what the
+commands send to a Kubernetes API, and the history server (and Hubble UI over it) reads the
+store the DaemonSet writes.
 """
 
 from __future__ import annotations
@@ -23,28 +24,44 @@ DEPLOY = REPO / "deploy"
 KUBERNETES_VERSION = "1.30.0"
 OVERLAYS = ["trial", "external-clickhouse"]
 VISIBILITY = DEPLOY / "components" / "visibility"
+HISTORY = DEPLOY / "components" / "history"
+HUBBLE_UI = DEPLOY / "components" / "hubble-ui"
+# Built on top of an overlay, as the components' kustomization.yaml says: the history server
+# copies the store's DSN from the DaemonSet, which the overlay's own patches set.
+LAYERED = {
+    "base+visibility": (DEPLOY / "base", [VISIBILITY]),
+    "trial+history": (DEPLOY / "overlays" / "trial", [HISTORY]),
+    "external-clickhouse+history+hubble-ui": (DEPLOY / "overlays" / "external-clickhouse", [HISTORY, HUBBLE_UI]),
+}
+HUBBLE_HEALTH = {"port": 4245, "service": "hubble.server.Observer"}
 
 
 def kustomize(directory: Path) -> list[dict]:
-    done = subprocess.run(["kubectl", "kustomize", str(directory)],
-                          capture_output=True, text=True)
+    done = kustomize_run(directory)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
-def with_visibility(tmp_path: Path, base: Path) -> Path:
-    """A kustomization that adds components/visibility to `base`, as a user's overlay would."""
+def kustomize_run(directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True)
+
+
+def with_components(tmp_path: Path, base: Path, components: list[Path]) -> Path:
+    """A kustomization that adds `components` to `base`, as a user's overlay would."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         # kustomize takes only relative paths
-        "resources": [os.path.relpath(base, tmp_path)], "components": [os.path.relpath(VISIBILITY, tmp_path)]}))
+        "resources": [os.path.relpath(base, tmp_path)],
+        "components": [os.path.relpath(c, tmp_path) for c in components]}))
     return tmp_path
 
 
 def builds(tmp_path: Path) -> dict[str, list[dict]]:
     return {
         **{name: kustomize(DEPLOY / "overlays" / name) for name in OVERLAYS},
-        "base+visibility": kustomize(with_visibility(tmp_path, DEPLOY / "base")),
+        **{name: kustomize(with_components(tmp_path / name, base, components))
+           for name, (base, components) in LAYERED.items()},
     }
 
 
@@ -54,9 +71,13 @@ def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
     return found[0]
 
 
-def container(objects: list[dict], name: str = "flowlog") -> dict:
-    [c] = [c for c in one(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+def container(objects: list[dict], name: str = "flowlog", kind: str = "DaemonSet", workload: str | None = None) -> dict:
+    [c] = [c for c in one(objects, kind, workload)["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return c
+
+
+def pod_spec(objects: list[dict], kind: str, name: str) -> dict:
+    return one(objects, kind, name)["spec"]["template"]["spec"]
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +235,128 @@ def test_the_image_has_no_embedded_engine_and_runs_what_the_daemonset_expects(bu
     assert 'ENTRYPOINT ["flowlog"]' in text
     [cmd] = re.findall(r"^CMD (.+)$", text, re.MULTILINE)
     assert yaml.safe_load(cmd) == container(built["trial"])["args"]
+
+
+def entrypoint() -> list[str]:
+    [line] = re.findall(r"^ENTRYPOINT (.+)$", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    return yaml.safe_load(line)
+
+
+@pytest.mark.parametrize("build", ["trial+history", "external-clickhouse+history+hubble-ui"])
+def test_the_history_server_reads_the_store_the_daemonset_writes(built, build, tmp_path):
+    objects = built[build]
+    path = tmp_path / "config.yaml"
+    path.write_text(one(objects, "ConfigMap", "flowlog-config")["data"]["config.yaml"])
+    ingester, ingester_pod = container(objects), pod_spec(objects, "DaemonSet", "flowlog")
+    server = container(objects, kind="Deployment", workload="flowlog-history")
+    pod = pod_spec(objects, "Deployment", "flowlog-history")
+    assert one(objects, "Deployment", "flowlog-history")["spec"]["replicas"] == 1
+
+    # `flowlog serve --listen 0.0.0.0:4245`, the same image and config file as `flowlog run`.
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    assert server["image"] == ingester["image"]
+    assert "command" not in server and "command" not in ingester
+    assert entrypoint() + server["args"] == ["flowlog", "serve", "--listen", "0.0.0.0:4245",
+                                             "--config", f"{mounts['config']['mountPath']}/config.yaml"]
+    assert server["args"][-2:] == ingester["args"][-2:]
+    # The same store, from the same ConfigMap, Secret and environment (the DSN copied from the
+    # DaemonSet's), with no /metrics of its own.
+    run = load(str(path), env={e["name"]: e["value"] for e in ingester["env"]})
+    serve = load(str(path), env={e["name"]: e["value"] for e in server["env"]})
+    assert serve.store == run.store
+    assert serve.store.dsn.startswith("http")  # the DaemonSet's, not the component's placeholder
+    assert serve.metrics.address == "" and run.metrics.address
+    ingester_mounts = {m["name"]: m for m in ingester["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    ingester_volumes = {v["name"]: v for v in ingester_pod["volumes"]}
+    for name in ("config", "clickhouse-password"):
+        assert mounts[name] == ingester_mounts[name]
+        assert volumes[name] == ingester_volumes[name]
+    assert serve.store.password_file == f"{mounts['clickhouse-password']['mountPath']}/password"
+
+    # No host paths, no Kubernetes API, and the DaemonSet's restrictions.
+    assert set(volumes) == {"config", "clickhouse-password"}
+    assert not any("hostPath" in v for v in pod["volumes"])
+    assert pod["automountServiceAccountToken"] is False
+    assert one(objects, "ServiceAccount", "flowlog-history")["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "flowlog-history"
+    assert server["securityContext"] == ingester["securityContext"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": dockerfile_uid(),
+                                      "runAsGroup": dockerfile_uid(), "seccompProfile": {"type": "RuntimeDefault"}}
+    assert server["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+
+    # Ready: gRPC health of hubble.server.Observer (what `hubble status` asks; not serving while
+    # the store does not answer). Alive: the server itself, so a store outage restarts nothing.
+    assert [p["containerPort"] for p in server["ports"] if p["name"] == "grpc"] == [4245]
+    assert server["readinessProbe"]["grpc"] == HUBBLE_HEALTH
+    assert server["livenessProbe"]["grpc"] == {"port": 4245, "service": ""}
+
+
+def test_the_history_service_answers_on_4245_and_scrapes_only_the_ingesters(built):
+    objects = built["external-clickhouse+history+hubble-ui"]
+    service = one(objects, "Service", "flowlog-history")
+    assert service["metadata"]["namespace"] == "flowlog"  # hubble observe --server flowlog-history.flowlog:4245
+    assert service["spec"]["ports"] == [{"name": "grpc", "port": 4245, "targetPort": "grpc", "protocol": "TCP"}]
+    history = one(objects, "Deployment", "flowlog-history")
+    labels = history["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"] == history["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    ingester_labels = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= ingester_labels.items()
+    # The ingesters' metrics Service and PodMonitor do not pick up the history server.
+    assert not one(objects, "Service", "flowlog-metrics")["spec"]["selector"].items() <= labels.items()
+    assert not one(objects, "PodMonitor")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_hubble_ui_reads_the_history_server_and_lists_namespaces_only(built):
+    objects = built["external-clickhouse+history+hubble-ui"]
+    history = one(objects, "Service", "flowlog-history")
+    backend = container(objects, "backend", "Deployment", "hubble-ui")
+    frontend = container(objects, "frontend", "Deployment", "hubble-ui")
+    env = {e["name"]: e["value"] for e in backend["env"]}
+    # Same namespace, so the Service's short name resolves; plaintext, as flowlog serve listens.
+    assert env["FLOWS_API_ADDR"] == f"{history['metadata']['name']}:{history['spec']['ports'][0]['port']}"
+    assert one(objects, "Deployment", "hubble-ui")["metadata"]["namespace"] == history["metadata"]["namespace"]
+    assert not any(name.startswith("TLS_") for name in env)
+    for c in (frontend, backend):
+        assert re.fullmatch(r"quay\.io/cilium/hubble-ui(-backend)?:v[\d.]+@sha256:[0-9a-f]{64}", c["image"]), c["image"]
+        assert c["securityContext"] == {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                                        "capabilities": {"drop": ["ALL"]}}
+    assert frontend["image"].split("@")[0].split(":")[1] == backend["image"].split("@")[0].split(":")[1]
+
+    # Upstream's Service: port 80 to the frontend's 8081, whose nginx passes /api to the backend.
+    service = one(objects, "Service", "hubble-ui")
+    [port] = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (80, "http")
+    assert [p["containerPort"] for p in frontend["ports"] if p["name"] == "http"] == [8081]
+    pod = pod_spec(objects, "Deployment", "hubble-ui")
+    assert service["spec"]["selector"].items() <= one(objects, "Deployment", "hubble-ui")[
+        "spec"]["template"]["metadata"]["labels"].items()
+    nginx = one(objects, "ConfigMap", "hubble-ui-nginx")
+    assert {v["name"]: v for v in pod["volumes"]}["nginx-conf"]["configMap"]["name"] == nginx["metadata"]["name"]
+    assert f"proxy_pass http://127.0.0.1:{env['EVENTS_SERVER_PORT']};" in nginx["data"]["nginx.conf"]
+    assert "listen 8081;" in nginx["data"]["nginx.conf"]
+
+    # The backend watches namespaces through the Kubernetes API: that, and nothing else.
+    [role] = [o for o in objects if o["kind"] == "ClusterRole"]
+    [binding] = [o for o in objects if o["kind"] == "ClusterRoleBinding"]
+    assert role["metadata"]["name"] != "hubble-ui", "Cilium's own hubble-ui ClusterRole may exist"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                    "namespace": "flowlog"}]
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_history_component_inside_the_overlay_that_sets_the_dsn_fails_loudly(tmp_path):
+    """An overlay's patches run after its components: the DSN is not there yet to copy, and the
+    build stops instead of deploying a server without a store (the README says to layer it)."""
+    overlay = DEPLOY / "overlays" / "external-clickhouse"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    kustomization["resources"] = [os.path.relpath(DEPLOY / "base", tmp_path)]
+    kustomization["components"] = [os.path.relpath(HISTORY, tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    done = kustomize_run(tmp_path)
+    assert done.returncode != 0
+    assert "is missing for replacement source" in done.stderr

@@ -112,6 +112,29 @@ def test_status_nodes_namespaces_and_health(stored):
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def test_health_says_not_serving_while_the_store_does_not_answer(tmp_path):
+    config = make_config(tmp_path / "no-store", str(tmp_path / "state"))
+    config.store.dsn = "http://127.0.0.1:9/"  # nothing listens on the discard port
+
+    def refused():
+        return connect(config, create=False, read_only=True)
+    server = HistoryServer(HistoryReader(refused, config.store.database, config.serve), config.serve,
+                           config.store.database).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(service=HEALTH_SERVICE)).status == \
+                health_pb2.HealthCheckResponse.NOT_SERVING
+            assert health.Check(health_pb2.HealthCheckRequest(service="")).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as refused_call:
+                list(observer_pb2_grpc.ObserverStub(channel).GetFlows(observer_pb2.GetFlowsRequest()))
+            assert refused_call.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "127.0.0.1:9" in refused_call.value.details()
+    finally:
+        server.stop(0)
+
+
 def test_every_response_carries_the_server_version_header(stored):
     served, _ = stored
     call = served.stub.GetFlows(observer_pb2.GetFlowsRequest(number=1))

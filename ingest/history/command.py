@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 
-from ..store.connection import connect, open_store
+from ..store.connection import connect
 from .reader import HistoryReader
 from .server import HistoryServer
 
@@ -36,9 +36,10 @@ def serve_overrides(args) -> dict:
 
 def run_serve(config, stop: threading.Event | None = None) -> int:
     """Serves until stop is set (SIGTERM and SIGINT set it when run from the main thread)."""
-    open_store(config, create=False).close()  # the schema is current before the first query
-    reader = HistoryReader(lambda: connect(config, create=False), config.store.database, config.serve,
-                           config.masker())
+    # A reader: it needs only SELECT on the database (README, Security), and leaves the
+    # schema to `flowlog run` and `flowlog migrate`.
+    reader = HistoryReader(lambda: connect(config, create=False, read_only=True), config.store.database,
+                           config.serve, config.masker())
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -27,8 +27,9 @@ class StoreError(RuntimeError):
     """The store could not be reached or refused us; the message never holds a secret."""
 
 
-def connect(config: Config, create: bool = True) -> Client:
-    """A client for the configured store, with the database created if missing. An embedded
+def connect(config: Config, create: bool = True, read_only: bool = False) -> Client:
+    """A client for the configured store, with the database created if missing (unless
+    read_only: a reader such as `flowlog serve` may hold a read-only grant). An embedded
     store whose directory does not exist is made only when create is set (a command meant
     to make one), and the log says where."""
     dsn = config.store_dsn
@@ -58,7 +59,8 @@ def connect(config: Config, create: bool = True) -> Client:
         else:
             raise StoreError(f"store {mask_dsn(dsn)}: unsupported scheme {scheme!r} "
                              "(use http(s)://user@host:8123 or chdb:///abs/dir)")
-        client.command(f"CREATE DATABASE IF NOT EXISTS `{config.store.database}`")
+        if not read_only:
+            client.command(f"CREATE DATABASE IF NOT EXISTS `{config.store.database}`")
         return client
     except StoreError:
         raise
