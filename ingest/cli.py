@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-server-name", metavar="NAME")
     run.add_argument("--metrics-address", metavar="HOST:PORT", help="Prometheus endpoint ('' to disable)")
     run.add_argument("--no-migrate", action="store_true", help="do not apply schema migrations at start")
+    run.add_argument("--serve", action="store_true",
+                     help="also serve Hubble's API over the stored flows on serve.listen (flowlog serve in this "
+                          "process: the embedded store can be opened by one process at a time)")
     run.add_argument("--ensure-visibility", action="store_true",
                      help="apply the visibility policy (config section visibility) at start; "
                           "needs deploy/components/visibility's RBAC")
@@ -268,7 +271,7 @@ def _with_store(args: argparse.Namespace, config, client, lock) -> int:
         if args.command == "replay":
             return _replay(args, config, client, lock)
         if args.command == "run":
-            return _run(config, client, lock)
+            return _run(config, client, lock, serve=args.serve)
         if args.command == "demo":
             from .demo.command import run_demo
             return run_demo(config, client, args.duration, args.seed, lock)
@@ -325,9 +328,13 @@ def _replay(args, config, client, lock) -> int:
     return 0 if summary.complete else REPLAY_INCOMPLETE
 
 
-def _run(config, client, lock) -> int:
+def _run(config, client, lock, serve: bool = False) -> int:
     from .runner import Ingester
     ingester = Ingester(config, client, lock=lock)
+    history = None
+    if serve:
+        from .history.command import start_server
+        history = start_server(config)
 
     def on_signal(signum, frame):
         log.info("received %s: flushing and stopping", signal.Signals(signum).name)
@@ -336,7 +343,11 @@ def _run(config, client, lock) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    ingester.run()
+    try:
+        ingester.run()
+    finally:
+        if history is not None:
+            history.stop()
     return 0
 
 

@@ -369,3 +369,36 @@ def test_flowlog_observe_prints_stored_flows_as_hubble_does(stored, capsys):
                      "--all", "-o", "jsonpb", "--protocol", "dns"]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sum(1 for line in printed if "flow" in line) == sum(1 for line in lines if "dns" in line["flow"]["l7"])
+
+
+def test_run_with_serve_answers_from_the_embedded_store_it_writes(tmp_path):
+    """The embedded store opens in one process at a time: `flowlog run --serve` is the ingester
+    and the history server in one, as a user without a ClickHouse server runs them."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from .helpers import REPO
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lines = fixture_lines(HTTP_348)
+    with ObserverServer(FlowBuffer(responses_of(lines))) as hubble:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ingest", "run", "--serve", "--source", hubble.address, "--state-dir",
+             str(tmp_path), "--metrics-address", "", "--set", f"serve.listen=127.0.0.1:{port}",
+             "--set", "batch.max_delay_ms=100"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                grpc.channel_ready_future(channel).result(timeout=60)
+                stub = observer_pb2_grpc.ObserverStub(channel)
+                wait_for(lambda: stub.ServerStatus(observer_pb2.ServerStatusRequest()).num_flows == len(lines),
+                         timeout=60, what="every flow stored and counted")
+                everything = list(stub.GetFlows(observer_pb2.GetFlowsRequest(number=0)))
+                assert sorted(flow_bytes(r) for r in everything) == sorted(
+                    r.flow.SerializeToString(deterministic=True) for r in responses_of(lines))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert f"on 127.0.0.1:{port}" in stderr

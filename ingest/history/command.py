@@ -34,19 +34,25 @@ def serve_overrides(args) -> dict:
     return {key: getattr(args, attr) for key, attr in flags.items() if getattr(args, attr, None) is not None}
 
 
-def run_serve(config, stop: threading.Event | None = None) -> int:
-    """Serves until stop is set (SIGTERM and SIGINT set it when run from the main thread)."""
+def start_server(config) -> HistoryServer:
+    """The history server over the configured store, started."""
     # A reader: it needs only SELECT on the database (README, Security), and leaves the
     # schema to `flowlog run` and `flowlog migrate`.
     reader = HistoryReader(lambda: connect(config, create=False, read_only=True), config.store.database,
                            config.serve, config.masker())
+    server = HistoryServer(reader, config.serve, config.store.database).start()
+    log.info("serving Hubble's observer API over %s on %s%s", config.store.database, server.address,
+             " (TLS)" if config.serve.tls.cert_file else "")
+    return server
+
+
+def run_serve(config, stop: threading.Event | None = None) -> int:
+    """Serves until stop is set (SIGTERM and SIGINT set it when run from the main thread)."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-    server = HistoryServer(reader, config.serve, config.store.database).start()
-    log.info("serving Hubble's observer API over %s on %s%s", config.store.database, server.address,
-             " (TLS)" if config.serve.tls.cert_file else "")
+    server = start_server(config)
     stop.wait()
     log.info("stopping the history server")
     server.stop()
