@@ -12,6 +12,10 @@ says the first day; response.time and every filter on time use the stored time).
 `flowlog serve` runs in its own process and this one sends each request as the hubble CLI
 builds it, counting the responses without decoding them (the client's cost is not the
 server's). "Now" is the newest stored flow. The server's CPU seconds are reported beside.
+
+The baseline, in the same run: a Python gRPC server in its own process that streams the
+same messages already serialized, from memory, with no store and no filter: the most a
+Python gRPC server sends a second, one response per flow, to the same client.
 """
 
 from __future__ import annotations
@@ -143,6 +147,37 @@ def newest_and_namespace(store: Path) -> tuple[int, str, str]:
     return int(out[0]), namespace, "stripe" if pattern else "svc"
 
 
+def raw_server(port: int, stream: Path, count: int) -> None:
+    """The baseline server: `count` stored messages (repeated), as bytes, no work."""
+    from concurrent import futures
+    messages = [raw for raw, _ in zip(flowfiles.read_stream(stream), range(20_000))]
+
+    def get_flows(request, context):
+        for index in range(count):
+            yield messages[index % len(messages)]
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("observer.Observer", {
+        "GetFlows": grpc.unary_stream_rpc_method_handler(
+            get_flows, request_deserializer=observer_pb2.GetFlowsRequest.FromString)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def start(argv: list[str], port: int) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, *argv], cwd=REPO)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with grpc.insecure_channel(address) as channel:
+                grpc.channel_ready_future(channel).result(timeout=1)
+            return process
+        except grpc.FutureTimeoutError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit(f"{argv} did not start")
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -154,36 +189,50 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--follow-seconds", type=float, default=5.0)
+    parser.add_argument("--baseline-flows", type=int, default=50_000)
+    parser.add_argument("--raw-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     cache = REPO / "bench" / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
+    files = flowfiles.make(cache, args.seed, args.base_flows, rate=2500.0, log=log)
+    if args.raw_server:
+        raw_server(args.raw_server, files.stream, args.baseline_flows)
+        return 0
     store = build_store(cache, args.base_flows, args.copies, args.seed, log)
     newest_ns, namespace, pattern = newest_and_namespace(store)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ingest", "serve", "--listen", f"127.0.0.1:{port}",
-                               "--state-dir", str(store / "state"), "--store", f"chdb://{store / 'db'}",
-                               "--log-level", "warning"], cwd=REPO)
     results = {"flows_stored": args.base_flows * args.copies, "now": newest_ns, "queries": {}}
+
+    port = free_port()
+    baseline = start([__file__, "--base-flows", str(args.base_flows), "--seed", str(args.seed), "--baseline-flows",
+                      str(args.baseline_flows), "--raw-server", str(port)], port)
+    try:
+        cpu_before = cpu_seconds(baseline.pid)
+        limit = measure(f"127.0.0.1:{port}", observer_pb2.GetFlowsRequest(), args.follow_seconds)
+        limit["server_cpu_s"] = round(cpu_seconds(baseline.pid) - cpu_before, 2)
+    finally:
+        baseline.terminate()
+        baseline.wait(30)
+    results["python_grpc_limit"] = limit
+    print(f"{'baseline: Python gRPC, serialized messages from memory':55} {limit['responses']:>8,} responses, "
+          f"{limit['flows_per_s']:>8} flows/s, server CPU {limit['server_cpu_s']} s", flush=True)
+
+    port = free_port()
+    server = start(["-m", "ingest", "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(store / "state"),
+                    "--store", f"chdb://{store / 'db'}", "--log-level", "warning"], port)
     try:
         address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with grpc.insecure_channel(address) as channel:
-                    grpc.channel_ready_future(channel).result(timeout=1)
-                break
-            except grpc.FutureTimeoutError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("flowlog serve did not start")
         for name, request in requests(newest_ns, namespace, pattern).items():
             cpu_before = cpu_seconds(server.pid)
             result = measure(address, request, args.follow_seconds)
             result["server_cpu_s"] = round(cpu_seconds(server.pid) - cpu_before, 2)
+            if result["flows_per_s"]:
+                result["of_limit"] = round(result["flows_per_s"] / limit["flows_per_s"], 2)
             results["queries"][name] = result
             print(f"{name:55} first {result['first_response_s']} s, {result['responses']:>8,} responses, "
-                  f"{result['flows_per_s'] or '-':>8} flows/s, server CPU {result['server_cpu_s']} s", flush=True)
+                  f"{result['flows_per_s'] or '-':>8} flows/s ({result.get('of_limit', '-')} of the limit), "
+                  f"server CPU {result['server_cpu_s']} s", flush=True)
     finally:
         server.terminate()
         server.wait(30)

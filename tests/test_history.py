@@ -402,3 +402,24 @@ def test_run_with_serve_answers_from_the_embedded_store_it_writes(tmp_path):
             _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     assert f"on 127.0.0.1:{port}" in stderr
+
+
+@pytest.mark.parametrize("argv", [["--all", "-o", "jsonpb"], ["--last", "100", "-o", "jsonpb"],
+                                  ["--namespace", "kube-system", "--last", "300"],
+                                  ["--since", "3h30m", "--first", "40", "--protocol", "dns"]],
+                         ids=" ".join)
+def test_answers_read_a_few_flows_at_a_time_are_the_same(stored, tmp_path, argv):
+    """serve.page_rows 7: every window is read in pages, forward and backward."""
+    served, lines = stored
+    config = served.config
+    paged = Served(config_mod.load(env={}, overrides={
+        "store.dsn": config.store.dsn, "store.database": config.store.database, "state_dir": str(tmp_path),
+        "metrics.address": "", "serve.listen": "127.0.0.1:0", "serve.page_rows": "7"}))
+    try:
+        request = build_request(argv, NOW)
+        got = [r.SerializeToString(deterministic=True) for r in paged.flows(request) if r.HasField("flow")]
+        expected = [json_format.ParseDict(masked_response(request, line), observer_pb2.GetFlowsResponse())
+                    .SerializeToString(deterministic=True) for line in expected_responses(request, lines, NOW)]
+        assert got == expected and len(got) > 30
+    finally:
+        paged.close()

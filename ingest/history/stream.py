@@ -147,19 +147,26 @@ class FlowStream:
     # --- reading the store window by window -------------------------------------------
 
     def _scan(self, lo: int, hi: int, descending: bool) -> Iterator[StoredFlow]:
-        """Every candidate flow in [lo, hi), in time order (or reverse). Windows grow while
-        they hold few flows and shrink when one holds more than page_rows."""
+        """Every candidate flow in [lo, hi), in time order (or reverse), at most page_rows
+        read at once. Windows grow while they hold few flows; a full one ends before its
+        last flow's time, and the next starts there."""
         window = _FIRST_WINDOW_NS
         if self.newest:  # no empty years read window by window
             lo, hi = max(lo, self.oldest), min(hi, self.newest + 1)
         cursor = hi if descending else lo
         while (cursor > lo) if descending else (cursor < hi):
             w_lo, w_hi = (max(lo, cursor - window), cursor) if descending else (cursor, min(hi, cursor + window))
-            exhaustive = w_hi - w_lo <= _MIN_WINDOW_NS
-            limit = (1 << 63) if exhaustive else self.page_rows + 1
-            rows = self.reader.flows(w_lo, w_hi, self.plan.push, descending, limit)
-            if len(rows) > self.page_rows and not exhaustive:
-                window = max(_MIN_WINDOW_NS, (w_hi - w_lo) // 4)
+            rows = self.reader.flows(w_lo, w_hi, self.plan.push, descending, self.page_rows + 1)
+            if len(rows) > self.page_rows:
+                # Flows of the last time read may go on past the page: they come next time.
+                edge = rows[self.page_rows - 1].time_ns
+                kept = [row for row in rows[:self.page_rows] if row.time_ns != edge]
+                if not kept:  # a page of flows all stamped the same nanosecond
+                    kept = self.reader.flows(edge, edge + 1, self.plan.push, descending, 1 << 63)
+                    edge = edge - 1 if descending else edge + 1
+                yield from kept
+                cursor = edge + 1 if descending else edge
+                window = max(_MIN_WINDOW_NS, abs(edge - (w_hi if descending else w_lo)))
                 continue
             yield from rows
             cursor = w_lo if descending else w_hi
