@@ -216,18 +216,17 @@ class FlowStream:
         else:
             held, start = self._newest(p.number, oldest, history_end)
             if held is not None:
-                yield from self._with_gaps(held, held[0][0].time_ns if held else history_end, history_end,
-                                           final=not p.follow)
+                yield from self._with_gaps(held, held[0][0].time_ns if held else history_end, history_end)
                 if p.follow:
                     yield from self._follow(history_end, [row.key for row, _ in held])
                 return
             lo = start[0] if start else oldest
         if count == 0 and not p.follow:
-            yield from self._with_gaps([], lo, history_end, final=True)
+            yield from self._with_gaps([], lo, history_end)
             return
         sent_keys: list[tuple[int, str, str]] = []
         forward = self._forward(lo, history_end, start, limit, sent_keys)
-        yield from self._with_gaps(forward, lo, history_end, final=not p.follow, limited=limit is not None)
+        yield from self._with_gaps(forward, lo, history_end, limited=limit is not None)
         if p.follow:
             yield from self._follow(history_end, sent_keys)
 
@@ -265,7 +264,7 @@ class FlowStream:
                 sent_keys.append(row.key)
             yield row, flow
 
-    def _with_gaps(self, flows, lo: int, hi: int, final: bool, limited: bool = False):
+    def _with_gaps(self, flows, lo: int, hi: int, limited: bool = False):
         """The flows, with the gaps recorded between lo and hi each at its time. When the
         number of flows ended the stream early, gaps after the last flow are not sent."""
         gaps = self.reader.gaps(lo, hi) if hi > lo else []
