@@ -423,3 +423,34 @@ def test_answers_read_a_few_flows_at_a_time_are_the_same(stored, tmp_path, argv)
         assert got == expected and len(got) > 30
     finally:
         paged.close()
+
+
+def test_serve_with_mtls_answers_only_clients_with_a_certificate(stored, tmp_path, capsys):
+    from ingest import cli
+    from .certs import CA, write
+    served, lines = stored
+    ca = CA("flowlog test CA")
+    server_cert, server_key = ca.issue("flowlog-history", ["flowlog-history.flowlog"], client=False)
+    client_cert, client_key = ca.issue("auditor", [], client=True)
+    files = write(tmp_path, ca=ca.pem, server_cert=server_cert, server_key=server_key, client_cert=client_cert,
+                  client_key=client_key)
+    config = served.config
+    secured = config_mod.load(env={}, overrides={
+        "store.dsn": config.store.dsn, "store.database": config.store.database, "state_dir": str(tmp_path / "s"),
+        "metrics.address": "", "serve.listen": "127.0.0.1:0", "serve.tls.cert_file": files["server_cert"],
+        "serve.tls.key_file": files["server_key"], "serve.tls.ca_file": files["ca"]})
+    reader = HistoryReader(lambda: connect(secured, create=False), secured.store.database, secured.serve)
+    server = HistoryServer(reader, secured.serve, secured.store.database).start()
+    address = f"127.0.0.1:{server.port}"
+    tls = ["--tls", "--tls-server-name", "flowlog-history.flowlog", "--tls-ca-cert-files", files["ca"]]
+    try:
+        assert cli.main(["observe", "--server", address, *tls, "--tls-client-cert-file", files["client_cert"],
+                         "--tls-client-key-file", files["client_key"], "--last", "3", "-o", "jsonpb"]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 3
+        # Without a client certificate the handshake fails: nothing is answered.
+        assert cli.main(["observe", "--server", address, *tls, "--last", "3", "--timeout", "5s"]) == 1
+        assert capsys.readouterr().out == ""
+        # Nor to a client that does not speak TLS.
+        assert cli.main(["observe", "--server", address, "--last", "3", "--timeout", "5s"]) == 1
+    finally:
+        server.stop(0)
