@@ -409,12 +409,12 @@ def test_run_with_serve_answers_from_the_embedded_store_it_writes(tmp_path):
                                   ["--since", "3h30m", "--first", "40", "--protocol", "dns"]],
                          ids=" ".join)
 def test_answers_read_a_few_flows_at_a_time_are_the_same(stored, tmp_path, argv):
-    """serve.page_rows 7: every window is read in pages, forward and backward."""
+    """serve.page_rows 3: every window is read in pages, forward and backward."""
     served, lines = stored
     config = served.config
     paged = Served(config_mod.load(env={}, overrides={
         "store.dsn": config.store.dsn, "store.database": config.store.database, "state_dir": str(tmp_path),
-        "metrics.address": "", "serve.listen": "127.0.0.1:0", "serve.page_rows": "7"}))
+        "metrics.address": "", "serve.listen": "127.0.0.1:0", "serve.page_rows": "3"}))
     try:
         request = build_request(argv, NOW)
         got = [r.SerializeToString(deterministic=True) for r in paged.flows(request) if r.HasField("flow")]
@@ -454,3 +454,38 @@ def test_serve_with_mtls_answers_only_clients_with_a_certificate(stored, tmp_pat
         assert cli.main(["observe", "--server", address, "--last", "3", "--timeout", "5s"]) == 1
     finally:
         server.stop(0)
+
+
+def test_follow_sends_only_from_where_the_request_starts(chdb_dir, tmp_path):
+    """Flows stored in the last minutes, within the follow's re-read window, are not new:
+    `-f` sends none of them, `--last 3 -f` three, `--since T -f` those from T on."""
+    config = make_config(chdb_dir, str(tmp_path / "state"), **{
+        "serve.follow_poll_s": "0.1", "serve.follow_delay_s": "1.0", "serve.follow_window_s": "120"})
+    client = open_store(config)
+    lines = sorted(fixture_lines(HTTP_348), key=lambda line: line["time"])[:200]
+    start = time.time_ns() - 100 * NS
+    responses = restamped(lines, start, 400_000_000)  # one every 0.4 s: 100 s to 20 s ago
+    served = None
+    try:
+        ingest_lines(config, client, [json_format.MessageToDict(r, preserving_proto_field_name=True)
+                                      for r in responses])
+        served = Served(config)
+        since = observer_pb2.GetFlowsRequest(follow=True)
+        since.since.FromNanoseconds(start + 90 * NS)
+        for request, expected in ((observer_pb2.GetFlowsRequest(follow=True), []),
+                                  (observer_pb2.GetFlowsRequest(follow=True, number=3), responses[-3:]),
+                                  (since, [r for r in responses if r.flow.time.ToNanoseconds() >= start + 90 * NS])):
+            received: list = []
+            call = served.stub.GetFlows(request)
+            reader = threading.Thread(target=read_until_cancelled, args=(call, received), daemon=True)
+            reader.start()
+            time.sleep(2.0)  # several polls
+            call.cancel()
+            reader.join(timeout=10)
+            assert [flow_bytes(r) for r in received] == [r.flow.SerializeToString(deterministic=True)
+                                                         for r in expected]
+    finally:
+        if served:
+            served.close()
+        client.command(f"DROP DATABASE IF EXISTS `{config.store.database}`")
+        client.close()

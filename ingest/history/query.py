@@ -150,6 +150,12 @@ def flows_sql(database: str, condition: str, descending: bool) -> str:
             f"ORDER BY {order}")
 
 
+def keys_sql(database: str, condition: str) -> str:
+    """The keys (time in ns, node, flow_id) of the stored flows in [{lo}, {hi}) that may match."""
+    return (f"SELECT toUnixTimestamp64Nano(a.time), a.node, a.flow_id FROM `{database}`.`{L7_AUDIT.name}` AS a "
+            f"WHERE {_time_range('a.time')} AND ({condition})")
+
+
 def gaps_sql(database: str) -> str:
     """Recorded gaps in [{lo}, {hi}), oldest first, at most {limit}."""
     return (f"SELECT toUnixTimestamp64Nano(time), node, gap_id, kind, source, count, "

@@ -86,6 +86,12 @@ class HistoryReader:
                            {**push.parameters, "lo": lo_ns, "hi": hi_ns, "limit": limit}, {"flow": "bytes"})
         return [StoredFlow(*row) for row in rows]
 
+    def keys(self, lo_ns: int, hi_ns: int, push: query.Pushdown) -> list[tuple[int, str, str]]:
+        if hi_ns <= lo_ns:
+            return []
+        return [tuple(row) for row in self._query(query.keys_sql(self.database, push.condition),
+                                                  {**push.parameters, "lo": lo_ns, "hi": hi_ns})]
+
     def gaps(self, lo_ns: int, hi_ns: int, limit: int = 10_000) -> list[Gap]:
         return [Gap(*row) for row in self._query(query.gaps_sql(self.database),
                                                  {"lo": lo_ns, "hi": hi_ns, "limit": limit})]

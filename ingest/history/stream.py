@@ -170,8 +170,8 @@ class FlowStream:
                 continue
             yield from rows
             cursor = w_lo if descending else w_hi
-            if len(rows) < self.page_rows // 4:
-                window = min(_MAX_WINDOW_NS, window * 4)
+            if len(rows) < self.page_rows:  # room left: the next window may be longer
+                window = min(_MAX_WINDOW_NS, window * (4 if len(rows) <= self.page_rows // 4 else 2))
 
     def _decode(self, row: StoredFlow) -> flow_pb2.Flow | None:
         flow = flow_pb2.Flow.FromString(row.flow)
@@ -206,6 +206,10 @@ class FlowStream:
         if p.until_ns is not None:
             history_end = min(history_end, p.until_ns + 1)
         limit = p.number if (p.number and not p.follow) else None
+        # follow: what is stored already near the hand-over, read before the history is, is
+        # not new; with the keys the history sends, that is what polls must not send again.
+        seen = {hash(key) for key in self.reader.keys(history_end - self.window_ns, history_end, p.push)} \
+            if p.follow else set()
         start: tuple[int, str, str] | None = None
         if p.first or p.since_ns is not None:
             lo = p.since_ns if p.since_ns is not None else oldest
@@ -216,19 +220,20 @@ class FlowStream:
         else:
             held, start = self._newest(p.number, oldest, history_end)
             if held is not None:
-                yield from self._with_gaps(held, held[0][0].time_ns if held else history_end, history_end)
+                lo = held[0][0].time_ns if held else history_end
+                yield from self._with_gaps(held, lo, history_end)
                 if p.follow:
-                    yield from self._follow(history_end, [row.key for row, _ in held])
+                    seen.update(hash(row.key) for row, _ in held)
+                    yield from self._follow(history_end, lo, seen)
                 return
-            lo = start[0] if start else oldest
+            lo = start[0] if start else history_end
         if count == 0 and not p.follow:
             yield from self._with_gaps([], lo, history_end)
             return
-        sent_keys: list[tuple[int, str, str]] = []
-        forward = self._forward(lo, history_end, start, limit, sent_keys)
+        forward = self._forward(lo, history_end, start, limit, seen if p.follow else None)
         yield from self._with_gaps(forward, lo, history_end, limited=limit is not None)
         if p.follow:
-            yield from self._follow(history_end, sent_keys)
+            yield from self._follow(history_end, lo, seen)
 
     def _newest(self, number: int, oldest: int, end: int):
         """The newest `number` matching flows: held in memory when they are few (with None),
@@ -249,7 +254,7 @@ class FlowStream:
             return held, None
         return None, (row.key if found else None)
 
-    def _forward(self, lo: int, hi: int, start, limit, sent_keys):
+    def _forward(self, lo: int, hi: int, start, limit, seen: set | None):
         count = 0
         for row in self._scan(lo, hi, descending=False):
             if start is not None and row.key < start:
@@ -260,8 +265,8 @@ class FlowStream:
             if limit is not None and count >= limit:
                 return
             count += 1
-            if self.plan.follow:
-                sent_keys.append(row.key)
+            if seen is not None:
+                seen.add(hash(row.key))
             yield row, flow
 
     def _with_gaps(self, flows, lo: int, hi: int, limited: bool = False):
@@ -286,21 +291,24 @@ class FlowStream:
         self.gaps_sent.add(gap.gap_id)
         return _gap_response(gap)
 
-    def _follow(self, cursor: int, sent_keys) -> Iterator[observer_pb2.GetFlowsResponse]:
-        """Polls for flows stored since; every key sent within the window is remembered."""
-        recent = {key: True for key in sent_keys if key[0] >= cursor - self.window_ns}
+    def _follow(self, cursor: int, floor: int, seen: set) -> Iterator[observer_pb2.GetFlowsResponse]:
+        """Polls for flows stored since the history was read: every poll reads the window
+        before the cursor again and sends what it has not seen, never a flow before floor
+        (where the request starts). A key is held while its flow is in the window."""
+        recent = dict.fromkeys(seen, cursor)
         until = self.plan.until_ns
         while self.active():
             self.sleep(self.poll_s)
             end = self.clock() - self.delay_ns
             if until is not None:
                 end = min(end, until + 1)
-            lo = cursor - self.window_ns
+            lo = max(cursor - self.window_ns, floor)
             fresh: list[tuple[StoredFlow, flow_pb2.Flow]] = []
             for row in self._scan(lo, end, descending=False):
-                if row.key in recent:
+                key = hash(row.key)
+                if key in recent:
                     continue
-                recent[row.key] = True
+                recent[key] = row.time_ns
                 flow = self._decode(row)
                 if flow is not None:
                     fresh.append((row, flow))
@@ -315,7 +323,7 @@ class FlowStream:
                     yield self._response(item, flow)
             cursor = max(cursor, end)
             horizon = cursor - self.window_ns
-            for key in [k for k in recent if k[0] < horizon]:
+            for key in [k for k, at in recent.items() if at < horizon]:
                 del recent[key]
             if until is not None and end > until:
                 return
