@@ -489,3 +489,112 @@ def test_follow_sends_only_from_where_the_request_starts(chdb_dir, tmp_path):
             served.close()
         client.command(f"DROP DATABASE IF EXISTS `{config.store.database}`")
         client.close()
+
+
+def _request(text: str) -> observer_pb2.GetFlowsRequest:
+    from google.protobuf import text_format
+    return text_format.Parse(text, observer_pb2.GetFlowsRequest())
+
+
+# Requests a second reading found answered wrongly (each against the reference).
+ODD_REQUESTS = [
+    'whitelist { uuid: "" }',  # a flow without a uuid: its row holds a content hash
+    'whitelist { event_type { type: 0 } }',  # type 0 is any type
+    'whitelist { event_type { type: 129 } event_type { type: 4 } http_method: "get" }',
+    'whitelist { http_method: "gEt" }',
+    'whitelist { source_label: "any:app=ratings" }',
+    'whitelist { destination_label: "unspec:k8s-app=kube-dns" }',
+    'whitelist { source_label: "app notin (ratings)" source_pod: "bookinfo/" }',
+    'whitelist { source_pod: "/ratings" } whitelist { destination_pod: "kube-system/" } blacklist { verdict: DROPPED }',
+]
+
+
+@pytest.mark.parametrize("text", ODD_REQUESTS)
+def test_odd_requests_get_what_hubble_would_answer(stored, text):
+    served, lines = stored
+    request = _request(text)
+    expected = [json_format.ParseDict(masked_response(request, line), observer_pb2.GetFlowsResponse())
+                .SerializeToString(deterministic=True) for line in expected_responses(request, lines, NOW)]
+    got = [r.SerializeToString(deterministic=True) for r in served.flows(request) if r.HasField("flow")]
+    assert got == expected and got
+
+
+def test_methods_compare_as_gos_equal_fold():
+    from ingest.history.filters import equal_fold
+    assert equal_fold("poſt", "POST") and equal_fold("GET", "get") and not equal_fold("GETS", "GET")
+    assert not equal_fold("straße", "STRASSE")  # simple folding, not full
+
+
+@pytest.mark.parametrize("selector", ["app=ratings ,", "app in (a b)", "app=-x", "a/b/c=x"])
+def test_a_label_selector_kubernetes_refuses_is_refused(stored, selector):
+    served, _ = stored
+    with pytest.raises(grpc.RpcError) as refused:
+        served.flows(_request(f'whitelist {{ source_label: "{selector}" }}'))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "source_label" in refused.value.details()
+
+
+def test_a_thousand_filters_are_answered_from_the_time_range_alone(stored):
+    """Pushed down, they would pass ClickHouse's max_query_size: decided in Python instead."""
+    served, lines = stored
+    request = observer_pb2.GetFlowsRequest()
+    for index in range(1000):
+        request.whitelist.add(source_pod=[f"bookinfo/p{index}" if index else "bookinfo/productpage"],
+                              http_status_code=["200"])
+    expected = expected_responses(request, lines, NOW)
+    got = [r for r in served.flows(request) if r.HasField("flow")]
+    assert len(got) == len(expected) > 0
+
+
+def test_status_codes_past_999_match_by_their_text_as_in_hubble(config, client):
+    """Hubble compares "%03d" by prefix: 5031 is a 5+ and a 50+, not a 503."""
+    lines = sorted(fixture_lines(HTTP_348), key=lambda line: line["time"])
+    codes = [line for line in lines if line["flow"]["l7"]["http"].get("code") == 503][:3]
+    for line in codes:
+        line["flow"]["l7"]["http"]["code"] = 5031
+    ingest_lines(config, client, lines)
+    served = Served(config)
+    try:
+        for value, expected in (("5+", 151), ("50+", 151), ("503", 151 - 3)):
+            request = observer_pb2.GetFlowsRequest()
+            request.whitelist.add(http_status_code=[value])
+            got = [r for r in served.flows(request) if r.HasField("flow")]
+            assert len(got) == len(expected_responses(request, lines, NOW)) == expected, value
+    finally:
+        served.close()
+
+
+def test_calls_past_max_streams_are_refused_and_health_still_answers(stored, tmp_path):
+    served, _ = stored
+    config = served.config
+    small = Served(config_mod.load(env={}, overrides={
+        "store.dsn": config.store.dsn, "store.database": config.store.database, "state_dir": str(tmp_path),
+        "metrics.address": "", "serve.listen": "127.0.0.1:0", "serve.max_streams": "2",
+        "serve.follow_poll_s": "0.1"}))
+    follows = []
+    try:
+        for _ in range(2):
+            call = small.stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True))
+            follows.append(call)
+            wait_for(lambda: call.initial_metadata() is not None, what="a follow under way")
+        with pytest.raises(grpc.RpcError) as refused:
+            small.flows(observer_pb2.GetFlowsRequest(number=1))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "serve.max_streams" in refused.value.details()
+        health = health_pb2_grpc.HealthStub(small.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service=HEALTH_SERVICE)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        assert small.stub.ServerStatus(observer_pb2.ServerStatusRequest()).num_flows == 678
+        follows.pop().cancel()
+        wait_for(lambda: _answers(small), what="a stream freed by a cancelled one")
+    finally:
+        for call in follows:
+            call.cancel()
+        small.close()
+
+
+def _answers(served) -> bool:
+    try:
+        return len(served.flows(observer_pb2.GetFlowsRequest(number=1))) == 1
+    except grpc.RpcError:
+        return False

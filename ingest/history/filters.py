@@ -63,7 +63,7 @@ def compile_filter(flow_filter: flow_pb2.FlowFilter, where: str = "whitelist") -
             raise FilterError(f"{where}.{field.name}: {err}") from None
     if flow_filter.http_status_code or flow_filter.http_method or flow_filter.http_path or flow_filter.http_url \
             or flow_filter.http_header:
-        if any(t.type != L7_EVENT_TYPE for t in flow_filter.event_type):
+        if flow_filter.event_type and not any(t.type == L7_EVENT_TYPE for t in flow_filter.event_type):
             raise FilterError(f"{where}.event_type: filtering by HTTP fields requires the event type filter to "
                               "match only 'l7' events (129)")
 
@@ -188,67 +188,114 @@ def _parse_labels(labels) -> list[tuple[str, str, str]]:
     return parsed
 
 
+_ANY_SOURCE = ("", "any", "unspec")  # a selector key with no source, or these, matches every source
+_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_TOKEN = re.compile(r"\s*(==|!=|=|!|<|>|\(|\)|,|[^\s,()=!<>]+)")
+
+
 @dataclass(frozen=True)
 class Requirement:
-    source: str  # "" for any source
+    source: str
     key: str
-    operator: str  # exists, !, =, !=, in, notin
+    operator: str  # exists, !, =, !=, in, notin, >, <
     values: tuple[str, ...] = ()
 
     def matches(self, labels: list[tuple[str, str, str]]) -> bool:
-        found = [v for s, k, v in labels if k == self.key and (not self.source or s == self.source)]
+        found = [v for s, k, v in labels if k == self.key and (self.source in _ANY_SOURCE or s == self.source)]
         if self.operator == "exists":
             return bool(found)
         if self.operator == "!":
             return not found
         if self.operator in ("=", "in"):
             return any(v in self.values for v in found)
+        if self.operator in (">", "<"):
+            bound = int(self.values[0])
+            return any(v.lstrip("-").isdigit() and (int(v) > bound if self.operator == ">" else int(v) < bound)
+                       for v in found)
         # != and notin also match a label that is absent (Kubernetes' semantics)
         return not any(v in self.values for v in found)
 
 
-_KEY = r"(?:[A-Za-z0-9_-]+:)?[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?"
-_REQUIREMENT = re.compile(
-    rf"\s*(?:(?P<not>!)\s*(?P<nkey>{_KEY})"
-    rf"|(?P<key>{_KEY})\s*(?:(?P<op>==|=|!=)\s*(?P<value>[-A-Za-z0-9_.]*)"
-    rf"|\s+(?P<setop>in|notin)\s*\((?P<set>[^)]*)\))?)\s*(?:,|$)")
-
-
 class LabelSelector:
-    """A Kubernetes label selector (`app=x,tier in (a,b),!canary`) over Cilium labels; a key
-    may name its source (`k8s:app=x`), else a label of any source matches."""
+    """A Kubernetes label selector (`app=x,tier in (a,b),!canary,replicas>1`) over Cilium
+    labels, parsed as Kubernetes parses one; a key may name its source (`k8s:app=x`), else
+    (or with `any:`) a label of any source matches."""
 
     def __init__(self, requirements: list[Requirement]):
         self.requirements = requirements
 
     @classmethod
     def parse(cls, text: str) -> "LabelSelector":
-        requirements, position = [], 0
-        text = text.strip()
-        if not text:
-            raise FilterError("an empty label selector")
-        while position < len(text):
-            found = _REQUIREMENT.match(text, position)
-            if not found or found.end() == position:
-                raise FilterError(f"{text!r} is no label selector (at character {position + 1})")
-            position = found.end()
-            if found["nkey"]:
-                requirements.append(cls._requirement(found["nkey"], "!"))
-            elif found["setop"]:
-                values = tuple(v.strip() for v in found["set"].split(",") if v.strip())
-                requirements.append(cls._requirement(found["key"], found["setop"], values))
-            elif found["op"]:
-                operator = "=" if found["op"] in ("=", "==") else "!="
-                requirements.append(cls._requirement(found["key"], operator, (found["value"],)))
+        tokens = _TOKEN.findall(text.strip())
+        if "".join(tokens) != "".join(text.split()) or not tokens:
+            raise FilterError(f"{text!r} is no label selector")
+        requirements, index = [], 0
+
+        def take() -> str:
+            nonlocal index
+            if index >= len(tokens):
+                raise FilterError(f"{text!r} is no label selector: it ends too soon")
+            index += 1
+            return tokens[index - 1]
+
+        while True:
+            token = take()
+            if token == "!":
+                requirements.append(cls._requirement(text, take(), "!"))
             else:
-                requirements.append(cls._requirement(found["key"], "exists"))
-        return cls(requirements)
+                nxt = tokens[index] if index < len(tokens) else ","
+                if nxt == ",":
+                    requirements.append(cls._requirement(text, token, "exists"))
+                elif nxt in ("=", "==", "!="):
+                    take()
+                    value = tokens[index] if index < len(tokens) and tokens[index] != "," else ""
+                    if value:
+                        take()
+                    requirements.append(cls._requirement(text, token, "!=" if nxt == "!=" else "=", (value,)))
+                elif nxt in ("in", "notin"):
+                    take()
+                    if take() != "(":
+                        raise FilterError(f"{text!r} is no label selector: {nxt} needs ( values )")
+                    values = []
+                    while True:
+                        value = take()
+                        if value in (",", ")"):
+                            values.append("")
+                        else:
+                            values.append(value)
+                            value = take()
+                        if value == ")":
+                            break
+                        if value != ",":
+                            raise FilterError(f"{text!r} is no label selector: values are separated by commas")
+                    requirements.append(cls._requirement(text, token, nxt, tuple(values)))
+                elif nxt in (">", "<"):
+                    take()
+                    bound = take()
+                    if not bound.lstrip("-").isdigit():
+                        raise FilterError(f"{text!r} is no label selector: {nxt} needs an integer")
+                    requirements.append(cls._requirement(text, token, nxt, (bound,)))
+                else:
+                    raise FilterError(f"{text!r} is no label selector at {nxt!r}")
+            if index == len(tokens):
+                return cls(requirements)
+            if take() != "," or index == len(tokens):
+                raise FilterError(f"{text!r} is no label selector: requirements are separated by commas")
 
     @staticmethod
-    def _requirement(key: str, operator: str, values: tuple[str, ...] = ()) -> Requirement:
+    def _requirement(text: str, key: str, operator: str, values: tuple[str, ...] = ()) -> Requirement:
         source, colon, name = key.partition(":")
         if not colon:
             source, name = "", key
+        # Cilium hands Kubernetes' parser `source.key` (no source: `any.key`), which checks it.
+        prefix, slash, last = f"{source or 'any'}.{name}".rpartition("/")
+        if (slash and not (len(prefix) <= 253 and _SUBDOMAIN.fullmatch(prefix))) or len(last) > 63 \
+                or not _NAME.fullmatch(last):
+            raise FilterError(f"{text!r}: {key!r} is no label key")
+        for value in values if operator not in (">", "<") else ():
+            if value and (len(value) > 63 or not _NAME.fullmatch(value)):
+                raise FilterError(f"{text!r}: {value!r} is no label value")
         return Requirement(source, name, operator, values)
 
     def matches(self, labels: list[tuple[str, str, str]]) -> bool:
@@ -327,19 +374,6 @@ def _status_codes(values: list[str]) -> Test:
     return test
 
 
-def status_code_ranges(values: list[str]) -> list[tuple[int, int]]:
-    """The status codes (inclusive ranges) that http_status_code values match."""
-    ranges = []
-    for value in values:
-        if _STATUS_FULL.fullmatch(value):
-            ranges.append((int(value), int(value)))
-        elif _STATUS_PREFIX.fullmatch(value):
-            digits = value[:-1]
-            low = int(digits.ljust(3, "0"))
-            ranges.append((low, int(digits.ljust(3, "9"))))
-    return ranges
-
-
 def _regexes(get: Callable[[Flow], str | None]):
     def build(values: list[str]) -> Test:
         try:
@@ -378,12 +412,16 @@ def _dns_query(flow: Flow) -> str | None:
 
 
 def _http_methods(values: list[str]) -> Test:
-    wanted = {v.lower() for v in values}
-
     def test(flow: Flow) -> bool:
         http = _http(flow)
-        return http is not None and bool(http.method) and http.method.lower() in wanted
+        return http is not None and bool(http.method) and any(equal_fold(http.method, v) for v in values)
     return test
+
+
+def equal_fold(a: str, b: str) -> bool:
+    """Go's strings.EqualFold: equal under simple Unicode case folding (ſ is s, K is k)."""
+    return len(a) == len(b) and all(x == y or x.lower() == y.lower() or x.upper() == y.upper()
+                                    for x, y in zip(a, b))
 
 
 def _http_headers(values: list) -> Test:

@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 
 from ..api.flow import flow_pb2
 from ..store.schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, L7_AUDIT
-from .filters import L7_EVENT_TYPE, parse_namespaced_name, status_code_ranges
+from .filters import L7_EVENT_TYPE, parse_namespaced_name
 
+
+
+# Past this many values a request's condition is left out of its SQL, which would outgrow
+# ClickHouse's max_query_size (256 KiB) and the URL a query's parameters travel in.
+MAX_PARAMETERS = 256
 
 
 def _time_range(column: str = "time") -> str:
@@ -58,7 +63,7 @@ def _enum_names(enum, numbers) -> list[str] | None:
 def _one_filter(flow_filter: flow_pb2.FlowFilter, push: Pushdown) -> _Parts:
     parts = _Parts()
     both = (parts.http, parts.dns)
-    if flow_filter.uuid:
+    if flow_filter.uuid and "" not in flow_filter.uuid:  # "" is a flow without one: its row has a content hash
         parts.audit.append(f"has({push.parameter(list(flow_filter.uuid), 'Array(String)')}, a.flow_id)")
     for side, values in (("src", flow_filter.source_pod), ("dst", flow_filter.destination_pod)):
         if values:
@@ -78,18 +83,25 @@ def _one_filter(flow_filter: flow_pb2.FlowFilter, push: Pushdown) -> _Parts:
     if verdicts:
         for conditions in both:
             conditions.append(f"has({push.parameter(verdicts, 'Array(String)')}, verdict)")
-    if flow_filter.event_type and not any(t.type == L7_EVENT_TYPE for t in flow_filter.event_type):
-        parts.kinds.clear()
+    if flow_filter.event_type and not any(t.type in (0, L7_EVENT_TYPE) for t in flow_filter.event_type):
+        parts.kinds.clear()  # type 0 is any type
     if flow_filter.http_status_code:
-        ranges = status_code_ranges(list(flow_filter.http_status_code))
-        parts.http.append("(" + " OR ".join(
-            f"status_code BETWEEN {push.parameter(low, 'UInt16')} AND {push.parameter(high, 'UInt16')}"
-            for low, high in ranges) + ")")
+        # Hubble compares the code's text, at least 3 digits, so 5031 is a 5+ (and a 50+).
+        full = [int(v) for v in flow_filter.http_status_code if not v.endswith("+")]
+        prefixes = [v[:-1] for v in flow_filter.http_status_code if v.endswith("+")]
+        alternatives = ([f"has({push.parameter(full, 'Array(UInt16)')}, status_code)"] if full else []) + [
+            f"(status_code >= 100 AND startsWith(toString(status_code), {push.parameter(prefix, 'String')}))"
+            for prefix in prefixes]
+        parts.http.append("(" + " OR ".join(alternatives) + ")")
         parts.kinds &= {"HTTP"}
     if flow_filter.http_method:
-        methods = [m.lower() for m in flow_filter.http_method]
-        parts.http.append(f"has({push.parameter(methods, 'Array(String)')}, lower(method))")
         parts.kinds &= {"HTTP"}
+        if all(m.isascii() for m in flow_filter.http_method):
+            # Go's EqualFold folds some other letters to ASCII ones (ſ to s): such a stored
+            # method is left to the exact test.
+            methods = [m.lower() for m in flow_filter.http_method]
+            parts.http.append(f"(has({push.parameter(methods, 'Array(String)')}, lower(method)) "
+                              "OR NOT isValidASCII(method))")
     if flow_filter.http_path or flow_filter.http_url or flow_filter.http_header:
         parts.kinds &= {"HTTP"}
     if flow_filter.dns_query:
@@ -129,6 +141,8 @@ def pushdown(database: str, whitelist) -> Pushdown:
             continue
         alternatives.append("(" + " AND ".join(parts.audit + ["(" + " OR ".join(kinds) + ")"]) + ")")
     push.condition = " OR ".join(alternatives) if alternatives else "0"
+    if len(push.parameters) > MAX_PARAMETERS:
+        return Pushdown()  # the time range alone: slower, never wrong
     return push
 
 

@@ -31,6 +31,7 @@ HEALTH_SERVICE = "hubble.server.Observer"
 # semver build metadata, so the hubble CLI's version check parses it.
 SERVER_VERSION = f"1.19.4+flowlog.{__version__}"
 _HEADERS = (("hubble-server-version", SERVER_VERSION),)
+_SPARE_THREADS = 8
 
 
 class HistoryObserver(observer_pb2_grpc.ObserverServicer):
@@ -40,6 +41,7 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
         self.database = database
         self.tls = tls
         self.started_ns = time.time_ns()
+        self.streams = threading.BoundedSemaphore(serve.max_streams)
 
     def _refuse(self, context, err: Exception):
         if isinstance(err, InvalidRequest):
@@ -50,6 +52,9 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
 
     def GetFlows(self, request, context):
         context.send_initial_metadata(_HEADERS)
+        if not self.streams.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.serve.max_streams} GetFlows calls are served already (serve.max_streams)")
         try:
             stream = FlowStream(self.reader, plan(request, self.database), self.serve.page_rows,
                                 self.serve.follow_poll_s, self.serve.follow_delay_s, self.serve.follow_window_s,
@@ -58,6 +63,8 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
         except (InvalidRequest, OverBudget, StoreFailed) as err:
             log.info("GetFlows from %s refused: %s", context.peer(), err)
             self._refuse(context, err)
+        finally:
+            self.streams.release()
 
     def ServerStatus(self, request, context):
         context.send_initial_metadata(_HEADERS)
@@ -121,9 +128,10 @@ class HistoryServer:
         self.reader = reader
         self.serve = serve
         tls = bool(serve.tls.cert_file)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=serve.max_streams + 4,
-                                                             thread_name_prefix="history"),
-                                  maximum_concurrent_rpcs=serve.max_streams + 4)
+        # A thread per call: GetFlows streams up to serve.max_streams (counted by the
+        # servicer), and threads to spare for health checks, status and refusals.
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=serve.max_streams + _SPARE_THREADS,
+                                                             thread_name_prefix="history"))
         observer_pb2_grpc.add_ObserverServicer_to_server(HistoryObserver(reader, serve, database, tls), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
