@@ -10,8 +10,10 @@ time; they pass every filter and do not count toward `number`, as in Hubble.
 
 `follow` polls the store: a flow is sent once it is `serve.follow_delay_s` old, so flows
 stored a little late still come in time order, and the last `serve.follow_window_s` are
-read again at every poll, so one stored later still comes (out of order). A key per flow
-sent in that window keeps every flow to one copy, across the hand-over from history too.
+read again at every poll, so one stored later still comes (out of order). The keys of
+the flows already stored in that window when the request came, and of every flow sent,
+are held while their flows are in the window: nothing is sent twice, across the hand-over
+from history too, and nothing from before where the request starts.
 """
 
 from __future__ import annotations
