@@ -598,3 +598,9 @@ def _answers(served) -> bool:
         return len(served.flows(observer_pb2.GetFlowsRequest(number=1))) == 1
     except grpc.RpcError:
         return False
+
+
+def test_serve_without_an_embedded_store_says_so_and_exits(tmp_path, capsys):
+    from ingest import cli
+    assert cli.main(["serve", "--state-dir", str(tmp_path), "--listen", "127.0.0.1:0"]) == 1
+    assert f"there is no embedded store in {tmp_path}/clickhouse" in capsys.readouterr().err

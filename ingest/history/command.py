@@ -38,6 +38,10 @@ def start_server(config) -> HistoryServer:
     """The history server over the configured store, started."""
     # A reader: it needs only SELECT on the database (README, Security), and leaves the
     # schema to `flowlog run` and `flowlog migrate`.
+    if config.store_dsn.startswith("chdb:"):
+        # The embedded store is here or not: say so now (a server's may come back later,
+        # and health says NOT_SERVING meanwhile).
+        connect(config, create=False, read_only=True).close()
     reader = HistoryReader(lambda: connect(config, create=False, read_only=True), config.store.database,
                            config.serve, config.masker())
     server = HistoryServer(reader, config.serve, config.store.database).start()
