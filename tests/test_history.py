@@ -604,3 +604,24 @@ def test_serve_without_an_embedded_store_says_so_and_exits(tmp_path, capsys):
     from ingest import cli
     assert cli.main(["serve", "--state-dir", str(tmp_path), "--listen", "127.0.0.1:0"]) == 1
     assert f"there is no embedded store in {tmp_path}/clickhouse" in capsys.readouterr().err
+
+
+def test_hubble_ui_request_gets_the_newest_flows_then_follows(stored):
+    """Hubble UI's backend: follow, number 10000 (GET_FLOWS_LAST), the namespace as two
+    filters, no field mask (cilium/hubble-ui backend)."""
+    served, lines = stored
+    request = observer_pb2.GetFlowsRequest(follow=True, number=10_000)
+    request.whitelist.add(source_pod=["bookinfo/"])
+    request.whitelist.add(destination_pod=["bookinfo/"])
+    received: list = []
+    call = served.stub.GetFlows(request)
+    reader = threading.Thread(target=read_until_cancelled, args=(call, received), daemon=True)
+    reader.start()
+    expected = [json_format.ParseDict(masked_response(request, line), observer_pb2.GetFlowsResponse())
+                .SerializeToString(deterministic=True) for line in expected_responses(request, lines, NOW)]
+    wait_for(lambda: len(received) >= len(expected), what="the stored flows")
+    time.sleep(1.0)  # polls: nothing more
+    call.cancel()
+    reader.join(timeout=10)
+    assert [r.SerializeToString(deterministic=True) for r in received if r.HasField("flow")] == expected
+    assert len(expected) == 70
