@@ -61,6 +61,8 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
                                 active=context.is_active)
             yield from stream.responses()
         except (InvalidRequest, OverBudget, StoreFailed) as err:
+            if not context.is_active():
+                return  # cancelled meanwhile: no one to tell
             log.info("GetFlows from %s refused: %s", context.peer(), err)
             self._refuse(context, err)
         finally:

@@ -299,8 +299,10 @@ class FlowStream:
         (where the request starts). A key is held while its flow is in the window."""
         recent = dict.fromkeys(seen, cursor)
         until = self.plan.until_ns
-        while self.active():
+        while True:
             self.sleep(self.poll_s)
+            if not self.active():  # the client left, or the server stops
+                return
             end = self.clock() - self.delay_ns
             if until is not None:
                 end = min(end, until + 1)
