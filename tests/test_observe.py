@@ -8,6 +8,7 @@ import _thread
 import argparse
 import io
 import socket
+import sys
 import threading
 import time
 from concurrent import futures
@@ -424,12 +425,17 @@ def test_ctrl_c_ends_quietly_with_130_after_what_came(serve, capsys):
             sent.set()
             release.wait(10)
 
+    responses = responses_of(fixture_lines(HTTP_5)[:2])
+    out_stream = sys.stdout  # capsys's
+
     def interrupt():
+        # Once the client has printed what was sent: under load that takes a while.
         sent.wait(10)
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while printed(responses)[0] not in out_stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
         _thread.interrupt_main()
 
-    responses = responses_of(fixture_lines(HTTP_5)[:2])
     threading.Thread(target=interrupt, daemon=True).start()
     try:
         assert observe.run(parse("--server", serve(Following(responses)), "-f")) == 130
