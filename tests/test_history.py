@@ -601,9 +601,12 @@ def _answers(served) -> bool:
 
 
 def test_serve_without_an_embedded_store_says_so_and_exits(tmp_path, capsys):
+    import signal
     from ingest import cli
+    before = signal.getsignal(signal.SIGINT)
     assert cli.main(["serve", "--state-dir", str(tmp_path), "--listen", "127.0.0.1:0"]) == 1
     assert f"there is no embedded store in {tmp_path}/clickhouse" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C still works as it did
 
 
 def test_hubble_ui_request_gets_the_newest_flows_then_follows(stored):

@@ -51,13 +51,19 @@ def start_server(config) -> HistoryServer:
 
 
 def run_serve(config, stop: threading.Event | None = None) -> int:
-    """Serves until stop is set (SIGTERM and SIGINT set it when run from the main thread)."""
+    """Serves until stop is set (SIGTERM and SIGINT set it when run from the main thread;
+    their handlers before are put back at the end)."""
     stop = stop or threading.Event()
+    server = start_server(config)
+    previous = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-    server = start_server(config)
-    stop.wait()
-    log.info("stopping the history server")
-    server.stop()
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    try:
+        stop.wait()
+        log.info("stopping the history server")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        server.stop()
     return 0
