@@ -404,17 +404,17 @@ def test_run_with_serve_answers_from_the_embedded_store_it_writes(tmp_path):
     assert f"on 127.0.0.1:{port}" in stderr
 
 
-@pytest.mark.parametrize("argv", [["--all", "-o", "jsonpb"], ["--last", "100", "-o", "jsonpb"],
-                                  ["--namespace", "kube-system", "--last", "300"],
-                                  ["--since", "3h30m", "--first", "40", "--protocol", "dns"]],
-                         ids=" ".join)
-def test_answers_read_a_few_flows_at_a_time_are_the_same(stored, tmp_path, argv):
-    """serve.page_rows 3: every window is read in pages, forward and backward."""
+@pytest.mark.parametrize("page_rows, argv", [
+    (25, ["--all", "-o", "jsonpb"]), (3, ["--last", "100", "-o", "jsonpb"]),
+    (25, ["--namespace", "kube-system", "--last", "300"]), (3, ["--since", "3h30m", "--first", "40", "--protocol", "dns"])],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else f"page_rows {value}")
+def test_answers_read_a_few_flows_at_a_time_are_the_same(stored, tmp_path, page_rows, argv):
+    """Small serve.page_rows: every window is read in pages, forward and backward."""
     served, lines = stored
     config = served.config
     paged = Served(config_mod.load(env={}, overrides={
         "store.dsn": config.store.dsn, "store.database": config.store.database, "state_dir": str(tmp_path),
-        "metrics.address": "", "serve.listen": "127.0.0.1:0", "serve.page_rows": "3"}))
+        "metrics.address": "", "serve.listen": "127.0.0.1:0", "serve.page_rows": str(page_rows)}))
     try:
         request = build_request(argv, NOW)
         got = [r.SerializeToString(deterministic=True) for r in paged.flows(request) if r.HasField("flow")]

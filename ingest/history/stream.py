@@ -199,8 +199,7 @@ class FlowStream:
         p = self.plan
         now = self.clock()
         oldest, newest, count = self.reader.span()
-        if not p.follow:
-            self.oldest, self.newest = oldest, newest
+        self.oldest, self.newest = oldest, newest  # the history part reads no empty years
         if p.follow:
             history_end = now - self.delay_ns
         else:
@@ -298,6 +297,7 @@ class FlowStream:
         before the cursor again and sends what it has not seen, never a flow before floor
         (where the request starts). A key is held while its flow is in the window."""
         recent = dict.fromkeys(seen, cursor)
+        self.newest = 0  # polls read past the newest flow the history knew of
         until = self.plan.until_ns
         while True:
             self.sleep(self.poll_s)
