@@ -79,11 +79,9 @@ class FieldMask:
 
     def __init__(self, paths: list[str]):
         self.tree: dict = {}
-        self.ignored: list[str] = []
         for path in sorted(set(paths)):
             parts = path.split(".")
             if not _is_path(flow_pb2.Flow.DESCRIPTOR, parts):
-                self.ignored.append(path)
                 continue
             node = self.tree
             for index, part in enumerate(parts):
