@@ -164,14 +164,16 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # gRPC's own C-core lines ("Got goaway ...") read like errors; the ingester reports
+    # what matters about a stream itself. Read once, when grpc is first imported: by the
+    # parser already (serve, observe).
+    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if "--debug" in (sys.argv[1:] if argv is None else argv)
+                          else "ERROR")
     args = build_parser().parse_args(argv)
     if args.command == "observe":  # a client of a server: no config, no store
         from .history import observe
         return observe.run(args)
     debug = getattr(args, "debug", False)
-    # gRPC's own C-core lines ("Got goaway ...") read like errors; the ingester reports
-    # what matters about a stream itself.
-    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if debug else "ERROR")
     # Whatever the process writes (the embedded store's files, a merge's new parts) is its
     # user's only: it holds flows.
     os.umask(0o077)
