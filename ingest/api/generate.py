@@ -31,7 +31,8 @@ def generate(out_dir: Path) -> list[Path]:
             args.append(f"--grpc_python_out={out_dir}")
         if protoc.main(args + [str(REPO_ROOT / proto)]) != 0:
             raise SystemExit(f"protoc failed on {proto}")
-    return sorted(p.relative_to(out_dir) for p in out_dir.rglob("*_pb2*.py*"))
+    # Under the API's own directory only: out_dir may be the repository, with a virtualenv in it.
+    return sorted(p.relative_to(out_dir) for p in (out_dir / API_DIR.relative_to(REPO_ROOT)).rglob("*_pb2*.py*"))
 
 
 def stale_files() -> list[str]:
