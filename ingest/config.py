@@ -23,6 +23,8 @@ import yaml
 from .masking import MASK, Masker, credential_forms, dsn_secrets, mask_dsn
 
 DEFAULT_SOURCE = "unix:///var/run/cilium/hubble.sock"
+# A source address that names Hubble exporter files: file:///var/run/cilium/hubble/events.log
+FILE_SCHEME = "file://"
 DEFAULT_STATE_DIR = "flowlog-data"
 SENSITIVE_HEADERS = ["Authorization", "Cookie", "Set-Cookie", "Proxy-Authorization", "X-Api-Key", "X-Auth-Token",
                      "X-Amz-Security-Token", "X-ClickHouse-Key"]
@@ -70,6 +72,27 @@ class SourceConfig:
     # A node not heard from for this long (by this host's clock) no longer holds the
     # resume point back: it left the cluster, or has no L7 traffic.
     node_idle_s: float = 600.0
+    # file:// sources: how often a followed file is looked at when it has nothing new.
+    file_poll_s: float = field(default=0.25, metadata=_positive)
+
+
+    @property
+    def files(self) -> list[str] | None:
+        """The exporter files a `file://` address names (several separated by commas), or
+        None when the source is a Hubble server. ConfigError when a path is not absolute."""
+        if not self.address.startswith(FILE_SCHEME):
+            return None
+        paths = []
+        for part in self.address.split(","):
+            part = part.strip()
+            path = part[len(FILE_SCHEME):] if part.startswith(FILE_SCHEME) else ""
+            if not path.startswith("/"):
+                raise ConfigError(f"source.address: {part!r} is no file:///absolute/path (several are separated by "
+                                  "commas)")
+            paths.append(os.path.normpath(path))
+        if len(set(paths)) < len(paths):
+            raise ConfigError(f"source.address: a file is named twice in {self.address!r}")
+        return paths
 
 
 @dataclass
@@ -426,6 +449,7 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
         # A node quiet for less than the margin may still have flows in Relay's sort buffer.
         raise ConfigError(f"source.node_idle_s: expected at least source.resume_margin_s "
                           f"({config.source.resume_margin_s}), got {config.source.node_idle_s}")
+    config.source.files  # raises on a file:// address that names no absolute path
     if config.log.format not in ("plain", "json"):
         raise ConfigError(f"log.format: expected plain or json, got {config.log.format!r}")
     return config

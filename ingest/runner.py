@@ -34,6 +34,7 @@ from .pipeline.records import RECORD_SOURCE, SealedBatch
 from .pipeline.sink import BatchRefused, Sink, StoreUnavailable
 from .pipeline.spool import Spool
 from .sources.files import FileSource, ReplayCounts
+from .sources.exporter import ExporterSource
 from .sources.hubble import HubbleSource
 from .statedir import StateDirInUse, StateLock
 from .store.migrations import SCHEMA_VERSION, applied_version
@@ -111,7 +112,7 @@ class Writer:
         self._held = None
         self._writable_again()
         if self.checkpoint is not None:
-            self.checkpoint.advance(sealed.newest_flow_by_node(), sealed.created_ns)
+            self.checkpoint.advance(sealed.newest_flow_by_node(), sealed.created_ns, sealed.positions)
         return True
 
     def _unwritable(self, err: OSError) -> None:
@@ -233,7 +234,8 @@ def _reading(source, batcher: Batcher):
 
 
 class Ingester:
-    """`flowlog run`: follows one Hubble source into the store until stopped."""
+    """`flowlog run`: follows one Hubble server, or the exporter files of one, into the
+    store until stopped."""
 
     def __init__(self, config: Config, client, stop: threading.Event | None = None, lock: StateLock | None = None):
         """lock: the state dir's, taken already (by the command line, before the store is
@@ -254,21 +256,27 @@ class Ingester:
         newest_spooled = self.spool.newest()
         if newest_spooled is not None:
             # Spooled before a crash but not yet in the checkpoint: durable all the same.
-            self.checkpoint.advance(newest_spooled.newest_flow_by_node(), newest_spooled.created_ns)
+            self.checkpoint.advance(newest_spooled.newest_flow_by_node(), newest_spooled.created_ns,
+                                    newest_spooled.positions)
         self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024, self.stop)
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
         self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
         self.writer = Writer(self.spool, self.sink, self.checkpoint, self.l7_metrics.observe)
         self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s,
                                max_batch_bytes=_spool_batch_bytes(config))
-        dispatcher = Dispatcher(Decoder(config.http, config.kafka), self.dead_letters, self.batcher.put, kind="hubble",
-                                live=True)
-        self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.nodes, self.checkpoint.seen)
+        files = config.source.files
+        dispatcher = Dispatcher(Decoder(config.http, config.kafka), self.dead_letters, self.batcher.put,
+                                kind="hubble" if files is None else "file", live=True)
+        if files is None:
+            self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.nodes, self.checkpoint.seen)
+        else:
+            self.source = ExporterSource(config.source, dispatcher, self.stop, self.checkpoint.files,
+                                         self.checkpoint.nodes, self.checkpoint.seen)
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
         self.endpoint = None
         if config.metrics.address:
             self.endpoint = Endpoint(config.metrics.address, {
-                "hubble": self.source.connected.is_set,
+                "hubble" if files is None else "exporter files": self.source.connected.is_set,
                 "store": lambda: self.sink.healthy,
                 "state dir writable": lambda: self.writer.writable and self.dead_letters.writable,
                 "schema": lambda: schema_current,
@@ -289,7 +297,7 @@ class Ingester:
             self.lock.release()
 
     def _run(self) -> None:
-        reader = _Thread(_reading(self.source, self.batcher), "hubble-source")
+        reader = _Thread(_reading(self.source, self.batcher), "source")
         batcher = _Thread(self.batcher.run, "batcher")
         reader.start()
         batcher.start()
@@ -334,14 +342,15 @@ class ReplaySummary:
         committed (stored, or stored already), and there was at least one."""
         c = self.counts
         return (not c.bad_lines and not c.unreadable and not self.not_committed
-                and c.l7_flows + c.filtered + c.gaps > 0)
+                and c.l7_flows + c.filtered + c.gaps + c.events > 0)
 
     def line(self) -> str:
         c = self.counts
         stored = ", ".join(f"{n} {t}" for t, n in sorted(self.stored.items())) or "nothing new"
         rate = c.lines / self.seconds if self.seconds else 0.0
         text = (f"replayed {c.lines} lines in {self.seconds:.1f} s ({rate:,.0f} lines/s): {c.l7_flows} L7 flows, "
-                f"{c.filtered} non-L7 filtered, {c.gaps} gap records; stored {stored}; "
+                f"{c.filtered} non-L7 filtered, {c.gaps} gap records"
+                f"{f', {c.events} agent or debug events (not stored)' if c.events else ''}; stored {stored}; "
                 f"{self.duplicates} already stored")
         if c.bad_lines:
             text += f"; {c.bad_lines} bad lines kept in {self.dead_letter_path}"
@@ -349,7 +358,7 @@ class ReplaySummary:
             text += f"; {len(c.unreadable)} inputs not read to their end: {'; '.join(c.unreadable)}"
         if self.not_committed:
             text += f"; {self.not_committed} L7 flows not stored (their batch was set aside: see ingest_gaps)"
-        if c.l7_flows + c.filtered + c.gaps == 0:
+        if c.l7_flows + c.filtered + c.gaps + c.events == 0:
             text += "; no line was a Hubble flow"
         return text
 

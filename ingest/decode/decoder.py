@@ -20,7 +20,7 @@ from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2
 from ..api.relay import relay_pb2
 from ..config import HTTPConfig, KafkaConfig
-from ..pipeline.records import DecodeError, Filtered, FlowRows, GapRow, gap
+from ..pipeline.records import DecodeError, Filtered, FlowRows, GapRow, OtherEvent, gap
 from ..store.schema import DNS_FLOWS, HTTP_FLOWS, L7_AUDIT, uuid_text
 from .dnscache import DNSCache
 from .redact import Redactor
@@ -169,8 +169,9 @@ class Decoder:
         self._labels: dict[int, list[str]] = {}
         self._urls: dict[str, tuple] = {}
 
-    def decode(self, response: observer_pb2.GetFlowsResponse):
-        """FlowRows, GapRow or Filtered for one response; a list of GapRow for node status."""
+    def decode(self, response: observer_pb2.GetFlowsResponse | observer_pb2.ExportEvent):
+        """FlowRows, GapRow or Filtered for one response or exporter line; a list of GapRow
+        for node status; OtherEvent for an exporter's agent or debug event."""
         kind = response.WhichOneof("response_types")
         if kind == "flow":
             return self.decode_flow(response.flow, response)
@@ -178,6 +179,8 @@ class Decoder:
             return lost_events_gap(response)
         if kind == "node_status":
             return node_status_gaps(response)
+        if kind is not None:  # agent_event, debug_event: only in ExportEvent
+            return OtherEvent(kind, response.node_name)
         raise DecodeError("response_types: the message holds no flow, lost_events or node_status")
 
     def decode_flow(self, flow: flow_pb2.Flow, response=None) -> FlowRows | Filtered:

@@ -4,7 +4,7 @@ A source hands over each message it reads with its `Window`. The dispatcher deco
 and puts an `Entry` in the batcher's inbox: a flow's rows (looked up before they are
 stored if the window says it may be stored already), a gap row (always looked up:
 Hubble sends a loss report again when a stream resumes), or a `Tally` of a flow that is
-not L7. Input that cannot be decoded is kept in the dead-letter file with its place
+not L7; an exporter's agent and debug events are only counted. Input that cannot be decoded is kept in the dead-letter file with its place
 (file:line, or the stream and message number), counted, and tallied as quarantined; the
 rest goes on. What is kept is redacted as the stored flows are: a message as the decoder
 left it (redacted before it could fail), a line that is no message scrubbed by pattern. It counts what it read in the window, notes the newest flow of each node
@@ -21,7 +21,7 @@ from google.protobuf import json_format
 
 from ..logs import RateLimitedLog
 from .. import metrics
-from ..pipeline.records import DecodeError, Entry, FlowRows, GapRow, Tally, Window
+from ..pipeline.records import DecodeError, Entry, FilePosition, FlowRows, GapRow, OtherEvent, Tally, Window
 from .decoder import LOST_SOURCE, NODE_STATE
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ class Dispatcher:
             # rare, and a batch's lookups are one query per table).
             self.emit(Entry(decoded, True, window.source))
             return
+        if type(decoded) is OtherEvent:  # an exporter's agent or debug event: no flow
+            window.events += 1
+            metrics.EXPORTER_EVENTS.labels(decoded.kind).inc()
+            return
         # Not L7: Hubble is asked for L7 events only, but a server or a file may hold others.
         window.filtered += 1
         metrics.FLOWS_RECEIVED.labels(self.kind, decoded.kind).inc()
@@ -117,6 +121,11 @@ class Dispatcher:
         self.dead_letters.add(window.last_place(), error, raw)
         self.emit(Entry(Tally(node, quarantined=1), False, window.source))
 
-    def gap(self, window: Window, gap_row: GapRow) -> None:
-        """A gap the source itself noticed (a stream that broke): on record, never looked up."""
-        self.emit(Entry(gap_row, False, window.source))
+    def gap(self, window: Window, gap_row: GapRow, looked_up: bool = False) -> None:
+        """A gap the source itself noticed (a stream that broke, a file cut): on record; looked
+        up first when the source may notice it again after a restart."""
+        self.emit(Entry(gap_row, looked_up, window.source))
+
+    def position(self, window: Window, position: FilePosition) -> None:
+        """Where a file source stands: every line before it has been handed on."""
+        self.emit(Entry(position, False, window.source, 0))

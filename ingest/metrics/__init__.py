@@ -16,6 +16,12 @@ FLOWS_RECEIVED = Counter("flowlog_flows_received_total",
                          "Flows received, by source kind and Hubble flow type", ["source", "type"])
 FLOWS_FILTERED = Counter("flowlog_flows_filtered_total",
                          "Flows received but not stored because they are not L7, by flow type", ["type"])
+EXPORTER_EVENTS = Counter("flowlog_exporter_events_total",
+                          "Agent and debug events read from Hubble exporter files (counted, not stored), by kind",
+                          ["kind"])
+FILE_GAPS = Counter("flowlog_file_gaps_total",
+                    "Exporter files found cut (file_truncated) or rotated away before they were read to their end "
+                    "(file_rotated_away): each recorded in ingest_gaps", ["kind"])
 JSON_UNKNOWN_FIELDS = Counter("flowlog_json_unknown_fields_total",
                               "Fields of replayed JSON this build does not know (skipped; the flow is stored), by "
                               "path (at most 100 paths, the rest as other)", ["field"])
@@ -37,7 +43,7 @@ LOST_EVENTS = Counter("flowlog_lost_events_total", "Events Hubble reported lost,
 NODE_STATUS = Counter("flowlog_node_status_events_total", "Node status changes reported by Hubble Relay, by state",
                       ["state"])
 RECONNECTS = Counter("flowlog_reconnects_total", "Times the Hubble stream was opened again after it broke")
-CONNECTED = Gauge("flowlog_hubble_connected", "1 while a Hubble stream is open")
+CONNECTED = Gauge("flowlog_hubble_connected", "1 while a Hubble stream is open, or an exporter file is being read")
 QUEUE_DEPTH = Gauge("flowlog_queue_depth", "Decoded items waiting to be batched")
 QUEUE_BYTES = Gauge("flowlog_queue_bytes", "Protobuf bytes of the decoded flows waiting to be batched "
                     "(batch.queue_mb pauses reading)")

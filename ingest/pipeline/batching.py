@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from .. import metrics
 from ..config import BatchConfig
 from ..store.schema import INGEST_GAPS, L7_AUDIT, Table
-from .records import END, Entry, FlowRows, GapRow, SealedBatch
+from .records import END, Entry, FilePosition, FlowRows, GapRow, SealedBatch
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class Batch:
     check_stored: dict[Table, set[str]] = field(default_factory=dict)
     seen: set[tuple[str, str]] = field(default_factory=set)
     tallies: dict[str, dict[str, int]] = field(default_factory=dict)
+    # A file source's followed file -> where it stands after the batch's lines of it.
+    positions: dict[str, tuple[str, int, int]] = field(default_factory=dict)
     size: int = 0
     flow_bytes: int = 0
     newest_ns: int = 0
@@ -102,10 +104,13 @@ class Batch:
         return tally
 
     def add(self, entry: Entry) -> None:
+        item = entry.item
+        if type(item) is FilePosition:  # no row: rides with the batch, which alone is flushed
+            self.positions[item.path] = (item.fingerprint, item.offset, item.line)
+            return
         self.source = entry.source
         self.size += 1
         self.flow_bytes += entry.size
-        item = entry.item
         if isinstance(item, FlowRows):
             tally = self._tally(item.node, item.time_ns)
             tally["received"] = tally.get("received", 0) + 1
@@ -130,7 +135,7 @@ class Batch:
             check_stored={table.name: ids for table, ids in self.check_stored.items()},
             newest_ns=self.newest_ns,
             tallies={(self.source, node): tally for node, tally in self.tallies.items()},
-            created_ns=time.time_ns())
+            created_ns=time.time_ns(), positions=dict(self.positions) or None)
 
 
 class Batcher:
@@ -232,7 +237,9 @@ class Batcher:
                 flushed_at = self._flush(batch)
                 # What arrived during the flush has waited since it began: its batch closes
                 # max_delay after that, not max_delay after the flush ends.
-                batch, deadline = Batch(), (flushed_at + self.max_delay_s if self.inbox else None)
+                # A batch holding file positions alone is not flushed: they go with the next rows.
+                batch = Batch() if batch.size else batch
+                deadline = flushed_at + self.max_delay_s if self.inbox else None
                 self._collect_when_due()
 
     def _flush(self, batch: Batch) -> float:

@@ -1,4 +1,5 @@
-"""Where a source resumes: the time of the newest durable flow of each node it delivers.
+"""Where a source resumes: the time of the newest durable flow of each node it delivers,
+and for a file source, the place of the newest durable line in each followed file.
 
 Advanced once the batch holding those flows is in the spool (which keeps it until the
 store has it), and written atomically (temp file, fsync, rename). Relay merges nodes
@@ -42,9 +43,10 @@ class Checkpoint:
         self.idle_ns = int(idle_s * 1e9)
         self._warn = RateLimitedLog(log, interval_s=60.0)
         # Node name -> time of its newest durable flow, and this host's time when it was made durable.
-        self.nodes, self.seen = self._read()
+        # A file source's followed file -> (fingerprint, offset, line) of its newest durable line.
+        self.nodes, self.seen, self.files = self._read()
 
-    def _read(self) -> tuple[dict[str, int], dict[str, int]]:
+    def _read(self) -> tuple[dict[str, int], dict[str, int], dict[str, tuple[str, int, int]]]:
         now_ns = time.time_ns()
         try:
             data = json.loads(self.path.read_text())
@@ -53,25 +55,30 @@ class Checkpoint:
                 seen = {str(node): int(seen_ns) for node, seen_ns in data.get("seen", {}).items()}
             else:  # written by a build that kept one time for all nodes
                 nodes, seen = {"": int(data["time_ns"])}, {}
+            files = {str(path): (str(fingerprint), int(offset), int(line))
+                     for path, (fingerprint, offset, line) in data.get("files", {}).items()}
         except FileNotFoundError:
-            return {}, {}
+            return {}, {}, {}
         except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
             metrics.CHECKPOINT_UNREADABLE.inc()
             reason = err.strerror if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
-            log.error("checkpoint %s cannot be read (%s): reading every flow Hubble holds again, each looked up in "
-                      "the store; the next checkpoint replaces it", self.path, reason)
-            return {}, {}
-        return nodes, {node: seen.get(node, now_ns) for node in nodes}
+            log.error("checkpoint %s cannot be read (%s): reading every flow the source holds again, each looked up "
+                      "in the store; the next checkpoint replaces it", self.path, reason)
+            return {}, {}, {}
+        return nodes, {node: seen.get(node, now_ns) for node in nodes}, files
 
     @property
     def time_ns(self) -> int:
         """The newest durable flow of any node (0 when there is none)."""
         return max(self.nodes.values(), default=0)
 
-    def advance(self, newest_by_node: dict[str, int], seen_ns: int) -> None:
+    def advance(self, newest_by_node: dict[str, int], seen_ns: int,
+                positions: dict[str, tuple[str, int, int]] | None = None) -> None:
         """Record that every flow of each node up to its time there is durable, as of seen_ns
-        (this host's clock)."""
-        changed = False
+        (this host's clock), and every line of each followed file up to its position."""
+        changed = bool(positions) and any(self.files.get(path) != at for path, at in positions.items())
+        if changed:
+            self.files.update(positions)
         for node, time_ns in newest_by_node.items():
             if time_ns > self.nodes.get(node, 0):
                 self.nodes[node] = time_ns
@@ -90,7 +97,8 @@ class Checkpoint:
     def _write(self) -> None:
         make_private_dir(self.path.parent)
         tmp = self.path.with_suffix(".tmp")
-        data = {"source": self.source, "time_ns": self.time_ns, "nodes": self.nodes, "seen": self.seen}
+        data = {"source": self.source, "time_ns": self.time_ns, "nodes": self.nodes, "seen": self.seen,
+                "files": self.files}
         with open_private(tmp, "w") as handle:
             json.dump(data, handle)
             handle.flush()

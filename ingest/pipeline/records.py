@@ -2,7 +2,7 @@
 
 A source reads messages within a `Window`; the decoder turns each into `FlowRows` (an
 L7 flow's typed and audit rows), a `GapRow` (a loss on record), `Filtered` (a flow that
-is not L7) or raises `DecodeError`; the dispatcher puts an `Entry` for each in the
+is not L7), `OtherEvent` (an exporter's agent or debug event) or raises `DecodeError`; the dispatcher puts an `Entry` for each in the
 batcher's inbox (a `Tally` for what is counted but not stored), and `END` when the
 source has no more; the batcher seals a `SealedBatch`, which the spool keeps and the
 sink stores. Rows are tuples in their table's column order (`store.schema`), filled by
@@ -56,6 +56,13 @@ class Filtered:
 
 
 @dataclass(slots=True)
+class OtherEvent:
+    """An agent or debug event from an exporter file: counted, not stored."""
+    kind: str  # agent_event or debug_event
+    node: str
+
+
+@dataclass(slots=True)
 class Tally:
     """Input that is counted in the ledger but not stored: non-L7 flows, dead letters."""
     node: str
@@ -65,9 +72,20 @@ class Tally:
 
 
 @dataclass(slots=True)
+class FilePosition:
+    """Where a file source stands in one followed file: every line before `offset` (bytes
+    of the file whose first line hashes to `fingerprint`; line `line`) is in an entry put
+    in the inbox before this one. Not a row: the batch carries it to the checkpoint."""
+    path: str  # the followed file as configured
+    fingerprint: str
+    offset: int
+    line: int
+
+
+@dataclass(slots=True)
 class Entry:
     """One decoded item from `source`; maybe_stored marks rows an earlier run or connection may have stored."""
-    item: FlowRows | GapRow | Tally
+    item: FlowRows | GapRow | Tally | FilePosition
     maybe_stored: bool
     source: str
     # What the memory budgets count it as: a flow's protobuf bytes, else a small fixed size.
@@ -101,6 +119,8 @@ class Window:
     filtered: int = 0
     gaps: int = 0
     bad: int = 0
+    # Agent and debug events (exporter files): counted, not stored.
+    events: int = 0
 
     @property
     def newest_ns(self) -> int:
@@ -133,6 +153,9 @@ class SealedBatch:
     created_ns: int = 0
     # Set once the lookups are done and `rows` hold exactly what must be inserted.
     resolved: bool = False
+    # A file source's followed file -> (fingerprint, offset, line) after the batch's last
+    # line of it (FilePosition); None from the Hubble source, and in older spool files.
+    positions: dict[str, tuple[str, int, int]] | None = None
 
     def newest_flow_by_node(self) -> dict[str, int]:
         """Node name -> the time of its newest flow in the batch."""

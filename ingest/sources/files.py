@@ -1,8 +1,9 @@
 """Source `file`: backfill from `hubble observe -o jsonpb` output and Hubble exporter files.
 
-Reads JSON Lines (one `GetFlowsResponse` per line, or a bare `Flow` object per line),
-plain or gzip-compressed, or `-` for standard input. Each line is parsed into the same
-message the gRPC source receives and handed to the dispatcher in file order (the
+Reads JSON Lines (one exporter `ExportEvent` or `GetFlowsResponse` per line, which share
+their fields, or a bare `Flow` object per line), plain or gzip-compressed, or `-` for
+standard input. Each line is parsed into an `ExportEvent` (the gRPC source's message
+with the agent and debug events beside) and handed to the dispatcher in file order (the
 decoder learns DNS answers as it goes), each file in a window of its own in which every
 flow is looked up before it is stored. A bad line is dead-lettered with its file and
 line number and the rest of the file goes on. A line longer than MAX_LINE_BYTES or
@@ -43,7 +44,9 @@ from . import jsonpb
 
 log = logging.getLogger(__name__)
 
-RESPONSE_KEYS = {"flow", "lost_events", "node_status"}
+# The top-level fields of an exporter line (or of hubble observe -o jsonpb's) that say
+# which event it is; a line with none of them is read as a bare flow.
+EVENT_KEYS = {"flow", "lost_events", "node_status", "agent_event", "debug_event"}
 # A Hubble flow is 1 to 3 KB of JSON, and five levels deep; these are far beyond any.
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_NESTING = 64
@@ -69,6 +72,8 @@ class ReplayCounts:
     l7_flows: int = 0
     filtered: int = 0
     gaps: int = 0
+    # Agent and debug events of exporter files: counted, not stored.
+    events: int = 0
     bad_lines: int = 0
     # "path: why" of each input that could not be opened, or read to its end.
     unreadable: list[str] = field(default_factory=list)
@@ -79,6 +84,7 @@ class ReplayCounts:
         self.l7_flows += window.flows
         self.filtered += window.filtered
         self.gaps += window.gaps
+        self.events += window.events
         self.bad_lines += window.bad
 
 
@@ -129,8 +135,8 @@ def _nesting(line: bytes) -> int:
     return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 
-def parse_line(line: bytes, unknown: list[str] | None = None) -> observer_pb2.GetFlowsResponse:
-    """One JSON line as a GetFlowsResponse; a bare Flow is wrapped. Raises DecodeError. With a
+def parse_line(line: bytes, unknown: list[str] | None = None) -> observer_pb2.ExportEvent:
+    """One JSON line as an ExportEvent; a bare Flow is wrapped. Raises DecodeError. With a
     list for unknown, fields this build does not know are skipped and their paths added."""
     if isinstance(line, _TooLong):
         raise DecodeError(f"a line longer than {MAX_LINE_BYTES} bytes (the dead letter keeps its first "
@@ -150,17 +156,17 @@ def parse_line(line: bytes, unknown: list[str] | None = None) -> observer_pb2.Ge
     if not isinstance(data, dict):
         raise DecodeError(f"expected a JSON object, got {type(data).__name__}")
     try:
-        if RESPONSE_KEYS & data.keys():
-            return jsonpb.parse(data, observer_pb2.GetFlowsResponse, unknown)
+        if EVENT_KEYS & data.keys():
+            return jsonpb.parse(data, observer_pb2.ExportEvent, unknown)
         if not jsonpb.has_a_field(data, flow_pb2.Flow.DESCRIPTOR):  # {} too
-            raise DecodeError("no field of a Hubble flow (flow.Flow or GetFlowsResponse)")
+            raise DecodeError("no field of a Hubble flow (flow.Flow, ExportEvent or GetFlowsResponse)")
         found: list[str] = []
         flow = jsonpb.parse(data, flow_pb2.Flow, found if unknown is not None else None)
         if unknown is not None:
             unknown += [f"flow.{path}" for path in found]
     except json_format.ParseError as err:
         raise DecodeError(str(err)) from None
-    return observer_pb2.GetFlowsResponse(flow=flow, node_name=flow.node_name, time=flow.time)
+    return observer_pb2.ExportEvent(flow=flow, node_name=flow.node_name, time=flow.time)
 
 
 class FileSource:
@@ -226,8 +232,8 @@ class FileSource:
                 continue
             serialized, unknown = result
             for path in unknown:
-                _count_unknown_field(path)
-            message(window, observer_pb2.GetFlowsResponse.FromString(serialized), line.rstrip(b"\r\n"))
+                count_unknown_field(path)
+            message(window, observer_pb2.ExportEvent.FromString(serialized), line.rstrip(b"\r\n"))
         if self.progress is not None:
             self.progress(sum(map(len, lines)))
 
@@ -259,7 +265,7 @@ class _Chunks:
 _counted_unknown: set[str] = set()
 
 
-def _count_unknown_field(path: str) -> None:
+def count_unknown_field(path: str) -> None:
     path = path[:_UNKNOWN_FIELD_LABEL_CHARS]
     if path not in _counted_unknown and len(_counted_unknown) >= _UNKNOWN_FIELD_LABELS:
         path = "other"
@@ -294,7 +300,7 @@ def cgroup_cpu_limit() -> float | None:
 
 
 def parse_lines(lines: list[bytes]) -> list[tuple[bytes, list[str]] | str]:
-    """Each line as a serialized GetFlowsResponse and the paths of the fields it had that
+    """Each line as a serialized ExportEvent and the paths of the fields it had that
     this build does not know, or the text of why it is not one (run in worker processes:
     plain values cross back). No line can stop the others."""
     parsed: list[tuple[bytes, list[str]] | str] = []

@@ -57,6 +57,24 @@ class GetFlowsResponse(_message.Message):
     time: _timestamp_pb2.Timestamp
     def __init__(self, flow: _Optional[_Union[_flow_pb2.Flow, _Mapping]] = ..., node_status: _Optional[_Union[_relay_pb2.NodeStatusEvent, _Mapping]] = ..., lost_events: _Optional[_Union[_flow_pb2.LostEvent, _Mapping]] = ..., node_name: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class ExportEvent(_message.Message):
+    __slots__ = ("flow", "node_status", "lost_events", "agent_event", "debug_event", "node_name", "time")
+    FLOW_FIELD_NUMBER: _ClassVar[int]
+    NODE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LOST_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_EVENT_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_EVENT_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    flow: _flow_pb2.Flow
+    node_status: _relay_pb2.NodeStatusEvent
+    lost_events: _flow_pb2.LostEvent
+    agent_event: _flow_pb2.AgentEvent
+    debug_event: _flow_pb2.DebugEvent
+    node_name: str
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, flow: _Optional[_Union[_flow_pb2.Flow, _Mapping]] = ..., node_status: _Optional[_Union[_relay_pb2.NodeStatusEvent, _Mapping]] = ..., lost_events: _Optional[_Union[_flow_pb2.LostEvent, _Mapping]] = ..., agent_event: _Optional[_Union[_flow_pb2.AgentEvent, _Mapping]] = ..., debug_event: _Optional[_Union[_flow_pb2.DebugEvent, _Mapping]] = ..., node_name: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class ServerStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
