@@ -113,8 +113,9 @@ def create_at(client, store, version: int) -> None:
                       column_names=SCHEMA_MIGRATIONS.column_names)
 
 
-def v5_rows(lines: list[bytes]) -> dict[str, list[tuple]]:
-    """The flows as the decoder of schema version 5 made them: path and query stored, and
+def rows_as_of(lines: list[bytes], version: int) -> dict[str, list[tuple]]:
+    """The flows as the decoder of schema version `version` made them, in that version's
+    layout: columns added later left out; up to version 5 path and query stored, and
     Hubble's uuid as it came in every table."""
     from urllib.parse import urlsplit
 
@@ -124,21 +125,19 @@ def v5_rows(lines: list[bytes]) -> dict[str, list[tuple]]:
     from ingest.sources.files import parse_line
 
     decoder, rows = Decoder(), {}
-    v6_names = HTTP_FLOWS.column_names
-    v5_names = [c.name for c in columns_as_of(HTTP_FLOWS, 5)]
     for line in lines:
         decoded = decoder.decode(parse_line(line))
         if not isinstance(decoded, FlowRows):
             continue
-        names = v6_names if decoded.table is HTTP_FLOWS else decoded.table.column_names
-        values = dict(zip(names, decoded.row), flow_id=decoded.audit_id)
-        if decoded.table is HTTP_FLOWS:
-            parts = urlsplit(values["url"])
-            values.update(path=parts.path, query=parts.query)
-            names = v5_names
-        row = tuple(values[name] for name in names)
-        rows.setdefault(decoded.table.name, []).append(row)
-        rows.setdefault(L7_AUDIT.name, []).append(decoded.audit_row)
+        for table, row in ((decoded.table, decoded.row), (L7_AUDIT, decoded.audit_row)):
+            values = dict(zip(table.column_names, row))
+            if version <= 5 and table is not L7_AUDIT:
+                values["flow_id"] = decoded.audit_id
+                if table is HTTP_FLOWS:
+                    parts = urlsplit(values["url"])
+                    values.update(path=parts.path, query=parts.query)
+            names = [c.name for c in columns_as_of(table, version) if not c.alias]
+            rows.setdefault(table.name, []).append(tuple(values[name] for name in names))
     return rows
 
 

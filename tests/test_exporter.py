@@ -276,3 +276,40 @@ def test_sigkill_at_random_points_while_the_exporter_writes_and_rotates(tmp_path
     assert int(received) - int(duplicates) == int(stored_audit) == 1200
     assert _sql(tmp_path, "SELECT count() FROM ingest_gaps") == ["0"]
     assert os.stat(Checkpoint(tmp_path / "state", address).path).st_mode & 0o777 == 0o600
+
+
+MASKED_AND_AGGREGATED = REPO / "tests" / "fixtures" / "exporter" / "masked-and-aggregated.jsonl"
+
+
+def test_masked_and_aggregated_lines_are_stored_with_what_they_have_and_count_with_their_weight(
+        config, client, tmp_path):
+    events = tmp_path / "events.log"
+    events.write_bytes(MASKED_AND_AGGREGATED.read_bytes())
+    _follow(config, events)
+    with RunningIngester(config, client) as ingester:
+        _wait_stored(client, config, 6)
+        l7_metrics = ingester.l7_metrics
+    db = f"`{config.store.database}`"
+    # The documentation's two masked drops are no L7 flows: counted, not stored.
+    assert _one(client, config, "SELECT sum(received), sum(filtered), sum(quarantined) FROM DB.ingest_ledger") \
+        == (6, 2, 0)
+    audit = client.query(f"SELECT type, l7_type, aggregate_count, length(flow_id) FROM {db}.l7_audit "
+                         "ORDER BY time").result_rows
+    # Line 5's mask left out l7: kept in l7_audit, with no L7 record to name.
+    assert audit == [("DNS", "REQUEST", 0, 32), ("HTTP", "RESPONSE", 0, 32), ("", "UNKNOWN_L7_TYPE", 0, 32),
+                     ("HTTP", "RESPONSE", 7, 32), ("HTTP", "RESPONSE", 3, 32), ("DNS", "REQUEST", 4, 32)]
+    # A masked line keeps what the mask let through: names, not IPs or labels; no uuid, so
+    # its id is a hash of its content (32 hex digits).
+    masked = client.query(f"SELECT src_namespace, src_pod, src_ip, src_labels, status_code FROM {db}.http_flows "
+                          "WHERE aggregate_count = 0").result_rows
+    assert masked == [("kube-system", "node-local-dns-r99x7", "", [], 503)]
+    # The rollups and the L7 metrics count an aggregated line as the flows it stands for.
+    assert _one(client, config, "SELECT sum(requests), sum(errors) FROM DB.http_rollup_1m "
+                                "WHERE destination_namespace = 'shop' OR source_namespace = 'shop'") == (10, 3)
+    assert _one(client, config, "SELECT sum(queries) FROM DB.dns_rollup_1m WHERE query = 'api.example.com.'") == (4,)
+    requests: dict[str, int] = {}
+    for labels, value in l7_metrics.http_requests.values.items():
+        requests[labels[-2]] = requests.get(labels[-2], 0) + value[0]
+    assert requests == {"200": 7, "503": 3 + 1}
+    dns_queries = sum(value[0] for value in l7_metrics.dns_queries.values.values())
+    assert dns_queries == 4 + 1

@@ -16,6 +16,7 @@ import re
 from operator import itemgetter
 from urllib.parse import urlsplit, urlunsplit
 
+from ..api import L7_EVENT_TYPE
 from ..api.flow import flow_pb2
 from ..api.observer import observer_pb2
 from ..api.relay import relay_pb2
@@ -187,9 +188,7 @@ class Decoder:
         # Before anything reads, copies or rejects it: every row, spool file, dead letter
         # and message quoting a value gets the redacted flow.
         headers = self.redact.flow(flow)
-        if not flow.HasField("l7"):
-            if flow.Type == flow_pb2.L7:
-                raise DecodeError("flow.l7: an L7 flow (Type L7) without an l7 record")
+        if not flow.HasField("l7") and flow.Type != flow_pb2.L7 and flow.event_type.type != L7_EVENT_TYPE:
             kind = _FLOW_TYPE.label(flow.Type)
             return Filtered(kind, flow.node_name or (response.node_name if response is not None else ""),
                             timestamp_ns(flow.time, "flow.time"))
@@ -207,17 +206,21 @@ class Decoder:
         node = flow.node_name or (response.node_name if response is not None else "")
         l7 = flow.l7
         l7_type = _L7_TYPE[l7.type]
-        record = l7.WhichOneof("record")
-        if record is None:
-            raise DecodeError("flow.l7: the l7 record holds no http, dns or kafka part")
+        # An exporter's field mask may leave out the L7 record (or all of l7): an L7 flow all
+        # the same, kept in l7_audit with what it has.
+        record = l7.WhichOneof("record") or ""
         serialized = flow.SerializeToString()
+        aggregate = flow.aggregate
+        aggregate_count = (aggregate.ingress_flow_count + aggregate.egress_flow_count
+                           + aggregate.unknown_direction_flow_count) if flow.HasField("aggregate") else 0
         audit = _AUDIT_ROW({"time": time_ns, "node": node, "flow_id": audit_id, "type": record.upper(),
-                            "l7_type": l7_type, "flow": serialized})
+                            "l7_type": l7_type, "flow": serialized, "aggregate_count": aggregate_count})
         if record not in ("http", "dns"):
             return FlowRows(flow_id, time_ns, node, None, None, audit, audit_id, held_bytes(serialized, typed=False))
         size = held_bytes(serialized, typed=True)
         values = self._flow_values(flow, time_ns, node, flow_id, l7_type)
         values["latency_ns"] = l7.latency_ns
+        values["aggregate_count"] = aggregate_count
         is_response = l7.type == flow_pb2.RESPONSE
         if record == "http":
             http = l7.http

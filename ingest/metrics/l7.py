@@ -63,13 +63,14 @@ def _http_fields():
     names = HTTP_FLOWS.column_names
     return itemgetter(*(names.index(c) for c in (
         "l7_type", "src_namespace", "src_workload", "dst_namespace", "dst_workload", "method", "status_code",
-        "traffic_direction", "latency_ns")))
+        "traffic_direction", "latency_ns", "aggregate_count")))
 
 
 def _dns_fields():
     names = DNS_FLOWS.column_names
     return itemgetter(*(names.index(c) for c in (
-        "l7_type", "src_namespace", "src_workload", "dst_namespace", "dst_workload", "qtypes", "rcode_name", "ips")))
+        "l7_type", "src_namespace", "src_workload", "dst_namespace", "dst_workload", "qtypes", "rcode_name", "ips",
+        "aggregate_count")))
 
 
 class L7Metrics(Collector):
@@ -96,31 +97,34 @@ class L7Metrics(Collector):
         buckets = len(DURATION_BUCKETS) + 1
         with self._lock:
             for row in rows:
-                l7_type, src_ns, src_wl, dst_ns, dst_wl, method, status, direction, latency_ns = self._http(row)
+                l7_type, src_ns, src_wl, dst_ns, dst_wl, method, status, direction, latency_ns, aggregated = \
+                    self._http(row)
                 if l7_type != "RESPONSE":
                     continue
+                flows = aggregated or 1  # an aggregated exporter line counts as the flows it stands for
                 # A response travels server -> client: the client is its destination.
                 reporter = "server" if direction == "INGRESS" else "client"
                 endpoints = (dst_ns, dst_wl, src_ns, src_wl)
-                self.http_requests.slot(endpoints + (method, str(status), reporter), lambda: [0], now)[0] += 1
+                self.http_requests.slot(endpoints + (method, str(status), reporter), lambda: [0], now)[0] += flows
                 histogram = self.http_durations.slot(endpoints + (method, reporter), lambda: [0] * buckets + [0.0],
                                                      now)
                 seconds = latency_ns / 1e9
-                histogram[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-                histogram[-1] += seconds
+                histogram[bisect.bisect_left(DURATION_BUCKETS, seconds)] += flows
+                histogram[-1] += seconds * flows
 
     def _observe_dns(self, rows: list[tuple]) -> None:
         now = self.clock()
         with self._lock:
             for row in rows:
-                l7_type, src_ns, src_wl, dst_ns, dst_wl, qtypes, rcode_name, ips = self._dns(row)
+                l7_type, src_ns, src_wl, dst_ns, dst_wl, qtypes, rcode_name, ips, aggregated = self._dns(row)
+                flows = aggregated or 1
                 qtypes = ",".join(qtypes)
                 if l7_type == "RESPONSE":
                     # The asking pod is the destination of a response.
                     self.dns_responses.slot((dst_ns, dst_wl, rcode_name, qtypes, str(len(ips))), lambda: [0],
-                                            now)[0] += 1
+                                            now)[0] += flows
                 elif l7_type == "REQUEST":
-                    self.dns_queries.slot((src_ns, src_wl, qtypes), lambda: [0], now)[0] += 1
+                    self.dns_queries.slot((src_ns, src_wl, qtypes), lambda: [0], now)[0] += flows
 
     def describe(self):
         return []

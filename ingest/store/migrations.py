@@ -114,6 +114,16 @@ MIGRATIONS = (
                      ViewChange(HTTP_ROLLUP, "destination_workload",
                                 "if(l7_type = 'RESPONSE', src_workload, dst_workload)"),
                      ViewChange(DNS_ROLLUP, "source_workload", "if(l7_type = 'RESPONSE', dst_workload, src_workload)"))),
+    Migration(8, "aggregate_count", "the flows an aggregated exporter line stands for (Cilium 1.19), counted with "
+              "that weight by the rollups from now on",
+              adds=tuple((table, "aggregate_count") for table in (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT)),
+              views=(ViewChange(HTTP_ROLLUP, "requests", "count()"),
+                     ViewChange(HTTP_ROLLUP, "errors", "countIf(status_code >= 500)"),
+                     ViewChange(HTTP_ROLLUP, "latency_sum_ns", "sum(latency_ns)"),
+                     ViewChange(DNS_ROLLUP, "queries", "countIf(l7_type = 'REQUEST')"),
+                     ViewChange(DNS_ROLLUP, "responses", "countIf(l7_type = 'RESPONSE')"),
+                     ViewChange(DNS_ROLLUP, "responses_with_ips", "countIf(l7_type = 'RESPONSE' AND notEmpty(ips))"),
+                     ViewChange(DNS_ROLLUP, "ips_returned", "sum(length(ips))"))),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 MIGRATION_NAMES = {m.version: m.name for m in MIGRATIONS}

@@ -202,6 +202,14 @@ _CLIENT_IDENTITY = (f"if(l7_type = 'RESPONSE', if(dst_workload != '', dst_worklo
                     f"if(src_workload != '', src_workload, {_reserved('src')}))")
 
 
+# Cilium 1.19's exporter can write one line for many flows (hubble-export-fieldaggregate):
+# a row says so, and everything that counts flows counts it with this weight.
+_AGGREGATE_COUNT = Column("aggregate_count", "UInt32", "ZSTD(1)", comment="flows an aggregated exporter line stands "
+                          "for (Cilium 1.19 hubble-export-fieldaggregate: ingress + egress + unknown direction); 0 for "
+                          "a single flow")
+FLOWS_OF_ROW = "greatest(aggregate_count, 1)"
+
+
 def _workload_names() -> tuple[Column, ...]:
     """How every answer names an endpoint (the queries, the rollups, the demo, the
     dashboards): its workload; an endpoint with none (outside the cluster, a node) by its
@@ -270,6 +278,7 @@ HTTP_FLOWS = Table(
         Column("dst_dns_name", LC, comment="DNS name of the server of the exchange (the request destination): "
                "Hubble's, else for a server with no pod the name the client pod last resolved to its IP"),
         *_workload_names(),
+        _AGGREGATE_COUNT,
     ),
     order_by=_EXCHANGE_ORDER,
     id_column="flow_id",
@@ -292,6 +301,7 @@ DNS_FLOWS = Table(
         Column("observation_source", LC, comment="proxy or another observer"),
         Column("latency_ns", "UInt64", "ZSTD(1)", comment="query to response, on responses"),
         *_workload_names(),
+        _AGGREGATE_COUNT,
     ),
     order_by="toStartOfHour(time), src_namespace, src_workload, query, time",
     id_column="flow_id",
@@ -306,9 +316,11 @@ L7_AUDIT = Table(
         Column("time", TIME, "Delta, ZSTD(1)"),
         Column("node", LC),
         Column("flow_id", "String", "ZSTD(1)"),
-        Column("type", LC, comment="HTTP, DNS or KAFKA: which L7 record the flow holds"),
+        Column("type", LC, comment="HTTP, DNS or KAFKA: which L7 record the flow holds; empty when an exporter's "
+               "field mask left it out"),
         Column("l7_type", LC),
         Column("flow", "String", "ZSTD(3)", comment="the flow.Flow message, protobuf wire format"),
+        _AGGREGATE_COUNT,
     ),
     order_by="toStartOfHour(time), node, flow_id",
     id_column="flow_id",
@@ -363,9 +375,10 @@ HTTP_ROLLUP = Rollup(
         Column("method", LC, expr="method"),
         Column("status_class", LC, comment="2xx, 3xx, 4xx, 5xx; 0xx when the proxy saw no status",
                expr="concat(toString(intDiv(status_code, 100)), 'xx')"),
-        Column("requests", _COUNT, expr="count()"),
-        Column("errors", _COUNT, comment="responses with status 500 or more", expr="countIf(status_code >= 500)"),
-        Column("latency_sum_ns", _COUNT, expr="sum(latency_ns)"),
+        Column("requests", _COUNT, expr=f"sum({FLOWS_OF_ROW})"),
+        Column("errors", _COUNT, comment="responses with status 500 or more",
+               expr=f"sumIf({FLOWS_OF_ROW}, status_code >= 500)"),
+        Column("latency_sum_ns", _COUNT, expr=f"sum(latency_ns * {FLOWS_OF_ROW})"),
         Column("latency", "AggregateFunction(quantileTDigest, UInt64)",
                comment="latency_ns t-digest: quantileTDigestMerge(0.99)(latency)",
                expr="quantileTDigestState(latency_ns)"),
@@ -390,10 +403,10 @@ DNS_ROLLUP = Rollup(
         Column("query", "String", "ZSTD(1)", expr="query"),
         Column("qtypes", LC, comment="comma-separated, as Hubble's qtypes label", expr="arrayStringConcat(qtypes, ',')"),
         Column("rcode_name", LC, comment="empty for queries", expr="rcode_name"),
-        Column("queries", _COUNT, expr="countIf(l7_type = 'REQUEST')"),
-        Column("responses", _COUNT, expr="countIf(l7_type = 'RESPONSE')"),
-        Column("responses_with_ips", _COUNT, expr="countIf(l7_type = 'RESPONSE' AND notEmpty(ips))"),
-        Column("ips_returned", _COUNT, expr="sum(length(ips))"),
+        Column("queries", _COUNT, expr=f"sumIf({FLOWS_OF_ROW}, l7_type = 'REQUEST')"),
+        Column("responses", _COUNT, expr=f"sumIf({FLOWS_OF_ROW}, l7_type = 'RESPONSE')"),
+        Column("responses_with_ips", _COUNT, expr=f"sumIf({FLOWS_OF_ROW}, l7_type = 'RESPONSE' AND notEmpty(ips))"),
+        Column("ips_returned", _COUNT, expr=f"sum(length(ips) * {FLOWS_OF_ROW})"),
     ),
     order_by="source_namespace, source_workload, time, query, qtypes, rcode_name, node",
     partition_by="toYYYYMM(time)",

@@ -95,7 +95,7 @@ CREATE TABLE IF NOT EXISTS `${database}`.`l7_audit`
     `time` DateTime64(9, 'UTC') CODEC(Delta, ZSTD(1)),
     `node` LowCardinality(String),
     `flow_id` String CODEC(ZSTD(1)),
-    `type` LowCardinality(String) COMMENT 'HTTP, DNS or KAFKA: which L7 record the flow holds',
+    `type` LowCardinality(String) COMMENT 'HTTP, DNS or KAFKA: which L7 record the flow holds; empty when an exporter\'s field mask left it out',
     `l7_type` LowCardinality(String),
     `flow` String CODEC(ZSTD(3)) COMMENT 'the flow.Flow message, protobuf wire format'
 )
