@@ -26,12 +26,14 @@ OVERLAYS = ["trial", "external-clickhouse"]
 VISIBILITY = DEPLOY / "components" / "visibility"
 HISTORY = DEPLOY / "components" / "history"
 HUBBLE_UI = DEPLOY / "components" / "hubble-ui"
+EXPORTER_FILES = DEPLOY / "components" / "exporter-files"
 # Built on top of an overlay, as the components' kustomization.yaml says: the history server
 # copies the store's DSN from the DaemonSet, which the overlay's own patches set.
 LAYERED = {
     "base+visibility": (DEPLOY / "base", [VISIBILITY]),
     "trial+history": (DEPLOY / "overlays" / "trial", [HISTORY]),
     "external-clickhouse+history+hubble-ui": (DEPLOY / "overlays" / "external-clickhouse", [HISTORY, HUBBLE_UI]),
+    "trial+exporter-files": (DEPLOY / "overlays" / "trial", [EXPORTER_FILES]),
 }
 HUBBLE_HEALTH = {"port": 4245, "service": "hubble.server.Observer"}
 
@@ -360,3 +362,21 @@ def test_the_history_component_inside_the_overlay_that_sets_the_dsn_fails_loudly
     done = kustomize_run(tmp_path)
     assert done.returncode != 0
     assert "is missing for replacement source" in done.stderr
+
+
+def test_the_exporter_files_component_reads_the_exporters_directory_only_read_only(built, tmp_path):
+    objects = built["trial+exporter-files"]
+    path = tmp_path / "config.yaml"
+    path.write_text(one(objects, "ConfigMap", "flowlog-config")["data"]["config.yaml"])
+    main = container(objects)
+    config = load(str(path), env={e["name"]: e["value"] for e in main["env"]})
+    assert config.store.dsn == "http://flowlog@clickhouse.flowlog.svc:8123"  # the overlay's own env kept
+    [events] = config.source.files
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(objects, "DaemonSet", "flowlog")["volumes"]}
+    directory = os.path.dirname(events)
+    assert events == "/var/run/cilium/hubble/events.log"
+    assert mounts[directory]["readOnly"] and volumes[mounts[directory]["name"]]["hostPath"] == {
+        "path": directory, "type": "Directory"}
+    # hubble.sock, one directory up, is not reachable from the pod.
+    assert not any(m == "/var/run/cilium" or "/var/run/cilium/".startswith(m + "/") for m in mounts)
