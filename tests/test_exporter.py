@@ -123,7 +123,7 @@ def test_a_file_cut_in_place_is_a_gap_and_is_read_again_from_its_start(config, c
         _wait_stored(client, config, 80)
     [(kind, source, message)] = _gaps(client, config)
     assert (kind, source) == ("file_truncated", str(events))
-    assert f"{events}: cut to 0 bytes" in message
+    assert f"{events}: cut in place (now 0 bytes)" in message
     assert_each_flow_stored_once(client, config.store.database)
 
 
@@ -313,3 +313,22 @@ def test_masked_and_aggregated_lines_are_stored_with_what_they_have_and_count_wi
     assert requests == {"200": 7, "503": 3 + 1}
     dns_queries = sum(value[0] for value in l7_metrics.dns_queries.values.values())
     assert dns_queries == 4 + 1
+
+
+def test_a_file_cut_and_written_past_where_reading_stood_is_noticed_by_its_first_line(config, client, tmp_path):
+    events = tmp_path / "events.log"
+    lines = flow_lines(90)
+    _follow(config, events)
+    events.write_bytes(b"".join(lines[:20]))
+    with RunningIngester(config, client) as ingester:
+        _wait_stored(client, config, 20)
+        ingester.source.poll_s = 5.0  # the cut and the new lines land between two looks
+        time.sleep(0.2)
+        with open(events, "r+b") as handle:
+            handle.truncate(0)
+            handle.write(b"".join(lines[20:]))  # more than was read before the cut
+        _wait_stored(client, config, 90)
+    [(kind, _, message)] = _gaps(client, config)
+    assert kind == "file_truncated" and "cut in place" in message
+    assert_each_flow_stored_once(client, config.store.database)
+    assert _ledger(client, config) == (90, 0, 0)

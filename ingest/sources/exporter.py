@@ -218,10 +218,18 @@ class _Follower:
                 if after < len(found):
                     return self._open(found[after], 0, 0)
                 return False  # the new file is not created yet
-        if found:
-            log.info("%s: the file read last is gone (removed as the oldest backup): going on with the oldest left, "
-                     "%s", self.live, found[0].path.name)
-        return self._open(found[0], 0, 0) if found else False
+        if not found:
+            return False
+        # Files rotated after it may have gone unread too (reading fell more than the
+        # exporter's max-backups behind), or it was deleted, not rotated, and the oldest file
+        # left was read already: on record as a possible loss, and from now on every flow is
+        # looked up.
+        self._gap("file_rotated_away", f"{self.live}: the file read last is gone; backups rotated after it may have "
+                                       f"been removed unread (reading goes on with the oldest file left, "
+                                       f"{found[0].path.name}, and looks up every flow from now on)",
+                  done_fingerprint, self.offset)
+        self.window_args["maybe_stored_until_ns"] = EVERY_FLOW
+        return self._open(found[0], 0, 0)
 
     def _listing(self) -> tuple[list[ExporterFile] | None, list[str | None]]:
         """The files and their fingerprints; None for the files when a name was another
@@ -299,6 +307,8 @@ class _Follower:
         if self.handle is None:
             if not (self._open_next() if self.finished else self._start()):
                 return False
+        if self.file.live and self._cut():
+            return True
         try:
             data = self.handle.read(READ_BYTES)
         except (OSError, EOFError, zlib.error) as err:  # a damaged .gz: what it held up to there is read
@@ -311,28 +321,30 @@ class _Follower:
         if data:
             self._take(data)
             return True
-        if self.file.gz or not self.file.live:
-            self._close()
-            return True
-        return self._at_end_of_live()
-
-    def _at_end_of_live(self) -> bool:
-        """At the end of the file itself: renamed away (rotated), cut, or just not written yet."""
-        if _ident_or_none(self.live) != self.ident:
-            # Rotated: what was written before the rename is still to be read.
+        if not self.file.live or _ident_or_none(self.live) != self.ident:
+            # A backup read to its end, or the file renamed away (rotated): what was written
+            # before the rename is still to be read.
             while data := self.handle.read(READ_BYTES):
                 self._take(data)
             self._close()
             return True
-        size = os.fstat(self.handle.fileno()).st_size
-        if size < self.offset + len(self.pending) + self.skipped:
-            self._gap("file_truncated", f"{self.file.path}: cut to {size} bytes after {self.offset + len(self.pending)}"
-                                        f" were read (line {self.line}): read again from its start; what it held "
-                                        "after its first bytes and was not read is not stored", self.fingerprint,
-                      self.offset)
-            self._rewind()
-            return True
         return False
+
+    def _cut(self) -> bool:
+        """The file itself cut in place (copytruncate): shorter than what was read of it, or
+        written again past that (its first line is another). On record as a gap, and read
+        again from its start."""
+        size = os.fstat(self.handle.fileno()).st_size
+        rewritten = self.fingerprint is not None and \
+            fingerprint(os.pread(self.handle.fileno(), FINGERPRINT_BYTES, 0)) != self.fingerprint
+        if not rewritten and size >= self.offset + len(self.pending) + self.skipped:
+            return False
+        self._gap("file_truncated", f"{self.file.path}: cut in place (now {size} bytes) after "
+                                    f"{self.offset + len(self.pending)} were read (line {self.line}): read again from "
+                                    "its start; what it held after its first bytes and was not read is not stored",
+                  self.fingerprint, self.offset)
+        self._rewind()
+        return True
 
     def _close(self) -> None:
         """Done with the file: it is a backup now, read to its end."""
