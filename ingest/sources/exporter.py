@@ -100,8 +100,9 @@ def _scan(live: Path) -> list[ExporterFile]:
             for entry in entries:
                 match = backup.fullmatch(entry.name)
                 if match and entry.is_file():
+                    st = entry.stat()  # through a symlink, as the open will
                     found.append(ExporterFile(Path(entry.path), match.group(1), bool(match.group(2)),
-                                              (entry.stat().st_dev, entry.inode())))
+                                              (st.st_dev, st.st_ino)))
     except OSError:  # the directory is not there (yet), or an entry went while it was read
         return []
     found.sort(key=lambda f: (f.rotated_at, f.gz))
@@ -169,13 +170,25 @@ class _Follower:
         self.pending = b""  # the last line read so far, without its newline
         self.skipped = 0  # bytes of a too-long line skipped so far; 0 when not skipping
         self.window: Window | None = None
-        self.finished: tuple[str | None, tuple[int, int] | None] | None = None  # the file read to its end last
+        # The file read to its end last: (fingerprint, (device, inode), rotation time); its
+        # handle is kept open until the next file is, so that its inode cannot be another
+        # file's meanwhile.
+        self.finished: tuple[str | None, tuple[int, int] | None, str] | None = None
+        self._finished_handle = None
+        # The newest backup's rotation time when the file being read was opened: a backup
+        # rotated later holds lines written after those read (_LIVE: none listed).
+        self.read_up_to = ""
         self._waiting_said = False
         self._unreadable_log = RateLimitedLog(log, interval_s=60.0)
 
     @property
     def reading(self) -> bool:
         return self.handle is not None
+
+    def close(self) -> None:
+        for handle in (self.handle, self._finished_handle):
+            if handle is not None:
+                handle.close()
 
     # --- where to read -------------------------------------------------------------------
 
@@ -190,15 +203,15 @@ class _Follower:
                 self._waiting_said = True
             return False
         if self.saved is None:
-            return self._open(found[0], 0, 0)
+            return self._open(found[0], found, 0, 0)
         saved_fingerprint, offset, line = self.saved
         for file, known in zip(found, fingerprints):
             if known == saved_fingerprint:
-                return self._open(file, offset, line)
+                return self._open(file, found, offset, line)
         self._gap("file_rotated_away", f"{self.live}: the file the checkpoint was in (line {line}, byte {offset}) "
                                        "was rotated away before it was read to its end; what followed that place "
                                        "in it is not stored", saved_fingerprint, offset)
-        return self._open(found[0], 0, 0)
+        return self._open(found[0], found, 0, 0)
 
     def _open_next(self) -> bool:
         """The file after the one read to its end last. Not found among the files: it was
@@ -206,30 +219,33 @@ class _Follower:
         found, fingerprints = self._listing()
         if found is None:
             return False
-        done_fingerprint, done_ident = self.finished
-        for index, file in enumerate(found):
-            # By inode only a file too short to have a fingerprint: a deleted file's inode is
-            # soon another file's.
-            if (fingerprints[index] == done_fingerprint) if done_fingerprint is not None else \
-                    (not file.gz and file.ident == done_ident):
-                after = index + 1
-                while after < len(found) and found[after].rotated_at == file.rotated_at:
-                    after += 1  # the same backup, gzipped (or being gzipped)
-                if after < len(found):
-                    return self._open(found[after], 0, 0)
-                return False  # the new file is not created yet
-        if not found:
+        done_fingerprint, done_ident, done_at = self.finished
+        # The file itself by its inode (renamed, it keeps it; its handle, still open, keeps
+        # the inode from being another file's), else its gzipped copy by its first line.
+        at = next((i for i, file in enumerate(found) if file.ident == done_ident), None)
+        if at is None and done_fingerprint is not None:
+            # A backup's copy has its time; the file itself's was given when it was renamed.
+            at = next((i for i, (file, known) in enumerate(zip(found, fingerprints))
+                       if file.gz and known == done_fingerprint
+                       and (file.rotated_at > self.read_up_to if done_at == _LIVE else file.rotated_at == done_at)),
+                      None)
+        if at is not None:
+            after = at + 1
+            while after < len(found) and found[after].rotated_at == found[at].rotated_at:
+                after += 1  # the same backup, gzipped (or being gzipped)
+            return self._open(found[after], found, 0, 0) if after < len(found) else False  # else: not created yet
+        newer = [file for file in found if file.rotated_at > self.read_up_to]
+        if not newer:
             return False
-        # Files rotated after it may have gone unread too (reading fell more than the
-        # exporter's max-backups behind), or it was deleted, not rotated, and the oldest file
-        # left was read already: on record as a possible loss, and from now on every flow is
-        # looked up.
+        # Gone: deleted rather than renamed, or rotated and removed as the oldest backup, in
+        # which case backups rotated after it may have gone unread too (reading fell more
+        # than the exporter's max-backups behind). On record as a possible loss; reading
+        # goes on with the oldest file rotated after those read, and looks up every flow.
         self._gap("file_rotated_away", f"{self.live}: the file read last is gone; backups rotated after it may have "
-                                       f"been removed unread (reading goes on with the oldest file left, "
-                                       f"{found[0].path.name}, and looks up every flow from now on)",
-                  done_fingerprint, self.offset)
+                                       f"been removed unread (reading goes on with {newer[0].path.name}, and looks "
+                                       "up every flow from now on)", done_fingerprint, self.offset)
         self.window_args["maybe_stored_until_ns"] = EVERY_FLOW
-        return self._open(found[0], 0, 0)
+        return self._open(newer[0], found, 0, 0)
 
     def _listing(self) -> tuple[list[ExporterFile] | None, list[str | None]]:
         """The files and their fingerprints; None for the files when a name was another
@@ -248,9 +264,10 @@ class _Follower:
             fingerprints.append(known)
         return found, fingerprints
 
-    def _open(self, file: ExporterFile, offset: int, line: int) -> bool:
-        """Reads file from offset on. A name that is another file's by now than when the
-        files were listed (rotated meanwhile) is looked up again at the next poll."""
+    def _open(self, file: ExporterFile, listed: list[ExporterFile], offset: int, line: int) -> bool:
+        """Reads file, one of those listed, from offset on. A name that is another file's by
+        now than when the files were listed (rotated meanwhile) is looked up again at the
+        next poll."""
         try:
             handle, ident = _open(file)
         except OSError as err:
@@ -260,6 +277,11 @@ class _Follower:
         if ident != file.ident:
             handle.close()
             return False
+        if self._finished_handle is not None:
+            self._finished_handle.close()
+            self._finished_handle = None
+        self.read_up_to = file.rotated_at if not file.live else max(
+            (f.rotated_at for f in listed if not f.live), default="")
         self.ident = ident
         self.handle, self.file = handle, file
         self.fingerprint, self.head, self.pending, self.skipped = None, b"", b"", 0
@@ -352,9 +374,8 @@ class _Follower:
             self._too_short()
         self.offset += self.skipped  # a too-long line, dead-lettered already
         self.skipped = 0
-        self.finished = (self.fingerprint, self.ident)
-        self.handle.close()
-        self.handle = None
+        self.finished = (self.fingerprint, self.ident, self.file.rotated_at)
+        self._finished_handle, self.handle = self.handle, None
         self._position()
 
     def _take(self, data: bytes) -> None:
@@ -413,7 +434,9 @@ class _Follower:
 
     def _position(self) -> None:
         if self.fingerprint is not None:
-            self.out.position(self.window, FilePosition(str(self.live), self.fingerprint, self.offset, self.line))
+            # While a too-long line is skipped, the place is before it: counted, not passed.
+            line = self.line - 1 if self.skipped else self.line
+            self.out.position(self.window, FilePosition(str(self.live), self.fingerprint, self.offset, line))
 
     def _gap(self, kind: str, message: str, file_fingerprint: str | None, offset: int) -> None:
         log.error("%s", message)
@@ -421,11 +444,14 @@ class _Follower:
         newest = self.window_args["newest_by_node"]
         node = max(newest, key=newest.get) if newest else ""
         now_ns = time.time_ns()
+        # The row's time is the newest flow read before it (the clock's only when none was):
+        # noticed again after a restart, the same gap has the same id and time, and the
+        # lookup, which searches by time, finds it stored.
+        at_ns = min(newest.get(node, now_ns), now_ns)
         gap_id = hashlib.blake2b(f"{kind}|{self.live}|{file_fingerprint}|{offset}".encode(), digest_size=16).hexdigest()
         window = self.window or Window(self.source, f"{self.live}", **self.window_args)
-        self.out.gap(window, gap(gap_id, now_ns, node=node, kind=kind, source=str(self.live), count=0,
-                                 first=min(newest.get(node, now_ns), now_ns), last=now_ns, message=message),
-                     looked_up=True)
+        self.out.gap(window, gap(gap_id, at_ns, node=node, kind=kind, source=str(self.live), count=0,
+                                 first=at_ns, last=now_ns, message=message), looked_up=True)
 
 
 def _ident(path: Path) -> tuple[int, int]:
@@ -475,7 +501,9 @@ class ExporterSource:
                 busy = False
                 for follower in self._followers:
                     busy |= follower.poll()
-                if all(f.reading for f in self._followers):
+                # Ready while a file is read: a dynamic flow log's file is made at its first
+                # line, which may be long in coming.
+                if any(f.reading for f in self._followers):
                     self.connected.set()
                 else:
                     self.connected.clear()
@@ -484,5 +512,4 @@ class ExporterSource:
         finally:
             metrics.CONNECTED.set(0)
             for follower in self._followers:
-                if follower.handle is not None:
-                    follower.handle.close()
+                follower.close()
