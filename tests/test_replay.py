@@ -16,7 +16,7 @@ from ingest import metrics
 from ingest.api.observer import observer_pb2
 from ingest.runner import replay
 
-from .helpers import ALL_FIXTURES, DNS_330, HTTP_348, REPO, assert_stored_equals_fixture, fixture_lines
+from .helpers import ALL_FIXTURES, DNS_330, HTTP_348, REPO, assert_stored_equals_fixture, count, fixture_lines
 
 
 def filtered_total() -> float:
@@ -145,10 +145,8 @@ def test_the_cgroup_cpu_limit_is_read_from_cgroup_v2_else_v1(tmp_path, monkeypat
 MALFORMED = [
     (b'{"flow": {"time": "2021-10-04T11:22:26.59', "not JSON"),
     (b'{"flow": {"time": "2021-10-04T11:22:26Z", "source": {"identity": "abc"}, "l7": {"dns": {}}}}', "identity"),
-    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "Type": "L7", "l7": {"type": "REQUEST"}}}', "no http, dns"),
     (b'\xff\xfe{"flow": {}}', "not UTF-8"),
     (b"   ", "empty line"),
-    (b'{"flow": {"time": "2021-10-04T11:22:26Z", "Type": "L7", "node_name": "n"}}', "flow.l7"),
     (b'[1, 2]', "expected a JSON object"),
     (b'{"flow": {"l7": {"http": {"url": "http://[::1"}}, "Type": "L7", "time": "2021-10-04T11:22:26Z"}}',
      "l7.http.url"),
@@ -164,6 +162,19 @@ MALFORMED = [
     (b'{"lost_events": {"num_events_lost": 3, "first": "9999-12-31T00:00:00Z"}, "time": "2021-10-04T11:22:26Z"}',
      "lost_events.first"),
 ]
+
+
+def test_an_l7_flow_without_its_l7_record_is_kept_in_the_audit_table_only(config, client, tmp_path):
+    """As an exporter's field mask writes it (tests/fixtures/exporter/): once a dead letter."""
+    path = tmp_path / "masked.json"
+    path.write_bytes(b'{"flow": {"time": "2021-10-04T11:22:26Z", "Type": "L7", "l7": {"type": "REQUEST"}}}\n'
+                     b'{"flow": {"time": "2021-10-04T11:22:27Z", "Type": "L7", "node_name": "n"}}\n'
+                     b'{"flow": {"time": "2021-10-04T11:22:28Z", "event_type": {"type": 129}}}\n')
+    summary = replay(config, client, [str(path)])
+    assert (summary.counts.l7_flows, summary.counts.bad_lines) == (3, 0)
+    rows = client.query(f"SELECT type, l7_type, node FROM `{config.store.database}`.l7_audit ORDER BY time").result_rows
+    assert rows == [("", "REQUEST", ""), ("", "UNKNOWN_L7_TYPE", "n"), ("", "UNKNOWN_L7_TYPE", "")]
+    assert count(client, config, "http_flows") == count(client, config, "dns_flows") == 0
 
 
 def test_malformed_lines_are_dead_lettered_with_line_numbers_and_the_rest_stored(config, client, tmp_path):
