@@ -105,7 +105,8 @@ class Batch:
 
     def add(self, entry: Entry) -> None:
         item = entry.item
-        if type(item) is FilePosition:  # no row: rides with the batch, which alone is flushed
+        if type(item) is FilePosition:  # no row: rides with the batch to the checkpoint
+            self.source = entry.source
             self.positions[item.path] = (item.fingerprint, item.offset, item.line)
             return
         self.source = entry.source
@@ -237,15 +238,16 @@ class Batcher:
                 flushed_at = self._flush(batch)
                 # What arrived during the flush has waited since it began: its batch closes
                 # max_delay after that, not max_delay after the flush ends.
-                # A batch holding file positions alone is not flushed: they go with the next rows.
-                batch = Batch() if batch.size else batch
-                deadline = flushed_at + self.max_delay_s if self.inbox else None
+                batch, deadline = Batch(), (flushed_at + self.max_delay_s if self.inbox else None)
                 self._collect_when_due()
 
     def _flush(self, batch: Batch) -> float:
-        """Hands the batch to the writer; returns when it began (time.monotonic())."""
+        """Hands the batch to the writer; returns when it began (time.monotonic()). A batch
+        of file positions alone (the lines they follow went in the batch before, or were
+        agent events) is handed on too: else a source gone quiet would never have its
+        place made durable."""
         began = time.monotonic()
-        if not batch.size:
+        if not batch.size and not batch.positions:
             return began
         # The bytes the budgets count are about what the batch's spool file takes.
         while not self.writer.has_room(batch.flow_bytes):
