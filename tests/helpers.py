@@ -7,6 +7,7 @@ import dataclasses
 import heapq
 import json
 import pickle
+import subprocess
 import sys
 import threading
 import time
@@ -111,6 +112,16 @@ def create_at(client, store, version: int) -> None:
             client.command(statement)
         client.insert(f"`{store.database}`.{SCHEMA_MIGRATIONS.name}", [[v, 0, "test"]],
                       column_names=SCHEMA_MIGRATIONS.column_names)
+
+
+def store_sql(tmp_path, query: str) -> list[str]:
+    """`flowlog sql` on the embedded store and state dir of a `flowlog run` process under tmp_path,
+    its rows as TSV lines."""
+    result = subprocess.run([sys.executable, "-m", "ingest", "sql", "--store", f"chdb://{tmp_path / 'store'}",
+                             "--state-dir", str(tmp_path / "state"), "--format", "tsv", query],
+                            capture_output=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode().splitlines()[1:]
 
 
 def rows_as_of(lines: list[bytes], version: int) -> dict[str, list[tuple]]:

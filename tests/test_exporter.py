@@ -18,7 +18,7 @@ from ingest.pipeline.checkpoint import Checkpoint
 from ingest.store.schema import INGEST_GAPS
 
 from .exporter_writer import RotatingWriter, flow_lines, uuid_of
-from .helpers import REPO, RunningIngester, assert_each_flow_stored_once, wait_for
+from .helpers import REPO, RunningIngester, assert_each_flow_stored_once, store_sql, wait_for
 
 
 def _one(client, config, sql, **parameters):
@@ -226,14 +226,6 @@ def _start(tmp_path, address: str) -> subprocess.Popen:
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "run.log", "ab"))
 
 
-def _sql(tmp_path, query: str) -> list[str]:
-    result = subprocess.run([sys.executable, "-m", "ingest", "sql", "--store", f"chdb://{tmp_path / 'store'}",
-                             "--state-dir", str(tmp_path / "state"), "--format", "tsv", query],
-                            capture_output=True, cwd=REPO, timeout=120)
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout.decode().splitlines()[1:]
-
-
 def test_sigkill_at_random_points_while_the_exporter_writes_and_rotates(tmp_path):
     """The exporter writes at a steady rate and rotates every 25 lines (gzipping the
     backups), while `run` is killed with SIGKILL at random points, restarted after a random
@@ -269,13 +261,13 @@ def test_sigkill_at_random_points_while_the_exporter_writes_and_rotates(tmp_path
         process.kill()
         process.wait()
     assert kills >= 3 and writer.rotations >= 40
-    assert _sql(tmp_path, "SELECT count(), uniqExact(flow_id) FROM l7_audit") == ["1200\t1200"]
-    stored = set(_sql(tmp_path, "SELECT flow_id FROM l7_audit"))
+    assert store_sql(tmp_path, "SELECT count(), uniqExact(flow_id) FROM l7_audit") == ["1200\t1200"]
+    stored = set(store_sql(tmp_path, "SELECT flow_id FROM l7_audit"))
     assert stored == {uuid_of(line) for line in lines}
-    received, duplicates, stored_audit = _sql(tmp_path, "SELECT sum(received), sum(duplicates), sum(stored_audit) "
+    received, duplicates, stored_audit = store_sql(tmp_path, "SELECT sum(received), sum(duplicates), sum(stored_audit) "
                                                         "FROM ingest_ledger")[0].split("\t")
     assert int(received) - int(duplicates) == int(stored_audit) == 1200
-    assert _sql(tmp_path, "SELECT count() FROM ingest_gaps") == ["0"]
+    assert store_sql(tmp_path, "SELECT count() FROM ingest_gaps") == ["0"]
     assert os.stat(Checkpoint(tmp_path / "state", address).path).st_mode & 0o777 == 0o600
 
 
@@ -324,7 +316,7 @@ def test_a_file_cut_and_written_past_where_reading_stood_is_noticed_by_its_first
     events.write_bytes(b"".join(lines[:20]))
     with RunningIngester(config, client) as ingester:
         _wait_stored(client, config, 20)
-        ingester.source.poll_s = 5.0  # the cut and the new lines land between two looks
+        ingester.source.poll_s = 1.0  # the cut and the new lines land between two looks
         time.sleep(0.2)
         with open(events, "r+b") as handle:
             handle.truncate(0)

@@ -12,7 +12,7 @@ import time
 from ingest.pipeline.checkpoint import Checkpoint
 from ingest.demo.observer import FlowBuffer, ObserverServer
 
-from .helpers import DNS_330, HTTP_348, REPO, fixture_lines, responses_of, wait_for
+from .helpers import DNS_330, HTTP_348, REPO, fixture_lines, responses_of, store_sql as sql, wait_for
 
 
 def start_ingester(address: str, tmp_path) -> subprocess.Popen:
@@ -29,14 +29,6 @@ def checkpoint_ns(tmp_path, address: str) -> int:
         return json.loads(path.read_text())["time_ns"]
     except (OSError, ValueError):
         return 0
-
-
-def sql(tmp_path, query: str) -> list[str]:
-    result = subprocess.run([sys.executable, "-m", "ingest", "sql", "--store", f"chdb://{tmp_path / 'store'}",
-                             "--state-dir", str(tmp_path / "state"), "--format", "tsv", query],
-                            capture_output=True, cwd=REPO, timeout=120)
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout.decode().splitlines()[1:]
 
 
 def test_sigkill_mid_stream_then_restart_stores_each_flow_once(tmp_path):

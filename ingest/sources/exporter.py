@@ -4,18 +4,26 @@ The exporter (`hubble-export-file-path`, and one file per dynamic flow log) appe
 JSON `ExportEvent` per line and rotates as lumberjack does: when a line would take the
 file past its size limit, the file is renamed to `<name>-<UTC time><ext>` beside it
 (time as 2006-01-02T15-04-05.000), a new one is created, backups are optionally
-gzipped (`.gz` written, then the backup removed) and the oldest beyond the limit
-deleted. A line is never split across files.
+gzipped (`.gz` written, or Cilium's fork's `.gz.tmp` renamed, then the backup removed)
+and the oldest beyond the limit deleted. A line is never split across files.
 
 Each followed file is read in order, oldest first: its backups, then the file itself,
-which is followed as it grows. A file is known by its fingerprint, a hash of its first
-line (at most FINGERPRINT_BYTES), not by its name or inode: the fingerprint survives
-the rename and the gzip, so the checkpoint's place (fingerprint, offset, line) finds
-the backup a restart must resume in, however many rotations happened while the
-ingester was stopped. When that file is gone (more rotations than backups kept), what
-followed the place in it is recorded as a gap (`file_rotated_away`) and reading starts
-at the oldest file left. A file that has become shorter than what was read of it (cut
-in place) is recorded as a gap (`file_truncated`) and read again from its start.
+which is followed as it grows. Across a restart a file is known by its fingerprint, a
+hash of its first line (at most FINGERPRINT_BYTES), not by its name or inode: the
+fingerprint survives the rename and the gzip, so the checkpoint's place (fingerprint,
+offset, line) finds the backup a restart must resume in, however many rotations
+happened while the ingester was stopped. When that file is gone (more rotations than
+backups kept), what followed the place in it is recorded as a gap (`file_rotated_away`)
+and reading starts at the oldest file left. While running, the file read to its end
+last is found among the files by its inode (its handle is held open until the next file
+is, so the inode cannot be another file's), or its gzipped copy by fingerprint, and the
+next one after it is read; gone from the files, it is a possible loss on record, and
+every flow after it is looked up. A file itself that has become shorter than what was
+read of it, or whose first line is another (cut in place, copytruncate), is recorded as
+a gap (`file_truncated`) and read again from its start.
+
+The directory is read twice for each listing, until two readings agree: a backup
+renamed or gzipped while it is read can be missed both ways.
 
 A last line without its newline is left unread until the newline comes; a backup that
 ends in one (a crash mid-write) has it dead-lettered. A line longer than
@@ -486,11 +494,6 @@ class ExporterSource:
         window_args = dict(maybe_stored_until_ns=looked_up_until, newest_by_node=newest_by_node,
                            seen_by_node=dict(seen or {}))
         self._followers = [_Follower(path, config.address, out, saved.get(path), window_args) for path in paths]
-        self._newest = newest_by_node
-
-    @property
-    def newest_ns(self) -> int:
-        return max(self._newest.values(), default=0)
 
     def cancel(self) -> None:
         """Nothing blocks for long: the loop sees `stop` within a poll."""
