@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="follow a Hubble server or Relay and ingest its L7 flows")
     _common(run)
-    run.add_argument("--source", metavar="ADDRESS", help="unix:///var/run/cilium/hubble.sock (default) or host:port")
+    run.add_argument("--source", metavar="ADDRESS", help="unix:///var/run/cilium/hubble.sock (default), host:port "
+                     "of Hubble Relay, or file:///var/run/cilium/hubble/events.log (Hubble exporter files; several "
+                     "comma-separated)")
     run.add_argument("--namespace", action="append", help="only flows from or to this namespace (repeatable)")
     run.add_argument("--verdict", action="append", help="only flows with this verdict (repeatable)")
     run.add_argument("--tls", action="store_true", default=None, help="connect with TLS (Hubble Relay)")

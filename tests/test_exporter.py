@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import pytest
 
 from ingest import metrics
 from ingest.pipeline.checkpoint import Checkpoint
@@ -399,3 +400,16 @@ def test_a_symlinked_backup_is_read(tmp_path):
     (tmp_path / "events-2026-01-01T00-00-00.000.log").symlink_to(tmp_path / "elsewhere.log")
     events.write_bytes(b"".join(lines[10:]))
     assert len(_read_all(events).lines) == 20
+
+
+@pytest.mark.parametrize("address, why", [
+    ("file://events.log", "'file://events.log' is no file:///absolute/path"),
+    ("file:///a.log,/b.log", "'/b.log' is no file:///absolute/path"),
+    ("file:///a.log,file:///a.log", "a file is named twice"),
+])
+def test_a_file_address_that_names_no_absolute_path_is_refused(address, why):
+    from ingest.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match="source.address") as refused:
+        load(env={}, overrides={"source.address": address})
+    assert why in str(refused.value)
