@@ -75,7 +75,6 @@ class SourceConfig:
     # file:// sources: how often a followed file is looked at when it has nothing new.
     file_poll_s: float = field(default=0.25, metadata=_positive)
 
-
     @property
     def files(self) -> list[str] | None:
         """The exporter files a `file://` address names (several separated by commas), or

@@ -4,8 +4,9 @@ A source hands over each message it reads with its `Window`. The dispatcher deco
 and puts an `Entry` in the batcher's inbox: a flow's rows (looked up before they are
 stored if the window says it may be stored already), a gap row (always looked up:
 Hubble sends a loss report again when a stream resumes), or a `Tally` of a flow that is
-not L7; an exporter's agent and debug events are only counted. Input that cannot be decoded is kept in the dead-letter file with its place
-(file:line, or the stream and message number), counted, and tallied as quarantined; the
+not L7; an exporter's agent and debug events are only counted. Input that cannot be
+decoded is kept in the dead-letter file with its place (file:line, or the stream and
+message number), counted, and tallied as quarantined; the
 rest goes on. What is kept is redacted as the stored flows are: a message as the decoder
 left it (redacted before it could fail), a line that is no message scrubbed by pattern. It counts what it read in the window, notes the newest flow of each node
 (where the next window resumes) and when it was read, and counts in the ingester's own
