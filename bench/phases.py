@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -90,15 +91,29 @@ def limit(files: FlowFiles, runs: int, log) -> dict:
             "client_busy": middle["client_busy"], "loadgen_busy": middle["loadgen_busy"], "runs": results}
 
 
+def receive_at(files: FlowFiles, rate: float, seconds: float) -> dict:
+    """The raw receive (bench.limit) at a fixed offered load: what gRPC alone costs a
+    process per message at that rate (far more a message at low rates, where every
+    message wakes the receiving threads on its own)."""
+    count = min(files.flows, int(rate * seconds))
+    with LoadGenerator(files.stream, end=True, rate=rate, count=count) as lg:
+        result = _python_json(["bench.limit", lg.address, str(count)], timeout=seconds * 3 + 120)
+    return {"rate": rate, "messages": count, "cpu_s": result["cpu_s"],
+            "cores_busy": round(result["cpu_s"] / result["seconds"], 3),
+            "us_per_message": round(1e6 * result["cpu_s"] / count, 1), "peak_rss_mb": result["max_rss_mb"]}
+
+
 # --- 2. end to end, and (with profile_s) where the time goes ---
 
 def end_to_end(files: FlowFiles, workdir: Path, overrides: list[str], poll_s: float, log,
-               profile_s: float = 0.0, profile_gil: bool = False, store: Path | None = None) -> dict:
+               profile_s: float = 0.0, profile_gil: bool = False, store: Path | None = None,
+               store_dsn: str | None = None) -> dict:
     """With store, a store that holds the flows already: every flow is looked up, found
-    and dropped (a restart that lost its state dir), and counts as done when dropped."""
+    and dropped (a restart that lost its state dir), and counts as done when dropped.
+    With store_dsn, the store is a server in another process (its CPU is not counted)."""
     workdir.mkdir(parents=True, exist_ok=True)
     lg = LoadGenerator(files.stream, gate=True)
-    ingester = Ingester(lg.address, workdir, overrides, store)
+    ingester = Ingester(lg.address, workdir, overrides, store, store_dsn)
     spy = None
     try:
         _wait_for_call(lg, ingester)
@@ -164,15 +179,57 @@ def end_to_end(files: FlowFiles, workdir: Path, overrides: list[str], poll_s: fl
     return result
 
 
+def outage(files: FlowFiles, workdir: Path, overrides: list[str], store, seconds: float, poll_s: float,
+           log) -> dict:
+    """The most memory the ingester holds: the stream offered flat out while the store
+    answers nothing (its process stopped, SIGSTOP) for seconds, then the store back
+    (SIGCONT) until every flow is committed. store is a running bench.store_server."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    lg = LoadGenerator(files.stream, gate=True)
+    ingester = Ingester(lg.address, workdir, overrides, store_dsn=store.dsn)
+    stopped = False
+    try:
+        _wait_for_call(lg, ingester)
+        os.kill(store.process.pid, signal.SIGSTOP)
+        stopped = True
+        lg.go()
+        rss_max = 0.0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(poll_s)
+            ingester.check_alive()
+            rss_max = max(rss_max, ingester.rss_mb())
+        peak_during = ingester.peak_rss_mb()
+        os.kill(store.process.pid, signal.SIGCONT)
+        stopped = False
+        progress_at, rows = time.monotonic(), 0
+        while rows < files.flows:
+            time.sleep(poll_s)
+            ingester.check_alive()
+            current = ingester.rows(ingester.scrape(), "l7_audit")
+            if current > rows:
+                rows, progress_at = current, time.monotonic()
+            if time.monotonic() - progress_at > STALL_S:
+                raise RuntimeError(f"outage: stuck at {rows:,} of {files.flows:,} rows:\n{ingester.log_tail()}")
+        peak_after = ingester.peak_rss_mb()
+    finally:
+        if stopped:
+            os.kill(store.process.pid, signal.SIGCONT)
+        ingester.stop()
+        lg.close()
+    return {"outage_s": seconds, "peak_rss_mb_during": round(peak_during, 1),
+            "rss_max_sampled_mb": round(rss_max, 1), "peak_rss_mb": round(peak_after, 1), "rows": rows}
+
+
 # --- 3. ingest lag at a fixed load ---
 
 def lag(files: FlowFiles, workdir: Path, overrides: list[str], rate: float, seconds: float, poll_s: float,
-        log) -> dict:
+        log, store_dsn: str | None = None) -> dict:
     count = min(files.flows, int(rate * seconds))
     workdir.mkdir(parents=True, exist_ok=True)
     times_path = workdir / "send-times.bin"
     lg = LoadGenerator(files.stream, gate=True, rate=rate, count=count, times_out=times_path)
-    ingester = Ingester(lg.address, workdir, overrides)
+    ingester = Ingester(lg.address, workdir, overrides, store_dsn=store_dsn)
     committed: list[tuple[float, float]] = []  # (newest committed flow time, wall time of that commit)
     durable: list[tuple[int, float]] = []  # (checkpoint time_ns, wall time it was seen)
     try:

@@ -7,6 +7,10 @@ Generates N realistic L7 flows (bench/traffic.py; seeded, cached in bench/.cache
 
   limit   a Python gRPC client with the ingester's channel options receives the stream
           from the Node.js load generator and drops it: the receive ceiling
+  node    what a node pays: `flowlog run` with the store in a process of its own (the
+          real engine behind ClickHouse's HTTP interface, bench/store_server.py), as in
+          production: the ingester's own CPU per flow, flows/s and peak RSS; then the same
+          at fixed offered loads (--node-rates), what the DaemonSet's resources come from
   e2e     `flowlog run` (embedded store) takes the same stream: flows/s from the first
           flow sent to the last row committed, CPU per 1,000 flows, peak RSS; and
           ClickHouse parsing the same messages itself (FORMAT Protobuf, bench/baseline.py)
@@ -42,8 +46,9 @@ if __package__ in (None, ""):  # run as a script: import bench and ingest from t
     sys.path[0] = str(ROOT)
 
 from bench import flowfiles, loadgen, phases, report  # noqa: E402
+from bench.store_server import StoreServer  # noqa: E402
 
-PHASES = ("limit", "e2e", "disk", "rerun", "lag", "replay", "decode")
+PHASES = ("limit", "node", "e2e", "disk", "rerun", "lag", "replay", "decode")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="end-to-end runs; the median is reported (the disk numbers come from its store)")
     parser.add_argument("--lag-rate", type=float, default=10_000.0, help="offered load of the lag run, flows/s")
     parser.add_argument("--lag-seconds", type=float, default=20.0, help="length of the lag run (at most --flows)")
+    parser.add_argument("--node-rates", default="1000,10000,30000",
+                        help="fixed offered loads of the node phase, flows/s (default 1000,10000,30000)")
+    parser.add_argument("--node-seconds", type=float, default=20.0,
+                        help="length of each fixed-load node run (at most --flows)")
+    parser.add_argument("--node-outage-s", type=float, default=30.0,
+                        help="how long the store answers nothing in the node phase's memory run (default 30)")
     parser.add_argument("--poll-ms", type=float, default=100.0, help="how often /metrics is read (default 100)")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"which to run (default {','.join(PHASES)})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -72,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (stores, logs)")
     args = parser.parse_args(argv)
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    args.node_rates = [float(r) for r in args.node_rates.split(",") if r.strip()]
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))} (known: {', '.join(PHASES)})")
@@ -116,6 +128,38 @@ def machine() -> dict:
     }
 
 
+def node(files: flowfiles.FlowFiles, workdir: Path, args: argparse.Namespace, log) -> dict:
+    """The ingester with the store in another process: flat out, then at each fixed load."""
+    log("node: flowlog run, the store in a process of its own (HTTP), the same stream")
+    with StoreServer(workdir / "node-store") as store:
+        result = phases.end_to_end(files, workdir / "node", args.overrides, args.poll_ms / 1000, log,
+                                   store_dsn=store.dsn)
+        result["store_cpu_s"] = round(store.cpu_seconds(), 2)
+    result["us_per_flow"] = round(result["cpu_s_per_1000_flows"] * 1000, 1)
+    log(f"  {result['flows_per_s']:,.0f} flows/s, {result['us_per_flow']} µs of CPU a flow, "
+        f"peak RSS {result['peak_rss_mb']:,.0f} MB")
+    rates = {}
+    for rate in args.node_rates:
+        log(f"  at {rate:,.0f} flows/s for {args.node_seconds:.0f} s")
+        with StoreServer(workdir / f"node-store-{rate:.0f}") as store:
+            rates[f"{rate:.0f}"] = run = phases.lag(files, workdir / f"node-{rate:.0f}", args.overrides, rate,
+                                                    args.node_seconds, args.poll_ms / 1000, log, store_dsn=store.dsn)
+        run["receive"] = phases.receive_at(files, rate, args.node_seconds)
+        run["us_per_flow"] = round(run["cpu_s_per_1000_flows"] * 1000, 1)
+        run["us_per_flow_beyond_receive"] = round(run["us_per_flow"] - run["receive"]["us_per_message"], 1)
+        log(f"    cores busy {run['cores_busy']:.2f} ({run['us_per_flow']} µs a flow, of which gRPC's receive alone "
+            f"{run['receive']['us_per_message']} µs), peak RSS {run['peak_rss_mb']:,.0f} MB, "
+            f"lag p99 {run['p99_s']:.2f} s{'' if run['complete'] else ', fell behind'}")
+    result["rates"] = rates
+    log(f"  the store stopped for {args.node_outage_s:.0f} s while the stream is offered flat out")
+    with StoreServer(workdir / "node-store-outage") as store:
+        result["outage"] = phases.outage(files, workdir / "node-outage", args.overrides, store, args.node_outage_s,
+                                         args.poll_ms / 1000, log)
+    log(f"    peak RSS {result['outage']['peak_rss_mb_during']:,.0f} MB during the outage, "
+        f"{result['outage']['peak_rss_mb']:,.0f} MB until every flow was committed")
+    return result
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
 
@@ -142,6 +186,11 @@ def main(argv=None) -> int:
         if "limit" in args.phases:
             log(f"limit: Python client with the ingester's channel options, {args.limit_runs} runs")
             results["limit"] = phases.limit(files, args.limit_runs, log)
+        if "node" in args.phases:
+            results["node"] = node(files, workdir, args, log)
+            if "limit" in results:
+                results["node"]["ratio_to_limit"] = round(
+                    results["node"]["flows_per_s"] / results["limit"]["messages_per_s"], 3)
         if "e2e" in args.phases:
             log(f"e2e: flowlog run, embedded store, the same stream, {args.e2e_runs} run(s)")
             runs = []

@@ -140,6 +140,29 @@ def test_the_configmap_config_loads_and_fits_the_daemonset(built, overlay, dsn, 
     assert pod["securityContext"]["runAsUser"] == dockerfile_uid()
 
 
+def _bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "m": 1e-3, "": 1}
+    number, unit = re.fullmatch(r"([\d.]+)([A-Za-z]*)", quantity).groups()
+    return float(number) * units[unit]
+
+
+def test_the_daemonsets_resources_cover_what_the_bench_measured(built):
+    """Requests and limits come from the bench's node phase, committed in
+    bench/results/latest.json: a pod whose limit is below what the ingester was measured
+    to hold would be OOM-killed exactly when the store is away."""
+    import json
+
+    node = json.loads((REPO / "bench" / "results" / "latest.json").read_text())["node"]
+    resources = container(built["trial"])["resources"]
+    mb = 1e6
+    assert _bytes(resources["limits"]["memory"]) >= 1.25 * node["outage"]["peak_rss_mb"] * mb
+    assert _bytes(resources["requests"]["memory"]) >= 1.25 * node["rates"]["1000"]["peak_rss_mb"] * mb
+    assert _bytes(resources["requests"]["cpu"]) >= node["rates"]["1000"]["cores_busy"]
+    # What one ingester uses flat out must fit under the CPU limit, or its receiving threads are throttled.
+    most = max([node["cores_busy"]] + [run["cores_busy"] for run in node["rates"].values()])
+    assert _bytes(resources["limits"]["cpu"]) >= 1.2 * most
+
+
 def test_trial_clickhouse_shares_the_generated_password_secret(built):
     objects = built["trial"]
     secret = one(objects, "Secret", "flowlog-clickhouse")
