@@ -33,7 +33,13 @@ from .records import END, Entry, FilePosition, FlowRows, GapRow, SealedBatch
 
 log = logging.getLogger(__name__)
 
+# How long a source waits for room in a full inbox before looking again.
 _POLL_S = 0.002
+# How long the batching loop sleeps when the inbox is empty (never past the open
+# batch's deadline). Flows wait in the inbox meanwhile, so this adds no loss and at most
+# this much to the first flow after a quiet spell; waking every 2 ms instead cost an
+# idle ingester 0.02 cores (bench: 0.022 against 0.003 cores with no flows).
+_IDLE_POLL_S = 0.05
 # Rows hold no reference cycles, so reference counting frees them. Python's cycle
 # collector, started by allocation counts, kept re-scanning the hundreds of thousands of
 # row objects waiting in the inbox and batches; while a batcher runs it is started on
@@ -209,7 +215,8 @@ class Batcher:
                 metrics.QUEUE_BYTES.set(0)
                 if self.writer.pending():
                     self.writer.drain()
-                time.sleep(_POLL_S)
+                wait = _IDLE_POLL_S if deadline is None else min(_IDLE_POLL_S, deadline - time.monotonic())
+                time.sleep(max(0.0, wait))
                 self._collect_when_due()  # no flows for a while, but reconnects and scrapes go on
             if entry is END:
                 self._flush(batch)
