@@ -1,7 +1,9 @@
 """A ClickHouse store in a process of its own, reached over ClickHouse's HTTP interface.
 
-    python -m bench.store_server DIR        # prints {"port": N} once it listens
+    python -m bench.store_server DIR [LOG]  # prints {"port": N} once it listens
     with StoreServer(workdir) as store: ...  # the same, as a child process; store.dsn
+
+With LOG, the first line of every statement it runs is appended to that file.
 
 The bench measures what the ingester on a node pays with the store elsewhere, as it is in
 production. No modern ClickHouse server can be installed here, so this stand-in speaks
@@ -115,7 +117,9 @@ class Store:
         return list(settings)
 
 
-def handler(store: Store):
+def handler(store: Store, log_path: str | None = None):
+    log = open(log_path, "a", buffering=1) if log_path else None
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -155,6 +159,8 @@ def handler(store: Store):
                     head, _, body = body.partition(b"\n") if body.lstrip()[:6].upper() == b"INSERT" \
                         else (body, b"", b"")
                     head = head.decode()
+                if log:
+                    log.write(head.strip().splitlines()[0][:300] + "\n")
                 insert = _INSERT.match(head)
                 if insert:
                     rows = store.insert(insert["target"], insert["format"], body, settings, database)
@@ -188,10 +194,13 @@ class StoreServer:
     """This module's server as a child process of the bench, on a fresh directory."""
 
     def __init__(self, directory: Path):
+        """directory/statements.log gets the first line of every statement."""
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        self.statements = directory / "statements.log"
         self._log = open(directory.parent / f"{directory.name}.log", "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.store_server", str(directory / "store")],
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.store_server", str(directory / "store"),
+                                         str(self.statements)],
                                         cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True)
         line = self.process.stdout.readline()
         if not line:
@@ -222,7 +231,7 @@ class StoreServer:
 
 def main(argv: list[str]) -> int:
     store = Store(argv[0])
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(store))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(store, argv[1] if len(argv) > 1 else None))
     server.daemon_threads = True
     print(json.dumps({"port": server.server_port}), flush=True)
     try:

@@ -260,7 +260,9 @@ class Ingester:
                                     newest_spooled.positions)
         self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024, self.stop)
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
-        self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
+        schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
+        self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s,
+                         schema_current)
         self.writer = Writer(self.spool, self.sink, self.checkpoint, self.l7_metrics.observe)
         self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s,
                                max_batch_bytes=_spool_batch_bytes(config))
@@ -272,7 +274,6 @@ class Ingester:
         else:
             self.source = ExporterSource(config.source, dispatcher, self.stop, self.checkpoint.files,
                                          self.checkpoint.nodes, self.checkpoint.seen)
-        schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
         self.endpoint = None
         if config.metrics.address:
             self.endpoint = Endpoint(config.metrics.address, {
@@ -376,7 +377,8 @@ def replay(config: Config, client, paths: list[str], progress=None, lock: StateL
 def _replay(config: Config, client, paths: list[str], progress) -> ReplaySummary:
     state = config.state_path
     dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
-    sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s)
+    sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s,
+                applied_version(client, config.store.database) == SCHEMA_VERSION)
     writer = Writer(Spool(state / "spool", config.spool.max_mb * 1024 * 1024), sink)
     batcher = Batcher(writer, config.batch, max_batch_bytes=_spool_batch_bytes(config))
     dispatcher = Dispatcher(Decoder(config.http, config.kafka), dead_letters, batcher.put, kind="file", live=False)

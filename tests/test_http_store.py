@@ -59,6 +59,20 @@ def test_replay_into_a_server_over_http_stores_what_the_embedded_store_stores(se
     assert ledger.splitlines()[1:] == ["678\t678\t0"]
 
 
+def test_inserts_into_a_current_schema_send_the_types_and_no_describe(server, tmp_path):
+    """clickhouse-connect asks the server for a table's column types before each insert
+    unless it is given them; on a schema of this build's version they come from schema.py."""
+    before = server.statements.read_text().count("\n")
+    flowlog("replay", str(LINES[1]), "--no-progress", "--store", server.dsn, "--database", "typed",
+            "--state-dir", str(tmp_path / "state"))
+    statements = server.statements.read_text().splitlines()[before:]
+    inserts = [s for s in statements if s.startswith("INSERT INTO `typed`.")]
+    assert {s.split("`")[3] for s in inserts} >= {"dns_flows", "l7_audit", "ingest_ledger"}, inserts
+    described = [s for s in statements if s.upper().startswith("DESCRIBE")]
+    # Only the migrations' own bookkeeping table is described (once per migration applied).
+    assert described and {s.split("`")[3] for s in described} == {"schema_migrations"}, described
+
+
 def test_a_second_replay_over_http_finds_every_flow_stored(server, tmp_path):
     """The lookups: a batch's ids go to the server as a query parameter, thousands of them
     long, so clickhouse-connect sends them as a form instead of in the URL."""

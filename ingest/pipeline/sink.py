@@ -82,9 +82,16 @@ def insert_token(batch_id: str, table: Table, rows: list[tuple]) -> str:
 
 
 class Sink:
-    def __init__(self, client, database: str, retry_initial_s: float = 0.2, retry_max_s: float = 30.0):
+    def __init__(self, client, database: str, retry_initial_s: float = 0.2, retry_max_s: float = 30.0,
+                 schema_current: bool = False):
+        """schema_current: the store's schema is this build's version, so inserts send the
+        columns' types from schema.py. Otherwise clickhouse-connect asks the server for them
+        (a DESCRIBE TABLE before every insert: half of an insert's fixed cost, 16.6 against
+        8.9 ms of CPU for a batch of 10 flows over HTTP), and rows still reach a table an
+        older or newer build laid out."""
         self.client = client
         self.database = database
+        self.schema_current = schema_current
         self._backoff = Backoff(retry_initial_s, retry_max_s)
         self._next_try = 0.0
         self._failing_since: float | None = None
@@ -191,6 +198,7 @@ class Sink:
                 sent = list(rows)
                 try:
                     self.client.insert(f"`{self.database}`.`{table.name}`", sent, column_names=table.column_names,
+                                       column_type_names=table.column_types if self.schema_current else None,
                                        settings={"insert_deduplication_token": token,
                                                  # so the rollups' views also drop a re-inserted block
                                                  "deduplicate_blocks_in_dependent_materialized_views": 1,

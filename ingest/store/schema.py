@@ -104,6 +104,11 @@ class Table:
         return tuple(c.name for c in self.columns if not c.alias)
 
     @property
+    def column_types(self) -> tuple[str, ...]:
+        """The stored columns' ClickHouse types, in the order of column_names."""
+        return tuple(c.type for c in self.columns if not c.alias)
+
+    @property
     def id_type(self) -> str:
         return next(c.type for c in self.columns if c.name == self.id_column)
 
