@@ -33,14 +33,15 @@ def free_port() -> int:
 
 class Ingester:
     def __init__(self, source: str, workdir: Path, overrides: list[str] = (), store: Path | None = None,
-                 store_dsn: str | None = None):
-        """The embedded store in store (or workdir/store), unless store_dsn names a server."""
+                 store_dsn: str | None = None, python: str = sys.executable):
+        """The embedded store in store (or workdir/store), unless store_dsn names a server;
+        python: the interpreter, e.g. one of a virtualenv with only what the image installs."""
         self.workdir = workdir
         self.state = workdir / "state"
         self.store = store_dsn or store or workdir / "store"
         self.metrics = f"127.0.0.1:{free_port()}"
         self.log_path = workdir / "flowlog.log"
-        command = [sys.executable, "-m", "ingest", "run", "--source", source,
+        command = [python, "-m", "ingest", "run", "--source", source,
                    "--store", store_dsn or f"chdb://{self.store}",
                    "--state-dir", str(self.state), "--metrics-address", self.metrics, "--log-level", "info"]
         for item in overrides:

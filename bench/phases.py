@@ -107,13 +107,13 @@ def receive_at(files: FlowFiles, rate: float, seconds: float) -> dict:
 
 def end_to_end(files: FlowFiles, workdir: Path, overrides: list[str], poll_s: float, log,
                profile_s: float = 0.0, profile_gil: bool = False, store: Path | None = None,
-               store_dsn: str | None = None) -> dict:
+               store_dsn: str | None = None, python: str = sys.executable) -> dict:
     """With store, a store that holds the flows already: every flow is looked up, found
     and dropped (a restart that lost its state dir), and counts as done when dropped.
     With store_dsn, the store is a server in another process (its CPU is not counted)."""
     workdir.mkdir(parents=True, exist_ok=True)
     lg = LoadGenerator(files.stream, gate=True)
-    ingester = Ingester(lg.address, workdir, overrides, store, store_dsn)
+    ingester = Ingester(lg.address, workdir, overrides, store, store_dsn, python)
     spy = None
     try:
         _wait_for_call(lg, ingester)
@@ -180,13 +180,13 @@ def end_to_end(files: FlowFiles, workdir: Path, overrides: list[str], poll_s: fl
 
 
 def outage(files: FlowFiles, workdir: Path, overrides: list[str], store, seconds: float, poll_s: float,
-           log) -> dict:
+           log, python: str = sys.executable) -> dict:
     """The most memory the ingester holds: the stream offered flat out while the store
     answers nothing (its process stopped, SIGSTOP) for seconds, then the store back
     (SIGCONT) until every flow is committed. store is a running bench.store_server."""
     workdir.mkdir(parents=True, exist_ok=True)
     lg = LoadGenerator(files.stream, gate=True)
-    ingester = Ingester(lg.address, workdir, overrides, store_dsn=store.dsn)
+    ingester = Ingester(lg.address, workdir, overrides, store_dsn=store.dsn, python=python)
     stopped = False
     try:
         _wait_for_call(lg, ingester)
@@ -224,12 +224,12 @@ def outage(files: FlowFiles, workdir: Path, overrides: list[str], store, seconds
 # --- 3. ingest lag at a fixed load ---
 
 def lag(files: FlowFiles, workdir: Path, overrides: list[str], rate: float, seconds: float, poll_s: float,
-        log, store_dsn: str | None = None) -> dict:
+        log, store_dsn: str | None = None, python: str = sys.executable) -> dict:
     count = min(files.flows, int(rate * seconds))
     workdir.mkdir(parents=True, exist_ok=True)
     times_path = workdir / "send-times.bin"
     lg = LoadGenerator(files.stream, gate=True, rate=rate, count=count, times_out=times_path)
-    ingester = Ingester(lg.address, workdir, overrides, store_dsn=store_dsn)
+    ingester = Ingester(lg.address, workdir, overrides, store_dsn=store_dsn, python=python)
     committed: list[tuple[float, float]] = []  # (newest committed flow time, wall time of that commit)
     durable: list[tuple[int, float]] = []  # (checkpoint time_ns, wall time it was seen)
     try:
@@ -258,6 +258,11 @@ def lag(files: FlowFiles, workdir: Path, overrides: list[str], rate: float, seco
                 if newest and (not committed or newest > committed[-1][0]):
                     committed.append((newest, samples.get(LAST_INSERT) or time.time()))
                 break
+        if lg.event("sent") is None:
+            # Far behind: the sender is still held back by flow control, and only writes the
+            # send times once it is done. The ingester goes on reading meanwhile; what it has
+            # not committed by the end counts as committed then (a lower bound).
+            lg.wait_for("sent", timeout=STALL_S + count / rate)
         elapsed = time.time() - first_sent
         cpu = ingester.cpu_seconds() - cpu_before
         peak_rss = ingester.peak_rss_mb()

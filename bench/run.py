@@ -29,6 +29,7 @@ bench/README.md explains each number and what limits it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -128,12 +129,33 @@ def machine() -> dict:
     }
 
 
+def image_python(cache_dir: Path, log) -> str:
+    """The interpreter of a virtualenv holding what the image installs (`pip install .`:
+    no extras, so none of the bench's chdb, pandas and pyarrow, which clickhouse-connect
+    imports when they are there: 80 MB of RSS). Made once per pyproject.toml, editable so
+    that it runs this checkout's code."""
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    venv = cache_dir / f"image-venv-{key}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        log(f"making a virtualenv with only the image's packages in {venv} (once)")
+        for command in ([sys.executable, "-m", "venv", str(venv)],
+                        [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)]):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                shutil.rmtree(venv, ignore_errors=True)
+                raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return str(python)
+
+
 def node(files: flowfiles.FlowFiles, workdir: Path, args: argparse.Namespace, log) -> dict:
-    """The ingester with the store in another process: flat out, then at each fixed load."""
-    log("node: flowlog run, the store in a process of its own (HTTP), the same stream")
+    """The ingester with the store in another process, with only the image's packages:
+    flat out, then at each fixed load, then with the store stopped."""
+    log("node: flowlog run, the store in a process of its own (HTTP), the image's packages, the same stream")
+    python = image_python(args.cache_dir, log)
     with StoreServer(workdir / "node-store") as store:
         result = phases.end_to_end(files, workdir / "node", args.overrides, args.poll_ms / 1000, log,
-                                   store_dsn=store.dsn)
+                                   store_dsn=store.dsn, python=python)
         result["store_cpu_s"] = round(store.cpu_seconds(), 2)
     result["us_per_flow"] = round(result["cpu_s_per_1000_flows"] * 1000, 1)
     log(f"  {result['flows_per_s']:,.0f} flows/s, {result['us_per_flow']} µs of CPU a flow, "
@@ -143,7 +165,8 @@ def node(files: flowfiles.FlowFiles, workdir: Path, args: argparse.Namespace, lo
         log(f"  at {rate:,.0f} flows/s for {args.node_seconds:.0f} s")
         with StoreServer(workdir / f"node-store-{rate:.0f}") as store:
             rates[f"{rate:.0f}"] = run = phases.lag(files, workdir / f"node-{rate:.0f}", args.overrides, rate,
-                                                    args.node_seconds, args.poll_ms / 1000, log, store_dsn=store.dsn)
+                                                    args.node_seconds, args.poll_ms / 1000, log, store_dsn=store.dsn,
+                                                    python=python)
         run["receive"] = phases.receive_at(files, rate, args.node_seconds)
         run["us_per_flow"] = round(run["cpu_s_per_1000_flows"] * 1000, 1)
         run["us_per_flow_beyond_receive"] = round(run["us_per_flow"] - run["receive"]["us_per_message"], 1)
@@ -154,7 +177,7 @@ def node(files: flowfiles.FlowFiles, workdir: Path, args: argparse.Namespace, lo
     log(f"  the store stopped for {args.node_outage_s:.0f} s while the stream is offered flat out")
     with StoreServer(workdir / "node-store-outage") as store:
         result["outage"] = phases.outage(files, workdir / "node-outage", args.overrides, store, args.node_outage_s,
-                                         args.poll_ms / 1000, log)
+                                         args.poll_ms / 1000, log, python)
     log(f"    peak RSS {result['outage']['peak_rss_mb_during']:,.0f} MB during the outage, "
         f"{result['outage']['peak_rss_mb']:,.0f} MB until every flow was committed")
     return result
