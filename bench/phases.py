@@ -238,8 +238,11 @@ def lag(files: FlowFiles, workdir: Path, overrides: list[str], rate: float, seco
         lg.go()
         first_sent = int(lg.wait_for("started", timeout=30)["t_ns"]) / 1e9
         deadline = first_sent + count / rate + 30
+        # Far behind, the sender is held back by flow control and writes the send times only
+        # once it is done: the polling goes on until then, however long it takes.
+        latest = deadline + STALL_S + count / rate
         rows = 0
-        while time.time() < deadline:
+        while time.time() < deadline or (lg.event("sent") is None and time.time() < latest):
             time.sleep(poll_s)
             ingester.check_alive()
             samples = ingester.scrape()
@@ -259,11 +262,9 @@ def lag(files: FlowFiles, workdir: Path, overrides: list[str], rate: float, seco
                     committed.append((newest, samples.get(LAST_INSERT) or time.time()))
                 break
         if lg.event("sent") is None:
-            # Far behind: the sender is still held back by flow control, and only writes the
-            # send times once it is done. The ingester goes on reading meanwhile; what it has
-            # not committed by the end counts as committed then (a lower bound).
-            lg.wait_for("sent", timeout=STALL_S + count / rate)
-        elapsed = time.time() - first_sent
+            lg.wait_for("sent", timeout=30)
+        end_wall = time.time()  # flows not committed by now count as committed now (a lower bound)
+        elapsed = end_wall - first_sent
         cpu = ingester.cpu_seconds() - cpu_before
         peak_rss = ingester.peak_rss_mb()
         sent = lg.event("sent")
@@ -271,7 +272,6 @@ def lag(files: FlowFiles, workdir: Path, overrides: list[str], rate: float, seco
         ingester.stop()
         lg.close()
     send_ns = _read_times(times_path, count)
-    end_wall = time.time()
     lags, unseen = _lags(send_ns, [(n * 1e9, w) for n, w in committed], end_wall, tolerance_ns=1000)
     durable_lags, _ = _lags(send_ns, [(float(n), w) for n, w in durable], end_wall, tolerance_ns=0)
     intervals = [b[1] - a[1] for a, b in itertools.pairwise(committed)]

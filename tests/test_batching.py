@@ -265,3 +265,38 @@ def test_a_lookup_that_fails_partway_leaves_the_batch_as_it_was(config, client, 
     ledger = client.query(f"SELECT stored_http, stored_dns, stored_audit, duplicates FROM `{db}`.ingest_ledger "
                           "ORDER BY committed_at, stored_audit").result_rows
     assert ledger == [(0, 1, 1, 0), (2, 0, 2, 1)]
+
+
+class FailsFirstInsert:
+    """The real client, whose first insert fails (a store migrated under us refuses the
+    block, say); it records the column types each insert declared."""
+
+    def __init__(self, client):
+        self._client = client
+        self.declared: list = []
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def insert(self, *args, column_type_names=None, **kwargs):
+        self.declared.append(column_type_names)
+        if len(self.declared) == 1:
+            raise ConnectionError("refused")
+        return self._client.insert(*args, column_type_names=column_type_names, **kwargs)
+
+
+def test_after_a_failed_insert_the_sink_asks_the_server_for_the_types(config, client, tmp_path):
+    """On a schema of this build's version inserts declare the columns' types; once one
+    fails (the schema may have been migrated by a newer pod since the start), the retry
+    and every insert after it go by the server's types."""
+    recording = FailsFirstInsert(client)
+    writer = Writer(Spool(tmp_path / "spool", 1 << 30), Sink(recording, config.store.database, schema_current=True))
+    pipeline = Batcher(writer, BatchConfig(max_delay_ms=0))
+    for flow in _flows(2):
+        pipeline.put(Entry(flow, False, "test"))
+    pipeline.finish()
+    pipeline.run()
+    assert recording.declared[0] is not None and list(recording.declared[0])  # the first, declared, failed
+    assert recording.declared[1:] and all(types is None for types in recording.declared[1:])
+    stored = client.query(f"SELECT count() FROM `{config.store.database}`.l7_audit").result_rows[0][0]
+    assert stored == 2

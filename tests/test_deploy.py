@@ -154,14 +154,15 @@ def test_the_daemonsets_resources_cover_what_the_bench_measured(built):
 
     node = json.loads((REPO / "bench" / "results" / "latest.json").read_text())["node"]
     resources = container(built["trial"])["resources"]
-    mb = 1e6
-    assert _bytes(resources["limits"]["memory"]) >= 1.25 * node["outage"]["peak_rss_mb"] * mb
-    assert _bytes(resources["requests"]["memory"]) >= 1.25 * node["rates"]["1000"]["peak_rss_mb"] * mb
+    mib = 2**20  # the bench's "MB" are VmHWM kB / 1024
+    # The margins the DaemonSet's comment and the README state.
+    assert _bytes(resources["limits"]["memory"]) >= 1.5 * node["outage"]["peak_rss_mb"] * mib
+    assert _bytes(resources["requests"]["memory"]) >= 1.25 * node["rates"]["1000"]["peak_rss_mb"] * mib
+    assert _bytes(resources["requests"]["cpu"]) >= 1.1 * node["rates"]["1000"]["cores_busy"]
     # The byte budgets bound what a store outage adds to an idle ingester, at any rate.
     batch = load(None, env={}).batch
-    bound = node["rss_at_start_mb"] * mb + (batch.queue_mb + 2 * batch.max_mb + 20) * 2**20
-    assert _bytes(resources["limits"]["memory"]) >= 1.1 * bound
-    assert _bytes(resources["requests"]["cpu"]) >= node["rates"]["1000"]["cores_busy"]
+    bound = (node["rss_at_start_mb"] + batch.queue_mb + 2 * batch.max_mb + 20) * mib
+    assert _bytes(resources["limits"]["memory"]) >= 1.2 * bound
     # What one ingester uses flat out must fit under the CPU limit, or its receiving threads are throttled.
     most = max([node["cores_busy"]] + [run["cores_busy"] for run in node["rates"].values()])
     assert _bytes(resources["limits"]["cpu"]) >= 1.2 * most

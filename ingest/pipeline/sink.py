@@ -88,7 +88,9 @@ class Sink:
         columns' types from schema.py. Otherwise clickhouse-connect asks the server for them
         (a DESCRIBE TABLE before every insert: half of an insert's fixed cost, 16.6 against
         8.9 ms of CPU for a batch of 10 flows over HTTP), and rows still reach a table an
-        older or newer build laid out."""
+        older or newer build laid out. A failed insert turns the types off for good: the
+        schema may have been migrated since the start (a newer pod in a rolling upgrade),
+        and the retry then goes by the server's types."""
         self.client = client
         self.database = database
         self.schema_current = schema_current
@@ -212,6 +214,7 @@ class Sink:
             try:
                 self._call(table, insert)
             except StoreUnavailable as err:
+                self.schema_current = False
                 cause = err.__cause__
                 if _refused_by_client(cause):
                     raise self._refusal(BatchRefused(f"the store's client refused its {table.name} rows: "
