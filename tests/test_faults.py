@@ -36,8 +36,8 @@ from ingest.demo.observer import FlowBuffer, ObserverServer
 
 from .helpers import DNS_330, HTTP_348, REPO, ArrivalOrderBuffer, fixture_lines, relay_merge, responses_of
 
-# 20 keep the suite within 15 minutes on 2 cores (each takes about 10 s); bench/soak.py runs more.
-SCHEDULES = int(os.environ.get("FLOWLOG_FAULT_SCHEDULES", "20"))
+# 12 keep the suite within 15 minutes on 2 cores (each takes 10 to 13 s); bench/soak.py runs more.
+SCHEDULES = int(os.environ.get("FLOWLOG_FAULT_SCHEDULES", "12"))
 MAX_RUNS = 4
 
 
