@@ -18,7 +18,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY
 
 from . import __version__, metrics
 from .config import Config
@@ -281,10 +280,9 @@ class Ingester:
                 "store": lambda: self.sink.healthy,
                 "state dir writable": lambda: self.writer.writable and self.dead_letters.writable,
                 "schema": lambda: schema_current,
-            })
+            }, pages=(self.l7_metrics.page,))
 
     def run(self) -> None:
-        REGISTRY.register(self.l7_metrics)
         metrics.BUILD_INFO.info({"version": __version__})
         try:
             if self.endpoint is not None:
@@ -294,7 +292,6 @@ class Ingester:
         finally:
             if self.endpoint is not None:
                 self.endpoint.stop()
-            REGISTRY.unregister(self.l7_metrics)
             self.lock.release()
 
     def _run(self) -> None:

@@ -4,11 +4,36 @@ store answering, the schema migrated), on one port."""
 
 from __future__ import annotations
 
+import gzip
 import threading
 from socketserver import ThreadingMixIn
+from typing import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, make_wsgi_app
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+_EOF = b"# EOF\n"
+
+
+def metrics_page(registry, pages: Iterable[Callable[[bool], bytes]], accept: str | None,
+                 accept_encoding: str | None) -> tuple[list[tuple[str, str]], bytes]:
+    """Headers and body of one scrape: the registry's metrics in the format the scraper
+    accepts, then each page that writes its own exposition text (the L7 metrics),
+    gzipped when the scraper accepts it, as Prometheus does."""
+    encode, content_type = choose_encoder(accept)
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    body = encode(registry)
+    written = b"".join(page(openmetrics) for page in pages)
+    # OpenMetrics ends with one `# EOF`, after every family.
+    body = body[:-len(_EOF)] + written + _EOF if openmetrics else body + written
+    headers = [("Content-Type", content_type)]
+    if gzip_accepted(accept_encoding):
+        # Level 1, not gzip's default 9: on a page at the series cap 2 against 9 ms of CPU,
+        # for 22 against 18 kB sent (bench/scrape.py). The CPU is the node's.
+        body = gzip.compress(body, compresslevel=1)
+        headers.append(("Content-Encoding", "gzip"))
+    return headers, body
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -25,12 +50,15 @@ class EndpointError(RuntimeError):
 
 
 class Endpoint:
-    """Serves in a daemon thread; `checks` maps a readiness condition's name to a callable."""
+    """Serves in a daemon thread; `checks` maps a readiness condition's name to a callable;
+    `pages` write exposition text of their own after the registry's metrics."""
 
-    def __init__(self, address: str, checks: dict[str, callable], registry=REGISTRY):
+    def __init__(self, address: str, checks: dict[str, callable], pages: Iterable[Callable[[bool], bytes]] = (),
+                 registry=REGISTRY):
         host, _, port = address.rpartition(":")
         self.checks = checks
-        self._metrics = make_wsgi_app(registry)
+        self.pages = tuple(pages)
+        self.registry = registry
         try:
             self.server = make_server(host or "0.0.0.0", int(port), self._app, _Server, handler_class=_QuietHandler)
         except OSError as err:
@@ -48,7 +76,10 @@ class Endpoint:
             status = "503 Service Unavailable" if failing else "200 OK"
             start_response(status, [("Content-Type", "text/plain")])
             return [("not ready: " + ", ".join(failing) if failing else "ready").encode() + b"\n"]
-        return self._metrics(environ, start_response)
+        headers, body = metrics_page(self.registry, self.pages, environ.get("HTTP_ACCEPT"),
+                                     environ.get("HTTP_ACCEPT_ENCODING"))
+        start_response("200 OK", headers)
+        return [body]
 
     def start(self) -> "Endpoint":
         self._thread.start()
