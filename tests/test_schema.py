@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from ingest.config import StoreConfig
-from ingest.store.migrations import (MIGRATIONS, SCHEMA_VERSION, SQL_DIR, MigrationError, applied_version,
-                                     column_drift, columns_as_of, migrate, migration_files, render, sort_key_drift)
+from ingest.store.migrations import (MIGRATION_NAMES, MIGRATIONS, SCHEMA_VERSION, SQL_DIR, MigrationError,
+                                     applied_version, column_drift, columns_as_of, migrate, migration_files, render,
+                                     render_current, sort_key_drift)
 from ingest.store.schema import DATA_TABLES, HTTP_FLOWS, ROLLUPS, SCHEMA_MIGRATIONS
 
 from .helpers import REPO, create_at, rows_as_of
@@ -26,8 +27,39 @@ def test_migrate_is_idempotent_and_tables_match_the_definitions(config, client):
     db = config.store.database
     assert migrate(client, config.store) == 0
     assert column_drift(client, db) == []
-    versions = client.query(f"SELECT version FROM `{db}`.{SCHEMA_MIGRATIONS.name} ORDER BY version").result_rows
-    assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+    # An empty database is created as of now, which its one row says.
+    versions = client.query(f"SELECT version, description FROM `{db}`.{SCHEMA_MIGRATIONS.name}").result_rows
+    assert versions == [(SCHEMA_VERSION, f"{MIGRATION_NAMES[SCHEMA_VERSION]} (created as of this version)")]
+
+
+def test_a_creation_cut_short_is_finished_as_of_now(config, client):
+    store = dataclasses.replace(config.store, database=config.store.database + "_cut")
+    statements = render_current(store)
+    try:
+        for statement in statements[:len(statements) // 2]:  # neither every table nor the version row
+            client.command(statement)
+        assert applied_version(client, store.database) == 0
+        assert migrate(client, store) == SCHEMA_VERSION
+        assert column_drift(client, store.database) == [] and applied_version(client, store.database) == SCHEMA_VERSION
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{store.database}`")
+
+
+def test_tables_of_an_older_version_with_no_version_recorded_are_migrated_in_turn(config, client, caplog):
+    """Migration 1 of an older build cut short before it recorded itself: its tables are
+    version 1's, so each later migration has to change them."""
+    store = dataclasses.replace(config.store, database=config.store.database + "_v1")
+    client.command(f"CREATE DATABASE `{store.database}`")
+    try:
+        for statement in render(1, store):
+            client.command(statement)
+        assert applied_version(client, store.database) == 0 and column_drift(client, store.database)
+        with caplog.at_level("INFO", logger="ingest.store.migrations"):
+            assert migrate(client, store) == SCHEMA_VERSION
+        assert caplog.text.count("applied schema migration") == SCHEMA_VERSION
+        assert column_drift(client, store.database) == []
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{store.database}`")
 
 
 def test_a_newer_schema_is_refused(config, client):
@@ -269,8 +301,12 @@ def _settings_sorted(create: str) -> str:
 
 
 def test_migrate_print_creates_the_tables_every_migration_leaves(config, client):
-    """For a DBA who creates the tables by hand: the schema as it is now, not its history."""
-    db, by_hand = config.store.database, f"{config.store.database}_by_hand"
+    """For a DBA who creates the tables by hand, and for `migrate` on an empty database: the
+    schema as it is now, not its history, leaving the same tables as every migration in turn."""
+    created, by_hand = config.store.database, f"{config.store.database}_by_hand"
+    db = f"{config.store.database}_in_turn"
+    create_at(client, dataclasses.replace(config.store, database=db), 1)
+    assert migrate(client, dataclasses.replace(config.store, database=db)) == SCHEMA_VERSION - 1
     printed = _flowlog_print("--set", f"store.database={by_hand}")
     assert printed.startswith(f"-- The hubble-flowlog schema as of version {SCHEMA_VERSION}, for database {by_hand}.")
     assert "ALTER" not in printed
@@ -285,11 +321,13 @@ def test_migrate_print_creates_the_tables_every_migration_leaves(config, client)
         for statement in _statements(printed):
             client.command(statement.rstrip(";"))
         assert layout(by_hand) == layout(db) and len(layout(db)) == len(DATA_TABLES) + 2 * len(ROLLUPS) + 1
+        assert layout(created) == layout(db)
         assert column_drift(client, by_hand) == []
         assert applied_version(client, by_hand) == SCHEMA_VERSION
         assert migrate(client, dataclasses.replace(config.store, database=by_hand)) == 0  # nothing left to do
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{by_hand}`")
+        client.command(f"DROP DATABASE IF EXISTS `{db}`")
 
 
 def test_migrate_history_heads_each_migration_with_what_it_did():
