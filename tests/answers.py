@@ -101,9 +101,11 @@ def host(url: str) -> str:
 
 
 def exact_quantile(values: list[int], q: float) -> int:
-    """ClickHouse's quantileExact: the value at 0-based rank floor(q * n) of the sorted values."""
+    """The nearest rank, as ClickHouse's quantileExactWeighted with weights 1: the smallest value
+    that at least q of the n values do not exceed, at 0-based rank ceil(q * n) - 1 (q * n in
+    floating point, as ClickHouse computes it)."""
     ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+    return ordered[max(math.ceil(len(ordered) * q), 1) - 1]
 
 
 def tdigest_band(values: list[int], q: float) -> tuple[float, float]:

@@ -327,6 +327,52 @@ def test_audit_talkers_of_a_dns_name_by_the_addresses_it_resolved_to(config, cli
            ("prometheus", 20, 20, ["world 10.128.0.4"])
 
 
+def test_an_aggregated_line_counts_as_the_flows_it_stands_for(config, client, tmp_path):
+    """Cilium 1.19's exporter can write one line for many flows (`aggregate`). Fixture flows
+    made into two single responses of 10 ms and one line for 9 responses of 200 ms with status
+    503; a DNS answer once alone and once for 4: every count and quantile weighs the line."""
+    response = next(l for l in fixture_lines(HTTP_348) if l["flow"]["l7"]["type"] == "RESPONSE"
+                    and l["flow"].get("source", {}).get("pod_name", "").startswith("productpage"))
+    http_lines = []
+    for second, latency_ms, status in ((0, 10, 200), (1, 10, 200), (2, 200, 503)):
+        line = copy.deepcopy(response)
+        line["flow"]["time"] = line["time"] = f"2021-10-05T10:00:0{second}Z"
+        line["flow"]["l7"]["latency_ns"] = str(latency_ms * 1_000_000)
+        line["flow"]["l7"]["http"]["code"] = status
+        line["flow"].pop("uuid", None)
+        http_lines.append(line)
+    http_lines[-1]["flow"]["aggregate"] = {"ingress_flow_count": 5, "egress_flow_count": 4}
+    answer = next(l for l in fixture_lines(DNS_330) if l["flow"]["l7"]["type"] == "RESPONSE"
+                  and l["flow"]["l7"]["dns"].get("ips"))
+    dns_lines = []
+    for second, count in ((3, 0), (4, 4)):
+        line = copy.deepcopy(answer)
+        line["flow"]["time"] = line["time"] = f"2021-10-05T10:00:0{second}Z"
+        line["flow"].pop("uuid", None)
+        line["flow"]["l7"]["dns"].update(rcode=3, ips=["10.1.2.3"])
+        if count:
+            line["flow"]["aggregate"] = {"unknown_direction_flow_count": count}
+        dns_lines.append(line)
+    replay(config, client, [_write(tmp_path, "aggregated.json", http_lines + dns_lines)])
+    span = {"from": "2021-10-05T10:00:00Z", "until": "2021-10-05T11:00:00Z"}
+
+    def ask_own(query: str, **values) -> list[dict]:
+        return LIBRARY[query].rows(client, {**span, **values}, config.store.database)
+
+    [latency] = ask_own("http_latency")
+    # Of the three lines, the median is a 10 ms one; of the 11 flows, a 200 ms one.
+    assert (latency["requests"], latency["errors"], latency["error_pct"], latency["p50_ms"], latency["p99_ms"]) \
+        == (11, 9, 81.82, 200.0, 200.0)
+    assert [(r["status"], r["responses"]) for r in ask_own("http_errors", min_status="500")] == [(503, 9)]
+    server = response["flow"]["source"]["pod_name"]
+    [talker] = ask_own("audit_talkers", destination=f"bookinfo/{server}")
+    assert (talker["requests"], talker["responses"]) == (0, 11)
+    name = answer["flow"]["l7"]["dns"]["query"]
+    assert [r["responses"] for r in ask_own("dns_failures")] == [5]
+    assert [r["responses"] for r in ask_own("dns_answers", name=name)] == [5]
+    assert [r["responses"] for r in ask_own("dns_reverse", ip="10.1.2.3")] == [5]
+
+
 def test_ingest_completeness(config, client, tmp_path):
     """Two replays of the HTTP file, the DNS file, a lost-events report and a line that is not JSON."""
     node = "gke-ilya-otel-demo-2-ilya-otel-demo-2-dac8cc20-hr0z"

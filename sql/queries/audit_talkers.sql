@@ -9,7 +9,8 @@
 -- as an answer: a Service's ClusterIP matches the flows sent to that Service by name, as Hubble
 -- records them with the backend pod's IP after Cilium's load balancing. For an IP that many names
 -- share (a CDN's edge, an ingress load balancer) this counts the flows to any of those names,
--- whichever of their addresses they went to. One row per client workload and protocol.
+-- whichever of their addresses they went to. One row per client workload and protocol; an
+-- aggregated exporter line counts as the flows it stands for (aggregate_count).
 --
 -- param: destination String (required) a workload, service, pod, IP or DNS name
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
@@ -36,8 +37,8 @@ SELECT
     source_namespace,
     source_workload,
     protocol,
-    countIf(l7_type = 'REQUEST') AS requests,
-    countIf(l7_type = 'RESPONSE') AS responses,
+    sumIf(flows, l7_type = 'REQUEST') AS requests,
+    sumIf(flows, l7_type = 'RESPONSE') AS responses,
     min(time) AS first_seen,
     max(time) AS last_seen,
     arraySort(groupUniqArray(source_endpoint)) AS source_pods,
@@ -51,6 +52,7 @@ FROM
         protocol,
         time,
         l7_type,
+        flows,
         if(l7_type = 'RESPONSE', dst_namespace, src_namespace) AS source_namespace,
         if(l7_type = 'RESPONSE', dst_workload_name, src_workload_name) AS source_workload,
         if(l7_type = 'RESPONSE', if(dst_pod = '', dst_workload_name, concat(dst_namespace, '/', dst_pod)),
@@ -64,13 +66,15 @@ FROM
         host
     FROM
     (
-        SELECT 'http' AS protocol, time, l7_type, src_namespace, src_workload, src_workload_name, src_pod, src_ip,
-               src_names, dst_namespace, dst_workload, dst_workload_name, dst_pod, dst_ip, dst_names, host
+        SELECT 'http' AS protocol, time, l7_type, greatest(aggregate_count, 1) AS flows, src_namespace,
+               src_workload, src_workload_name, src_pod, src_ip, src_names, dst_namespace, dst_workload,
+               dst_workload_name, dst_pod, dst_ip, dst_names, host
         FROM http_flows
         WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
         UNION ALL
-        SELECT 'dns' AS protocol, time, l7_type, src_namespace, src_workload, src_workload_name, src_pod, src_ip,
-               src_names, dst_namespace, dst_workload, dst_workload_name, dst_pod, dst_ip, dst_names, '' AS host
+        SELECT 'dns' AS protocol, time, l7_type, greatest(aggregate_count, 1) AS flows, src_namespace,
+               src_workload, src_workload_name, src_pod, src_ip, src_names, dst_namespace, dst_workload,
+               dst_workload_name, dst_pod, dst_ip, dst_names, '' AS host
         FROM dns_flows
         WHERE time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
     )

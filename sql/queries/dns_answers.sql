@@ -4,6 +4,7 @@
 -- responses for the name. The asking pod is the destination of a response (dst_*), shown as
 -- namespace/pod, or its IP when it is not a pod. Names are matched exactly (DNS names are
 -- stored as Hubble reports them, usually lower case); the trailing dot is optional.
+-- An aggregated exporter line counts as the flows it stands for (aggregate_count).
 --
 -- param: name String (required) the DNS name, e.g. reviews.bookinfo.svc.cluster.local
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
@@ -17,7 +18,7 @@ SELECT
     cnames,
     min(ttl) AS ttl_min,
     max(ttl) AS ttl_max,
-    count() AS responses,
+    sum(greatest(aggregate_count, 1)) AS responses,
     min(time) AS first_seen,
     max(time) AS last_seen,
     arraySort(groupUniqArray(if(dst_pod = '', dst_workload_name, concat(dst_namespace, '/', dst_pod)))) AS asked_by

@@ -2,6 +2,7 @@
 --
 -- Counts DNS responses with a non-zero rcode. The asking workload is the destination of a
 -- response (dst_*). Most first, at most limit rows.
+-- An aggregated exporter line counts as the flows it stands for (aggregate_count).
 --
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
 -- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
@@ -13,7 +14,7 @@ SELECT
     dst_workload_name AS source_workload,
     query AS name,
     rcode_name,
-    count() AS responses,
+    sum(greatest(aggregate_count, 1)) AS responses,
     min(time) AS first_seen,
     max(time) AS last_seen
 FROM dns_flows

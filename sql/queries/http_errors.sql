@@ -3,6 +3,7 @@
 -- Counts responses with status >= min_status in buckets of step_seconds, aligned to multiples of
 -- step_seconds since the Unix epoch (UTC). The source (client) of a response is dst_*, the
 -- destination (server) src_*. Reads http_flows (the rollups keep only the status class).
+-- An aggregated exporter line counts as the flows it stands for (aggregate_count).
 --
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
 -- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
@@ -18,7 +19,7 @@ SELECT
     src_namespace AS destination_namespace,
     src_workload_name AS destination_workload,
     status_code AS status,
-    count() AS responses
+    sum(greatest(aggregate_count, 1)) AS responses
 FROM http_flows
 WHERE l7_type = 'RESPONSE'
   AND status_code >= {min_status:UInt16}

@@ -3,9 +3,11 @@
 -- Counts HTTP responses: they carry the status and latency_ns, and on a response Hubble swaps
 -- the endpoints, so the server (the destination of the request) is src_*.
 -- requests = responses seen; errors = responses with status >= 500; error_pct = 100 * errors / requests.
+-- An aggregated exporter line counts as the flows it stands for (aggregate_count) in each.
 -- Ranges up to rollup_above_hours read http_flows and give exact quantiles,
--- quantilesExact(0.5, 0.95, 0.99)(latency_ns): the latency at 0-based rank floor(q * n) of the n
--- sorted latencies. Longer ranges read http_rollup_1m, over the whole minutes that overlap the
+-- quantilesExactWeighted(0.5, 0.95, 0.99)(latency_ns, flows): the smallest latency that at least
+-- q of the n flows do not exceed (nearest rank: 0-based rank ceil(q * n) - 1 of the n sorted
+-- latencies, an aggregated line's latency n times). Longer ranges read http_rollup_1m, over the whole minutes that overlap the
 -- range, with quantilesTDigestMerge(0.5, 0.95, 0.99) over the per-minute t-digests: approximate
 -- (ClickHouse's t-digest has epsilon 0.01, so a centroid holds at most 1% of the values and the
 -- estimate lies within 2% of n + 2 ranks of the exact one), rounded to the microsecond.
@@ -34,10 +36,10 @@ FROM
                OR (match(segment, '^[0-9a-fA-F]{8,}$') AND match(segment, '[0-9]')),
                '{id}', segment), splitByChar('/', path)), '/')),
            '') AS route,
-        count() AS requests,
-        countIf(status_code >= 500) AS errors,
+        sum(greatest(aggregate_count, 1)) AS requests,
+        sumIf(greatest(aggregate_count, 1), status_code >= 500) AS errors,
         round(100 * errors / requests, 2) AS error_pct,
-        quantilesExact(0.5, 0.95, 0.99)(latency_ns) AS latency_quantiles,
+        quantilesExactWeighted(0.5, 0.95, 0.99)(latency_ns, greatest(aggregate_count, 1)) AS latency_quantiles,
         latency_quantiles[1] / 1e6 AS p50_ms,
         latency_quantiles[2] / 1e6 AS p95_ms,
         latency_quantiles[3] / 1e6 AS p99_ms,
