@@ -25,9 +25,11 @@ from ingest.api.observer import observer_pb2, observer_pb2_grpc
 from ingest.demo.observer import FlowBuffer, ObserverServer
 from ingest.history.reader import HistoryReader
 from ingest.history.server import HEALTH_SERVICE, SERVER_VERSION, HistoryServer
+from ingest.history.stream import FlowStream, plan
 from ingest.store.connection import connect, open_store
 
 from .helpers import DNS_330, HTTP_348, RunningIngester, fixture_lines, ingest_lines, responses_of, wait_for
+from .expected import rfc3339_ns
 from .history_reference import expected_responses, masked_response
 from .hubble_cli import build_request
 
@@ -292,6 +294,35 @@ def test_follow_hands_over_from_history_to_new_flows_with_nothing_missed_or_twic
                                                          for r in everything)
     times = [r.flow.time.ToNanoseconds() for r in flows]
     assert times == sorted(times)
+
+
+def test_a_follow_over_long_history_holds_only_the_keys_near_the_hand_over(stored):
+    """Polls read back one window (serve.follow_window_s) from where the history ends, so the
+    keys of flows sent before that window need not be held: a follow from months back would
+    otherwise hold every key it sent. The clock stands 20 s after the newest capture."""
+    served, lines = stored
+    config = served.config
+    reader = HistoryReader(lambda: connect(config, create=False), config.store.database, config.serve,
+                           config.masker())
+    times = sorted(rfc3339_ns(line["time"]) for line in lines)
+    now, window_s, delay_s = times[-1] + 20 * NS, 60.0, 1.0
+    held = []
+
+    class Watched(FlowStream):
+        def _follow(self, cursor, floor, seen):
+            held.append(set(seen))
+            return iter(())
+
+    request = observer_pb2.GetFlowsRequest(follow=True)
+    request.since.FromNanoseconds(times[0])
+    stream = Watched(reader, plan(request, config.store.database), config.serve.page_rows, 0.01, delay_s, window_s,
+                     clock=lambda: now)
+    sent = [r for r in stream.responses() if r.HasField("flow")]
+    assert len(sent) == len(lines)
+    history_end = now - int(delay_s * NS)
+    in_window = [t for t in times if history_end - window_s * NS <= t < history_end]
+    assert 0 < len(in_window) < len(lines)
+    assert len(held) == 1 and len(held[0]) == len(in_window)
 
 
 # What `hubble observe` sends for these command lines (tests/hubble_cli.py), at NOW: the

@@ -229,7 +229,10 @@ class FlowStream:
         if count == 0 and not p.follow:
             yield from self._with_gaps([], lo, history_end)
             return
-        forward = self._forward(lo, history_end, start, limit, seen if p.follow else None)
+        # Polls read back one window from the hand-over: only keys in it need holding, so a
+        # follow over months of history holds a window's keys, not every key it sent.
+        forward = self._forward(lo, history_end, start, limit, seen if p.follow else None,
+                                history_end - self.window_ns)
         yield from self._with_gaps(forward, lo, history_end, limited=limit is not None)
         if p.follow:
             yield from self._follow(history_end, lo, seen)
@@ -253,7 +256,7 @@ class FlowStream:
             return held, None
         return None, (row.key if found else None)
 
-    def _forward(self, lo: int, hi: int, start, limit, seen: set | None):
+    def _forward(self, lo: int, hi: int, start, limit, seen: set | None, seen_from: int):
         count = 0
         for row in self._scan(lo, hi, descending=False):
             if start is not None and row.key < start:
@@ -264,7 +267,7 @@ class FlowStream:
             if limit is not None and count >= limit:
                 return
             count += 1
-            if seen is not None:
+            if seen is not None and row.time_ns >= seen_from:
                 seen.add(hash(row.key))
             yield row, flow
 
