@@ -57,7 +57,7 @@ def main() -> None:
     l7_ms, page = cpu_ms(lambda: l7.page(openmetrics=True))
     baseline_ms, baseline = cpu_ms(lambda: reference_page(l7, openmetrics=True))
     assert page == baseline, "the page differs from prometheus_client's"
-    scrape_ms, (headers, body) = cpu_ms(lambda: metrics_page(REGISTRY, (l7.page,), PROMETHEUS_ACCEPT, "gzip"))
+    scrape_ms, (headers, body) = cpu_ms(lambda: metrics_page((REGISTRY,), (l7.page,), PROMETHEUS_ACCEPT, "gzip"))
     raw = gzip.decompress(body)
     level1_ms, _ = cpu_ms(lambda: gzip.compress(raw, compresslevel=1))
     level9_ms, level9 = cpu_ms(lambda: gzip.compress(raw))

@@ -334,7 +334,7 @@ def _replay(args, config, client, lock) -> int:
 
 def _run(config, client, lock, serve: bool = False) -> int:
     from .runner import Ingester
-    ingester = Ingester(config, client, lock=lock)
+    ingester = Ingester(config, client, lock=lock, serving_history=serve)
     history = None
     if serve:
         from .history.command import start_server

@@ -213,6 +213,9 @@ class ServeConfig:
     """`flowlog serve`: Hubble's observer API over the stored flows."""
     # Hubble Relay's port, which the hubble CLI and Hubble UI use by default.
     listen: str = "0.0.0.0:4245"
+    # `flowlog serve`'s /metrics, /healthz and /readyz ("" for none); beside metrics.address,
+    # so both commands run on one host. `flowlog run --serve` answers on metrics.address.
+    metrics_address: str = "0.0.0.0:9971"
     # cert_file and key_file serve TLS; ca_file as well requires client certificates (mTLS).
     tls: TLSConfig = field(default_factory=TLSConfig)
     # Each store query of a request: ClickHouse stops it past these, and the client gets
@@ -430,6 +433,7 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
                           "absolute path, chdb:///abs/dir")
     _check_address("metrics.address", config.metrics.address, empty_allowed=True)
     _check_address("serve.listen", config.serve.listen)
+    _check_address("serve.metrics_address", config.serve.metrics_address, empty_allowed=True)
     if config.serve.follow_window_s <= config.serve.follow_delay_s:
         raise ConfigError(f"serve.follow_window_s: expected more than serve.follow_delay_s "
                           f"({config.serve.follow_delay_s}), got {config.serve.follow_window_s}")

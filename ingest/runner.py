@@ -18,12 +18,14 @@ import threading
 import time
 from dataclasses import dataclass
 
+from prometheus_client import REGISTRY
 
 from . import __version__, metrics
 from .config import Config
 from .decode.decoder import Decoder
 from .decode.dispatch import Dispatcher
 from .metrics.endpoint import Endpoint
+from .metrics.history import HISTORY
 from .metrics.l7 import L7Metrics
 from .pipeline.batching import Batcher
 from .pipeline.checkpoint import Checkpoint
@@ -236,19 +238,22 @@ class Ingester:
     """`flowlog run`: follows one Hubble server, or the exporter files of one, into the
     store until stopped."""
 
-    def __init__(self, config: Config, client, stop: threading.Event | None = None, lock: StateLock | None = None):
+    def __init__(self, config: Config, client, stop: threading.Event | None = None, lock: StateLock | None = None,
+                 serving_history: bool = False):
         """lock: the state dir's, taken already (by the command line, before the store is
-        opened); else it is taken here, before anything reads or changes the state dir."""
+        opened); else it is taken here, before anything reads or changes the state dir.
+        serving_history: the history server runs in this process (`run --serve`), and its
+        metrics are on this endpoint."""
         self.config = config
         self.stop = stop or threading.Event()
         self.lock = lock or _locked(config)
         try:
-            self._build(config, client)
+            self._build(config, client, serving_history)
         except BaseException:
             self.lock.release()
             raise
 
-    def _build(self, config: Config, client) -> None:
+    def _build(self, config: Config, client, serving_history: bool) -> None:
         state = config.state_path
         self.checkpoint = Checkpoint(state, config.source.address, config.source.node_idle_s)
         self.spool = Spool(state / "spool", config.spool.max_mb * 1024 * 1024)
@@ -280,7 +285,7 @@ class Ingester:
                 "store": lambda: self.sink.healthy,
                 "state dir writable": lambda: self.writer.writable and self.dead_letters.writable,
                 "schema": lambda: schema_current,
-            }, pages=(self.l7_metrics.page,))
+            }, pages=(self.l7_metrics.page,), registries=(REGISTRY, HISTORY) if serving_history else (REGISTRY,))
 
     def run(self) -> None:
         metrics.BUILD_INFO.info({"version": __version__})

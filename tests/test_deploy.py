@@ -290,12 +290,19 @@ def test_the_history_server_reads_the_store_the_daemonset_writes(built, build, t
                                              "--config", f"{mounts['config']['mountPath']}/config.yaml"]
     assert server["args"][-2:] == ingester["args"][-2:]
     # The same store, from the same ConfigMap, Secret and environment (the DSN copied from the
-    # DaemonSet's), with no /metrics of its own.
+    # DaemonSet's); /metrics of its own, where its annotations and PodMonitor say.
     run = load(str(path), env={e["name"]: e["value"] for e in ingester["env"]})
     serve = load(str(path), env={e["name"]: e["value"] for e in server["env"]})
     assert serve.store == run.store
     assert serve.store.dsn.startswith("http")  # the DaemonSet's, not the component's placeholder
-    assert serve.metrics.address == "" and run.metrics.address
+    metrics_port = int(serve.serve.metrics_address.rpartition(":")[2])
+    assert [p["containerPort"] for p in server["ports"] if p["name"] == "metrics"] == [metrics_port]
+    annotations = one(objects, "Deployment", "flowlog-history")["spec"]["template"]["metadata"]["annotations"]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (str(metrics_port), "/metrics")
+    monitor = one(objects, "PodMonitor", "flowlog-history")
+    assert monitor["spec"]["selector"]["matchLabels"] == one(objects, "Deployment", "flowlog-history")[
+        "spec"]["selector"]["matchLabels"]
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     ingester_mounts = {m["name"]: m for m in ingester["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     ingester_volumes = {v["name"]: v for v in ingester_pod["volumes"]}
@@ -335,7 +342,8 @@ def test_the_history_service_answers_on_4245_and_scrapes_only_the_ingesters(buil
     assert not service["spec"]["selector"].items() <= ingester_labels.items()
     # The ingesters' metrics Service and PodMonitor do not pick up the history server.
     assert not one(objects, "Service", "flowlog-metrics")["spec"]["selector"].items() <= labels.items()
-    assert not one(objects, "PodMonitor")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    [ingesters] = [o for o in objects if o["kind"] == "PodMonitor" and o["metadata"]["name"] == "flowlog"]
+    assert not ingesters["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 def test_hubble_ui_reads_the_history_server_and_lists_namespaces_only(built):

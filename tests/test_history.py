@@ -9,8 +9,11 @@ compared with an independent reading of the fixture JSON (tests/history_referenc
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 
@@ -18,11 +21,13 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import config as config_mod
 from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2, observer_pb2_grpc
 from ingest.demo.observer import FlowBuffer, ObserverServer
+from ingest.history.command import run_serve
 from ingest.history.reader import HistoryReader
 from ingest.history.server import HEALTH_SERVICE, SERVER_VERSION, HistoryServer
 from ingest.history.stream import FlowStream, plan
@@ -135,6 +140,85 @@ def test_health_says_not_serving_while_the_store_does_not_answer(tmp_path):
             assert "127.0.0.1:9" in refused_call.value.details()
     finally:
         server.stop(0)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(address: str, path: str = "/metrics") -> tuple[int, str]:
+    """(status, body); (0, "") while nothing listens."""
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except urllib.error.URLError:
+        return 0, ""
+
+
+def sample(page: str, name: str, **labels) -> float:
+    return sum(s.value for family in text_string_to_metric_families(page) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_serve_reports_calls_flows_and_the_store_on_its_own_metrics_port(stored, tmp_path):
+    served, lines = stored
+    listen, metrics_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    config = make_config(tmp_path, str(tmp_path / "state"), **{
+        "store.dsn": served.config.store.dsn, "store.database": served.config.store.database,
+        "serve.listen": listen, "serve.metrics_address": metrics_address})
+    stop = threading.Event()
+    serving = threading.Thread(target=run_serve, args=(config, stop))
+    serving.start()
+    try:
+        wait_for(lambda: scrape(metrics_address)[0] == 200, timeout=30, what="the metrics endpoint")
+        assert scrape(metrics_address, "/readyz") == (200, "ready\n")
+        _, before = scrape(metrics_address)
+        with grpc.insecure_channel(listen) as channel:
+            stub = observer_pb2_grpc.ObserverStub(channel)
+            answered = list(stub.GetFlows(observer_pb2.GetFlowsRequest(number=0)))
+            with pytest.raises(grpc.RpcError):
+                list(stub.GetFlows(observer_pb2.GetFlowsRequest(first=True, follow=True)))
+            stub.ServerStatus(observer_pb2.ServerStatusRequest())
+        _, after = scrape(metrics_address)
+    finally:
+        stop.set()
+        serving.join(30)
+
+    def delta(name: str, **labels) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+    flows = sum(1 for r in answered if r.HasField("flow"))
+    assert flows == len(lines)
+    assert delta("flowlog_history_flows_sent_total") == flows
+    assert delta("flowlog_history_gaps_sent_total") == len(answered) - flows == 1  # the lost events
+    assert delta("flowlog_history_calls_total", method="GetFlows", code="OK") == 1
+    assert delta("flowlog_history_calls_total", method="GetFlows", code="INVALID_ARGUMENT") == 1
+    assert delta("flowlog_history_calls_total", method="ServerStatus", code="OK") == 1
+    assert delta("flowlog_history_store_query_duration_seconds_count", outcome="ok") > 0
+    assert sample(after, "flowlog_history_store_up") == 1 and sample(after, "flowlog_history_streams_open") == 0
+    # A server's pod is no ingester: none of the ingester's metrics, which would read as a broken one.
+    assert "flowlog_hubble_connected" not in after and "flowlog_http_requests_total" not in after
+
+
+def test_serve_is_not_ready_while_the_store_does_not_answer(tmp_path):
+    metrics_address = f"127.0.0.1:{free_port()}"
+    config = make_config(tmp_path / "no-store", str(tmp_path / "state"), **{
+        "serve.metrics_address": metrics_address})
+    config.store.dsn = "http://127.0.0.1:9/"  # nothing listens on the discard port
+    stop = threading.Event()
+    serving = threading.Thread(target=run_serve, args=(config, stop))
+    serving.start()
+    try:
+        wait_for(lambda: scrape(metrics_address)[0] == 200, timeout=30, what="the metrics endpoint")
+        assert scrape(metrics_address, "/readyz") == (503, "not ready: store\n")
+        assert scrape(metrics_address, "/healthz") == (200, "ok\n")
+        assert sample(scrape(metrics_address)[1], "flowlog_history_store_up") == 0
+    finally:
+        stop.set()
+        serving.join(30)
 
 
 def test_every_response_carries_the_server_version_header(stored):
@@ -406,18 +490,15 @@ def test_run_with_serve_answers_from_the_embedded_store_it_writes(tmp_path):
     """The embedded store opens in one process at a time: `flowlog run --serve` is the ingester
     and the history server in one, as a user without a ClickHouse server runs them."""
     import signal
-    import socket
     import subprocess
     import sys
     from .helpers import REPO
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, metrics_address = free_port(), f"127.0.0.1:{free_port()}"
     lines = fixture_lines(HTTP_348)
     with ObserverServer(FlowBuffer(responses_of(lines))) as hubble:
         process = subprocess.Popen(
             [sys.executable, "-m", "ingest", "run", "--serve", "--source", hubble.address, "--state-dir",
-             str(tmp_path), "--metrics-address", "", "--set", f"serve.listen=127.0.0.1:{port}",
+             str(tmp_path), "--metrics-address", metrics_address, "--set", f"serve.listen=127.0.0.1:{port}",
              "--set", "batch.max_delay_ms=100"], cwd=REPO, stderr=subprocess.PIPE, text=True)
         try:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -428,6 +509,10 @@ def test_run_with_serve_answers_from_the_embedded_store_it_writes(tmp_path):
                 everything = list(stub.GetFlows(observer_pb2.GetFlowsRequest(number=0)))
                 assert sorted(flow_bytes(r) for r in everything) == sorted(
                     r.flow.SerializeToString(deterministic=True) for r in responses_of(lines))
+                # One port for both: the ingester's metrics and the history server's.
+                _, page = scrape(metrics_address)
+                assert sample(page, "flowlog_history_flows_sent_total") == len(lines)
+                assert sample(page, "flowlog_rows_inserted_total", table="http_flows") == len(lines)
         finally:
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=60)

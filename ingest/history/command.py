@@ -6,6 +6,8 @@ import logging
 import signal
 import threading
 
+from ..metrics.endpoint import Endpoint, EndpointError
+from ..metrics.history import HISTORY
 from ..store.connection import connect
 from .reader import HistoryReader
 from .server import HistoryServer
@@ -52,9 +54,19 @@ def start_server(config) -> HistoryServer:
 
 def run_serve(config, stop: threading.Event | None = None) -> int:
     """Serves until stop is set (SIGTERM and SIGINT set it when run from the main thread;
-    their handlers before are put back at the end)."""
+    their handlers before are put back at the end), with /metrics, /healthz and /readyz
+    on serve.metrics_address unless it is empty."""
     stop = stop or threading.Event()
     server = start_server(config)
+    endpoint = None
+    if config.serve.metrics_address:
+        try:
+            endpoint = Endpoint(config.serve.metrics_address, {"store": lambda: server.store_answers},
+                                registries=(HISTORY,), key="serve.metrics_address").start()
+        except EndpointError:
+            server.stop(0)
+            raise
+        log.info("history server's metrics, /healthz and /readyz on http://%s", endpoint.address)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -65,5 +77,7 @@ def run_serve(config, stop: threading.Event | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if endpoint is not None:
+            endpoint.stop()
         server.stop()
     return 0

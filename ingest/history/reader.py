@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import ServeConfig
+from ..metrics.history import STORE_QUERIES
 from ..store.schema import DNS_ROLLUP, HTTP_ROLLUP, INGEST_LEDGER, L7_AUDIT
 from . import query
 
@@ -66,20 +67,25 @@ class HistoryReader:
         self._cached: dict[str, tuple[float, object]] = {}
 
     def _query(self, sql: str, parameters: dict, column_formats: dict | None = None) -> list[tuple]:
+        started = time.monotonic()
         try:
             client = getattr(self._local, "client", None)
             if client is None:
                 client = self._local.client = self.connect()
-            return client.query(sql, parameters=parameters, settings=self.settings,
+            rows = client.query(sql, parameters=parameters, settings=self.settings,
                                 column_formats=column_formats).result_rows
         except Exception as err:  # clickhouse-connect and chdb raise many kinds
             text = self.mask(str(err))
             for code, key in _LIMITS.items():
                 if code in text:
+                    STORE_QUERIES.labels("over_budget").observe(time.monotonic() - started)
                     first = text.strip().splitlines()[0][:300]
                     raise OverBudget(f"the query is over its budget ({key}): {first}") from None
+            STORE_QUERIES.labels("failed").observe(time.monotonic() - started)
             raise StoreFailed(f"store: {text.strip().splitlines()[0][:300] if text.strip() else type(err).__name__}") \
                 from None
+        STORE_QUERIES.labels("ok").observe(time.monotonic() - started)
+        return rows
 
     def flows(self, lo_ns: int, hi_ns: int, push: query.Pushdown, descending: bool, limit: int) -> list[StoredFlow]:
         rows = self._query(query.flows_sql(self.database, push.condition, descending),

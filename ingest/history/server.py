@@ -21,6 +21,7 @@ from .. import __version__
 from ..api.observer import observer_pb2, observer_pb2_grpc
 from ..api.relay import relay_pb2
 from ..config import ServeConfig
+from ..metrics.history import CALLS, FLOWS_SENT, GAPS_SENT, STORE_UP, STREAMS_OPEN
 from .reader import HistoryReader, OverBudget, StoreFailed
 from .stream import FlowStream, InvalidRequest, plan
 
@@ -32,6 +33,24 @@ HEALTH_SERVICE = "hubble.server.Observer"
 SERVER_VERSION = f"1.19.4+flowlog.{__version__}"
 _HEADERS = (("hubble-server-version", SERVER_VERSION),)
 _SPARE_THREADS = 8
+
+
+def _code(context) -> str:
+    """The status a call ended with: what it aborted with, CANCELLED when the client left."""
+    code = context.code()
+    if code is None:
+        code = grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
+    return code.name
+
+
+def _counted(method):
+    """Counts the calls of a unary method by the status they ended with."""
+    def call(self, request, context):
+        try:
+            return method(self, request, context)
+        finally:
+            CALLS.labels(method.__name__, _code(context)).inc()
+    return call
 
 
 class HistoryObserver(observer_pb2_grpc.ObserverServicer):
@@ -51,23 +70,34 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
         context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
 
     def GetFlows(self, request, context):
+        try:
+            yield from self._flows(request, context)
+        finally:
+            CALLS.labels("GetFlows", _code(context)).inc()
+
+    def _flows(self, request, context):
         context.send_initial_metadata(_HEADERS)
         if not self.streams.acquire(blocking=False):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"{self.serve.max_streams} GetFlows calls are served already (serve.max_streams)")
+        STREAMS_OPEN.inc()
         try:
             stream = FlowStream(self.reader, plan(request, self.database), self.serve.page_rows,
                                 self.serve.follow_poll_s, self.serve.follow_delay_s, self.serve.follow_window_s,
                                 active=context.is_active)
-            yield from stream.responses()
+            for response in stream.responses():
+                (FLOWS_SENT if response.HasField("flow") else GAPS_SENT).inc()
+                yield response
         except (InvalidRequest, OverBudget, StoreFailed) as err:
             if not context.is_active():
                 return  # cancelled meanwhile: no one to tell
             log.info("GetFlows from %s refused: %s", context.peer(), err)
             self._refuse(context, err)
         finally:
+            STREAMS_OPEN.dec()
             self.streams.release()
 
+    @_counted
     def ServerStatus(self, request, context):
         context.send_initial_metadata(_HEADERS)
         try:
@@ -91,6 +121,7 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
             (connected if newest >= cutoff else unavailable).append(node)
         return connected, unavailable
 
+    @_counted
     def GetNodes(self, request, context):
         context.send_initial_metadata(_HEADERS)
         try:
@@ -105,6 +136,7 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
             tls=observer_pb2.TLS(enabled=self.tls)) for node, count, newest in rows]
         return observer_pb2.GetNodesResponse(nodes=nodes)
 
+    @_counted
     def GetNamespaces(self, request, context):
         context.send_initial_metadata(_HEADERS)
         try:
@@ -114,10 +146,12 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
         return observer_pb2.GetNamespacesResponse(
             namespaces=[observer_pb2.Namespace(namespace=name) for name in names])
 
+    @_counted
     def GetAgentEvents(self, request, context):
         context.send_initial_metadata(_HEADERS)
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "the history server keeps no agent events: ask Hubble Relay")
 
+    @_counted
     def GetDebugEvents(self, request, context):
         context.send_initial_metadata(_HEADERS)
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "the history server keeps no debug events: ask Hubble Relay")
@@ -143,6 +177,7 @@ class HistoryServer:
             self.port = self.server.add_insecure_port(serve.listen)
         if self.port == 0:
             raise OSError(f"serve.listen: cannot listen on {serve.listen}")
+        self.store_answers = False
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_store, name="history-health", daemon=True)
 
@@ -165,6 +200,8 @@ class HistoryServer:
         except (OverBudget, StoreFailed) as err:
             log.warning("history server: the store does not answer: %s", err)
             status = health_pb2.HealthCheckResponse.NOT_SERVING
+        self.store_answers = status == health_pb2.HealthCheckResponse.SERVING
+        STORE_UP.set(int(self.store_answers))
         self.health.set(HEALTH_SERVICE, status)
 
     def _watch_store(self) -> None:

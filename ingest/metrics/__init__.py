@@ -1,7 +1,8 @@
 """What the ingester tells Prometheus. This module defines its own metrics, one definition
 each, in the default registry; every stage updates them as `metrics.NAME`, and it
 imports nothing of ours. Beside it: `l7`, the Hubble-style L7 metrics derived from the
-stored flows, and `endpoint`, which serves them with the health checks.
+stored flows; `history`, the history server's, in a registry of their own; and
+`endpoint`, which serves them with the health checks.
 Names follow Prometheus conventions: `flowlog_` prefix, units in the name, `_total`
 on counters.
 """

@@ -16,17 +16,17 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 _EOF = b"# EOF\n"
 
 
-def metrics_page(registry, pages: Iterable[Callable[[bool], bytes]], accept: str | None,
+def metrics_page(registries: Iterable, pages: Iterable[Callable[[bool], bytes]], accept: str | None,
                  accept_encoding: str | None) -> tuple[list[tuple[str, str]], bytes]:
-    """Headers and body of one scrape: the registry's metrics in the format the scraper
+    """Headers and body of one scrape: the registries' metrics in the format the scraper
     accepts, then each page that writes its own exposition text (the L7 metrics),
     gzipped when the scraper accepts it, as Prometheus does."""
     encode, content_type = choose_encoder(accept)
     openmetrics = content_type.startswith("application/openmetrics-text")
-    body = encode(registry)
-    written = b"".join(page(openmetrics) for page in pages)
     # OpenMetrics ends with one `# EOF`, after every family.
-    body = body[:-len(_EOF)] + written + _EOF if openmetrics else body + written
+    parts = [encode(registry).removesuffix(_EOF) if openmetrics else encode(registry) for registry in registries]
+    parts += [page(openmetrics) for page in pages]
+    body = b"".join(parts) + (_EOF if openmetrics else b"")
     headers = [("Content-Type", content_type)]
     if gzip_accepted(accept_encoding):
         # Level 1, not gzip's default 9: on a page at the series cap 2 against 9 ms of CPU,
@@ -51,18 +51,19 @@ class EndpointError(RuntimeError):
 
 class Endpoint:
     """Serves in a daemon thread; `checks` maps a readiness condition's name to a callable;
-    `pages` write exposition text of their own after the registry's metrics."""
+    `pages` write exposition text of their own after the registries' metrics; `key` is the
+    config key of the address, for the message when it cannot listen."""
 
     def __init__(self, address: str, checks: dict[str, callable], pages: Iterable[Callable[[bool], bytes]] = (),
-                 registry=REGISTRY):
+                 registries: Iterable = (REGISTRY,), key: str = "metrics.address"):
         host, _, port = address.rpartition(":")
         self.checks = checks
         self.pages = tuple(pages)
-        self.registry = registry
+        self.registries = tuple(registries)
         try:
             self.server = make_server(host or "0.0.0.0", int(port), self._app, _Server, handler_class=_QuietHandler)
         except OSError as err:
-            raise EndpointError(f"metrics.address {address}: {err.strerror or err}") from None
+            raise EndpointError(f"{key} {address}: {err.strerror or err}") from None
         self.address = f"{host or '0.0.0.0'}:{self.server.server_port}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="metrics-endpoint", daemon=True)
 
@@ -76,7 +77,7 @@ class Endpoint:
             status = "503 Service Unavailable" if failing else "200 OK"
             start_response(status, [("Content-Type", "text/plain")])
             return [("not ready: " + ", ".join(failing) if failing else "ready").encode() + b"\n"]
-        headers, body = metrics_page(self.registry, self.pages, environ.get("HTTP_ACCEPT"),
+        headers, body = metrics_page(self.registries, self.pages, environ.get("HTTP_ACCEPT"),
                                      environ.get("HTTP_ACCEPT_ENCODING"))
         start_response("200 OK", headers)
         return [body]
