@@ -263,11 +263,13 @@ class Ingester:
             self.checkpoint.advance(newest_spooled.newest_flow_by_node(), newest_spooled.created_ns,
                                     newest_spooled.positions)
         self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024, self.stop)
-        self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s)
+        self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s) \
+            if config.metrics.l7 else None
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
         self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s,
                          schema_current)
-        self.writer = Writer(self.spool, self.sink, self.checkpoint, self.l7_metrics.observe)
+        self.writer = Writer(self.spool, self.sink, self.checkpoint,
+                             self.l7_metrics.observe if self.l7_metrics else None)
         self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s,
                                max_batch_bytes=_spool_batch_bytes(config))
         files = config.source.files
@@ -285,7 +287,8 @@ class Ingester:
                 "store": lambda: self.sink.healthy,
                 "state dir writable": lambda: self.writer.writable and self.dead_letters.writable,
                 "schema": lambda: schema_current,
-            }, pages=(self.l7_metrics.page,), registries=(REGISTRY, HISTORY) if serving_history else (REGISTRY,))
+            }, pages=(self.l7_metrics.page,) if self.l7_metrics else (),
+                registries=(REGISTRY, HISTORY) if serving_history else (REGISTRY,))
 
     def run(self) -> None:
         metrics.BUILD_INFO.info({"version": __version__})

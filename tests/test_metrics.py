@@ -226,3 +226,20 @@ def test_an_openmetrics_scrape_parses_strictly(config, client):
     families = {f.name: f for f in openmetrics_families(text)}
     assert sum(s.value for s in families["flowlog_http_requests"].samples) == 173
     assert families["flowlog_rows_inserted"].samples
+
+
+def test_with_metrics_l7_off_nothing_is_derived_or_exposed(config, client):
+    """Hubble exports the same L7 metrics itself: an operator who scrapes those turns ours off."""
+    config.metrics.address = "127.0.0.1:0"
+    config.metrics.l7 = False
+    with ObserverServer(FlowBuffer(responses_of(fixture_lines(HTTP_348)))) as server:
+        config.source.address = server.address
+        with RunningIngester(config, client) as ingester:
+            service = server.service
+            wait_for(lambda: service.caught_up() and ingester.writer.committed_ns >= service.newest_sent_ns)
+            _, _, text = scrape(ingester.endpoint.address)
+            assert ingester.l7_metrics is None
+    assert samples(text, "flowlog_rows_inserted_total")
+    assert not any(name in text for name in ("flowlog_http_requests", "flowlog_http_request_duration_seconds",
+                                             "flowlog_dns_queries", "flowlog_dns_responses",
+                                             "flowlog_metric_series_folded"))
