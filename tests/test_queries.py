@@ -329,8 +329,9 @@ def test_audit_talkers_of_a_dns_name_by_the_addresses_it_resolved_to(config, cli
 
 def test_an_aggregated_line_counts_as_the_flows_it_stands_for(config, client, tmp_path):
     """Cilium 1.19's exporter can write one line for many flows (`aggregate`). Fixture flows
-    made into two single responses of 10 ms and one line for 9 responses of 200 ms with status
-    503; a DNS answer once alone and once for 4: every count and quantile weighs the line."""
+    made into two single responses of 10 ms, one line for 9 responses of 200 ms with status
+    503 and one for 20 with no latency; a DNS answer once alone and once for 4: every count
+    and quantile weighs the line."""
     response = next(l for l in fixture_lines(HTTP_348) if l["flow"]["l7"]["type"] == "RESPONSE"
                     and l["flow"].get("source", {}).get("pod_name", "").startswith("productpage"))
     http_lines = []
@@ -342,6 +343,12 @@ def test_an_aggregated_line_counts_as_the_flows_it_stands_for(config, client, tm
         line["flow"].pop("uuid", None)
         http_lines.append(line)
     http_lines[-1]["flow"]["aggregate"] = {"ingress_flow_count": 5, "egress_flow_count": 4}
+    # As the exporter aggregates (on fields other than latency): 20 responses of no known latency.
+    no_latency = copy.deepcopy(http_lines[0])
+    no_latency["flow"]["time"] = no_latency["time"] = "2021-10-05T10:00:03Z"
+    del no_latency["flow"]["l7"]["latency_ns"]
+    no_latency["flow"]["aggregate"] = {"unknown_direction_flow_count": 20}
+    http_lines.append(no_latency)
     answer = next(l for l in fixture_lines(DNS_330) if l["flow"]["l7"]["type"] == "RESPONSE"
                   and l["flow"]["l7"]["dns"].get("ips"))
     dns_lines = []
@@ -360,13 +367,14 @@ def test_an_aggregated_line_counts_as_the_flows_it_stands_for(config, client, tm
         return LIBRARY[query].rows(client, {**span, **values}, config.store.database)
 
     [latency] = ask_own("http_latency")
-    # Of the three lines, the median is a 10 ms one; of the 11 flows, a 200 ms one.
+    # Of the three lines with a latency, the median is a 10 ms one; of their 11 flows, a 200 ms
+    # one. The 20 of no known latency count as requests, not as latencies of 0.
     assert (latency["requests"], latency["errors"], latency["error_pct"], latency["p50_ms"], latency["p99_ms"]) \
-        == (11, 9, 81.82, 200.0, 200.0)
+        == (31, 9, 29.03, 200.0, 200.0)
     assert [(r["status"], r["responses"]) for r in ask_own("http_errors", min_status="500")] == [(503, 9)]
     server = response["flow"]["source"]["pod_name"]
     [talker] = ask_own("audit_talkers", destination=f"bookinfo/{server}")
-    assert (talker["requests"], talker["responses"]) == (0, 11)
+    assert (talker["requests"], talker["responses"]) == (0, 31)
     name = answer["flow"]["l7"]["dns"]["query"]
     assert [r["responses"] for r in ask_own("dns_failures")] == [5]
     assert [r["responses"] for r in ask_own("dns_answers", name=name)] == [5]

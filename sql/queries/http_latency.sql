@@ -7,7 +7,8 @@
 -- Ranges up to rollup_above_hours read http_flows and give exact quantiles,
 -- quantilesExactWeighted(0.5, 0.95, 0.99)(latency_ns, flows): the smallest latency that at least
 -- q of the n flows do not exceed (nearest rank: 0-based rank ceil(q * n) - 1 of the n sorted
--- latencies, an aggregated line's latency n times). Longer ranges read http_rollup_1m, over the whole minutes that overlap the
+-- latencies, an aggregated line's latency n times), over the responses that carry a latency
+-- (an aggregated line usually does not: latency_ns 0); 0 when none does. Longer ranges read http_rollup_1m, over the whole minutes that overlap the
 -- range, with quantilesTDigestMerge(0.5, 0.95, 0.99) over the per-minute t-digests: approximate
 -- (ClickHouse's t-digest has epsilon 0.01, so a centroid holds at most 1% of the values and the
 -- estimate lies within 2% of n + 2 ranks of the exact one), rounded to the microsecond.
@@ -39,7 +40,8 @@ FROM
         sum(greatest(aggregate_count, 1)) AS requests,
         sumIf(greatest(aggregate_count, 1), status_code >= 500) AS errors,
         round(100 * errors / requests, 2) AS error_pct,
-        quantilesExactWeighted(0.5, 0.95, 0.99)(latency_ns, greatest(aggregate_count, 1)) AS latency_quantiles,
+        quantilesExactWeightedIf(0.5, 0.95, 0.99)(latency_ns, greatest(aggregate_count, 1), latency_ns > 0)
+            AS latency_quantiles,
         latency_quantiles[1] / 1e6 AS p50_ms,
         latency_quantiles[2] / 1e6 AS p95_ms,
         latency_quantiles[3] / 1e6 AS p99_ms,
