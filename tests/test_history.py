@@ -8,6 +8,7 @@ compared with an independent reading of the fixture JSON (tests/history_referenc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -164,17 +165,27 @@ def sample(page: str, name: str, **labels) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+@contextlib.contextmanager
+def serving(config):
+    """`flowlog serve` in a thread, until the block ends; from when its metrics port answers."""
+    stop = threading.Event()
+    server = threading.Thread(target=run_serve, args=(config, stop))
+    server.start()
+    try:
+        wait_for(lambda: scrape(config.serve.metrics_address)[0] == 200, timeout=30, what="the metrics endpoint")
+        yield
+    finally:
+        stop.set()
+        server.join(30)
+
+
 def test_serve_reports_calls_flows_and_the_store_on_its_own_metrics_port(stored, tmp_path):
     served, lines = stored
     listen, metrics_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     config = make_config(tmp_path, str(tmp_path / "state"), **{
         "store.dsn": served.config.store.dsn, "store.database": served.config.store.database,
         "serve.listen": listen, "serve.metrics_address": metrics_address})
-    stop = threading.Event()
-    serving = threading.Thread(target=run_serve, args=(config, stop))
-    serving.start()
-    try:
-        wait_for(lambda: scrape(metrics_address)[0] == 200, timeout=30, what="the metrics endpoint")
+    with serving(config):
         assert scrape(metrics_address, "/readyz") == (200, "ready\n")
         _, before = scrape(metrics_address)
         with grpc.insecure_channel(listen) as channel:
@@ -184,9 +195,6 @@ def test_serve_reports_calls_flows_and_the_store_on_its_own_metrics_port(stored,
                 list(stub.GetFlows(observer_pb2.GetFlowsRequest(first=True, follow=True)))
             stub.ServerStatus(observer_pb2.ServerStatusRequest())
         _, after = scrape(metrics_address)
-    finally:
-        stop.set()
-        serving.join(30)
 
     def delta(name: str, **labels) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
@@ -208,17 +216,10 @@ def test_serve_is_not_ready_while_the_store_does_not_answer(tmp_path):
     config = make_config(tmp_path / "no-store", str(tmp_path / "state"), **{
         "serve.metrics_address": metrics_address})
     config.store.dsn = "http://127.0.0.1:9/"  # nothing listens on the discard port
-    stop = threading.Event()
-    serving = threading.Thread(target=run_serve, args=(config, stop))
-    serving.start()
-    try:
-        wait_for(lambda: scrape(metrics_address)[0] == 200, timeout=30, what="the metrics endpoint")
+    with serving(config):
         assert scrape(metrics_address, "/readyz") == (503, "not ready: store\n")
         assert scrape(metrics_address, "/healthz") == (200, "ok\n")
         assert sample(scrape(metrics_address)[1], "flowlog_history_store_up") == 0
-    finally:
-        stop.set()
-        serving.join(30)
 
 
 def test_every_response_carries_the_server_version_header(stored):
