@@ -7,6 +7,7 @@ import dataclasses
 import heapq
 import json
 import pickle
+import socket
 import subprocess
 import sys
 import threading
@@ -246,3 +247,10 @@ def take_store_down(ingester, client) -> FaultyClient:
     faulty.down.set()
     ingester.sink.client = faulty
     return faulty
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a process told where to listen)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

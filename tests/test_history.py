@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -34,7 +33,8 @@ from ingest.history.server import HEALTH_SERVICE, SERVER_VERSION, HistoryServer
 from ingest.history.stream import FlowStream, plan
 from ingest.store.connection import connect, open_store
 
-from .helpers import DNS_330, HTTP_348, RunningIngester, fixture_lines, ingest_lines, responses_of, wait_for
+from .helpers import (DNS_330, HTTP_348, RunningIngester, fixture_lines, free_port, ingest_lines, responses_of,
+                      wait_for)
 from .expected import rfc3339_ns
 from .history_reference import expected_responses, masked_response
 from .hubble_cli import build_request
@@ -141,12 +141,6 @@ def test_health_says_not_serving_while_the_store_does_not_answer(tmp_path):
             assert "127.0.0.1:9" in refused_call.value.details()
     finally:
         server.stop(0)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape(address: str, path: str = "/metrics") -> tuple[int, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,19 +21,13 @@ from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
 from ingest.demo.observer import FlowBuffer, ObserverServer, response_time_ns
 
-from .helpers import DNS_330, HTTP_348, fixture_lines, responses_of, RunningIngester, wait_for
+from .helpers import DNS_330, HTTP_348, fixture_lines, free_port, responses_of, RunningIngester, wait_for
 from .dashboard_queries import PROMETHEUS, label_values_query, load_dashboards, render_promql, targets, variables
 
 # Stands for $__rate_interval, $__interval and $__range: longer than the whole run, so that
 # rate() and increase() see every scrape of it.
 WINDOW = "5m"
 CHUNKS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Prometheus:
