@@ -13,6 +13,9 @@ merges l7_audit's parts (OPTIMIZE ... FINAL) as a store that has run a while has
 `flowlog serve` runs in its own process and this one sends each request as the hubble CLI
 builds it, counting the responses without decoding them (the client's cost is not the
 server's). "Now" is the newest stored flow. The server's CPU seconds are reported beside.
+Then (`resources`) what the server holds and burns as deployed, with 1, 8 and 32 clients
+streaming at once and the store in another process: what the Deployment's requests and
+limits come from (bench/results/history.json, checked by tests/test_deploy.py).
 
 The baseline, in the same run: a Python gRPC server in its own process that streams the
 same messages already serialized, from memory, with no store and no filter: the most a
@@ -28,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -35,7 +39,7 @@ import grpc
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import flowfiles  # noqa: E402
+from bench import flowfiles, procstat  # noqa: E402
 from bench.ingester import free_port  # noqa: E402
 from ingest.api.flow import flow_pb2  # noqa: E402
 from ingest.api.observer import observer_pb2  # noqa: E402
@@ -152,7 +156,6 @@ def newest_and_namespace(store: Path) -> tuple[int, str, str]:
 
 def raw_server(port: int, stream: Path, count: int) -> None:
     """The baseline server: `count` stored messages (repeated), as bytes, no work."""
-    from concurrent import futures
     messages = [raw for raw, _ in zip(flowfiles.read_stream(stream), range(20_000))]
 
     def get_flows(request, context):
@@ -167,8 +170,8 @@ def raw_server(port: int, stream: Path, count: int) -> None:
     server.wait_for_termination()
 
 
-def start(argv: list[str], port: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, *argv], cwd=REPO)
+def start(argv: list[str], port: int, python: str = sys.executable) -> subprocess.Popen:
+    process = subprocess.Popen([python, *argv], cwd=REPO)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -194,6 +197,11 @@ def main() -> int:
     parser.add_argument("--follow-seconds", type=float, default=5.0)
     parser.add_argument("--baseline-flows", type=int, default=50_000)
     parser.add_argument("--raw-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--streams", type=lambda text: [int(n) for n in text.split(",")], default=[1, 8, 32],
+                        help="clients at once for the resources measure (default 1,8,32; 32 is serve.max_streams)")
+    # A page of serve.page_rows flows for each of 32 clients takes about a minute to be read at all.
+    parser.add_argument("--resources-seconds", type=float, default=60.0)
+    parser.add_argument("--phases", default="queries,resources", help="queries, resources or both (default)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
@@ -205,8 +213,19 @@ def main() -> int:
         return 0
     store = build_store(cache, args.base_flows, args.copies, args.seed, log)
     newest_ns, namespace, pattern = newest_and_namespace(store)
-    results = {"flows_stored": args.base_flows * args.copies, "now": newest_ns, "queries": {}}
+    results = {"flows_stored": args.base_flows * args.copies, "now": newest_ns}
+    if "queries" in args.phases:
+        queries(store, newest_ns, namespace, pattern, args, results)
+    if "resources" in args.phases:
+        results["resources"] = resources(store, newest_ns, args.streams, args.resources_seconds, log)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
 
+
+def queries(store: Path, newest_ns: int, namespace: str, pattern: str, args, results: dict) -> None:
+    """Each request as the hubble CLI sends it, against the Python gRPC limit."""
+    results["queries"] = {}
     port = free_port()
     baseline = start([__file__, "--base-flows", str(args.base_flows), "--seed", str(args.seed), "--baseline-flows",
                       str(args.baseline_flows), "--raw-server", str(port)], port)
@@ -239,9 +258,63 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(30)
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=1))
-    return 0
+
+
+def resources(store: Path, newest_ns: int, streams: list[int], seconds: float, log) -> dict:
+    """What `flowlog serve` holds and burns as it is deployed: the store in another process
+    (ClickHouse's HTTP interface over the engine, bench/store_server.py), the server run
+    with only the image's packages, and `streams` clients at once, each asking for every
+    flow of the last week (the widest request, read page by page) for `seconds`. The
+    server is started afresh for each count, so its VmHWM is that count's peak."""
+    from bench.run import image_python
+    from bench.store_server import StoreServer
+
+    python = image_python(REPO / "bench" / ".cache", log)
+    request = observer_pb2.GetFlowsRequest()
+    request.since.FromNanoseconds(newest_ns - 7 * DAY)
+    found = {}
+    with StoreServer(store / "http-store", data=store / "db") as stand_in:
+        for count in streams:
+            port = free_port()
+            server = start(["-m", "ingest", "serve", "--listen", f"127.0.0.1:{port}", "--state-dir",
+                            str(store / "state"), "--store", stand_in.dsn, "--log-level", "warning",
+                            "--set", f"serve.metrics_address=127.0.0.1:{free_port()}",
+                            "--set", f"serve.max_streams={count}"], port, python)
+            try:
+                idle_mb = procstat.rss_mb(server.pid, tree=False)
+                cpu_before = procstat.cpu_seconds(server.pid, tree=False)
+                with futures.ThreadPoolExecutor(count) as pool:
+                    sent = sum(pool.map(lambda _: _stream_for(f"127.0.0.1:{port}", request, seconds), range(count)))
+                cpu = procstat.cpu_seconds(server.pid, tree=False) - cpu_before
+                peak_mb = procstat.peak_rss_mb(server.pid, tree=False)
+            finally:
+                server.terminate()
+                server.wait(30)
+            found[str(count)] = {"streams": count, "idle_rss_mb": round(idle_mb, 1), "peak_rss_mb": round(peak_mb, 1),
+                                 "cpu_cores": round(cpu / seconds, 2), "flows_per_s": round(sent / seconds)}
+            log(f"serve, {count} streams at once for {seconds:.0f} s, store over HTTP: peak RSS {peak_mb:.0f} MB "
+                f"(idle {idle_mb:.0f}), {cpu / seconds:.2f} cores, {sent / seconds:,.0f} flows/s sent in all")
+    return found
+
+
+def _stream_for(address: str, request: observer_pb2.GetFlowsRequest, seconds: float) -> int:
+    """Responses received in `seconds` (then the call is cancelled), not decoded."""
+    count = 0
+    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        call = channel.unary_stream("/observer.Observer/GetFlows",
+                                    request_serializer=observer_pb2.GetFlowsRequest.SerializeToString,
+                                    response_deserializer=None)(request, timeout=seconds + 60)
+        ends = time.monotonic() + seconds
+        try:
+            for _ in call:
+                count += 1
+                if time.monotonic() > ends:
+                    call.cancel()
+                    break
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                raise
+    return count
 
 
 if __name__ == "__main__":

@@ -183,15 +183,16 @@ def handler(store: Store, log_path: str | None = None):
 
 
 class StoreServer:
-    """This module's server as a child process of the bench, on a fresh directory."""
+    """This module's server as a child process of the bench."""
 
-    def __init__(self, directory: Path):
-        """directory/statements.log gets the first line of every statement."""
+    def __init__(self, directory: Path, data: Path | None = None):
+        """directory/statements.log gets the first line of every statement; the engine's data
+        is directory/store unless `data` names a store made before."""
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.statements = directory / "statements.log"
         self._log = open(directory.parent / f"{directory.name}.log", "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.store_server", str(directory / "store"),
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.store_server", str(data or directory / "store"),
                                          str(self.statements)],
                                         cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True)
         line = self.process.stdout.readline()
