@@ -47,8 +47,8 @@ def responses_of(lines: list[dict]) -> list[observer_pb2.GetFlowsResponse]:
 class RunningIngester:
     """`flowlog run` in a thread of the test process, stopped as SIGTERM would."""
 
-    def __init__(self, config, client):
-        self.ingester = Ingester(config, client)
+    def __init__(self, config, client, serving_history: bool = False):
+        self.ingester = Ingester(config, client, serving_history=serving_history)
         self.thread = threading.Thread(target=self.ingester.run, daemon=True)
 
     def __enter__(self):

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import metrics  # noqa: F401  (defines the ingester's own metrics in REGISTRY)
 from ingest.config import StoreConfig
+from ingest.metrics.history import HISTORY
 from ingest.metrics.l7 import L7Metrics
 from ingest.runner import replay
 
@@ -118,7 +119,8 @@ def test_every_promql_expression_parses(dashboard):
 def exported_series_names() -> set[str]:
     """Every series name the ingester exports, from the definitions of its metrics."""
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum"), "info": ("_info",)}
-    families = list(REGISTRY.collect()) + list(text_string_to_metric_families(L7Metrics().page().decode()))
+    families = list(REGISTRY.collect()) + list(HISTORY.collect()) + list(
+        text_string_to_metric_families(L7Metrics().page().decode()))
     return {f.name + suffix for f in families if f.name.startswith("flowlog_") for suffix in suffixes[f.type]}
 
 

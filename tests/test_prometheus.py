@@ -5,6 +5,7 @@ variable of the bundled dashboards, variables at All, returns data from that Pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -15,10 +16,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 
 from ingest.api.flow import flow_pb2
-from ingest.api.observer import observer_pb2
+from ingest.api.observer import observer_pb2, observer_pb2_grpc
+from ingest.history.command import start_server
 from ingest.demo.observer import FlowBuffer, ObserverServer, response_time_ns
 
 from .helpers import DNS_330, HTTP_348, fixture_lines, free_port, responses_of, RunningIngester, wait_for
@@ -112,18 +115,25 @@ def fixture_chunks() -> list[list[observer_pb2.GetFlowsResponse]]:
 
 
 def test_every_dashboard_promql_query_returns_data_from_a_real_prometheus(config, client, tmp_path):
+    """`flowlog run --serve`: the ingester and the history server on one metrics port; a
+    client asks the history server for the newest flows after each chunk."""
     config.metrics.address = "127.0.0.1:0"
+    config.serve.listen = "127.0.0.1:0"
     buffer = FlowBuffer()
     with ObserverServer(buffer) as server:
         config.source.address = server.address
-        with (RunningIngester(config, client) as ingester,
+        with (RunningIngester(config, client, serving_history=True) as ingester,
+              history_server(config) as history,
+              grpc.insecure_channel(f"127.0.0.1:{history.port}") as channel,
               Prometheus(tmp_path / "prometheus", ingester.endpoint.address) as prometheus):
             prometheus.wait_for_scrape_after(0)
+            observer = observer_pb2_grpc.ObserverStub(channel)
             # Each chunk is stored and scraped before the next one comes: counters grow between scrapes.
             for chunk in fixture_chunks():
                 newest_ns = max(response_time_ns(r) for r in chunk if r.HasField("flow"))
                 buffer.extend(chunk)
                 wait_for(lambda: ingester.writer.committed_ns >= newest_ns, what="the chunk stored")
+                assert list(observer.GetFlows(observer_pb2.GetFlowsRequest(number=20), timeout=30))
                 prometheus.wait_for_scrape_after(time.time())
             # A series first seen in the last chunk needs a second sample for rate().
             prometheus.wait_for_scrape_after(prometheus.newest_scrape_s())
@@ -155,3 +165,16 @@ def test_every_dashboard_promql_query_returns_data_from_a_real_prometheus(config
     assert rcodes == {"NOERROR", "NXDOMAIN"}
     lost_sources = {labels.get("source") for labels, _ in series("flowlog-ingester-health", "Lost events by source")}
     assert "HUBBLE_RING_BUFFER" in lost_sources
+    calls = {(labels["method"], labels["code"]): value for labels, value in series(
+        "flowlog-ingester-health", "History calls by method and status")}
+    assert calls[("GetFlows", "OK")] > 0
+
+
+@contextlib.contextmanager
+def history_server(config):
+    """The history server as `run --serve` starts it, over the same store."""
+    server = start_server(config)
+    try:
+        yield server
+    finally:
+        server.stop(0)
