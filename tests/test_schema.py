@@ -45,6 +45,36 @@ def test_a_creation_cut_short_is_finished_as_of_now(config, client):
         client.command(f"DROP DATABASE IF EXISTS `{store.database}`")
 
 
+def test_a_table_an_older_build_creates_meanwhile_is_migrated_not_recorded_over(config, client):
+    """An older build's pod runs its migration 1 on the same empty database while this one
+    creates the schema as of now: its l7_audit (version 1's columns) comes first. Recording
+    this version over it would leave it unmigrated for good; it is migrated in turn."""
+    store = dataclasses.replace(config.store, database=config.store.database + "_race")
+    older_audit = next(s for s in render(1, store) if s.startswith(f"CREATE TABLE IF NOT EXISTS `{store.database}`"
+                                                                   f".`l7_audit`"))
+
+    class OlderPodMeanwhile:
+        def __init__(self):
+            self.raced = False
+
+        def command(self, statement, **kwargs):
+            if not self.raced and statement.startswith(f"CREATE TABLE IF NOT EXISTS `{store.database}`.`l7_audit`"):
+                self.raced = True
+                client.command(older_audit)
+            return client.command(statement, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+    racing = OlderPodMeanwhile()
+    try:
+        assert migrate(racing, store) == SCHEMA_VERSION and racing.raced
+        assert column_drift(client, store.database) == []
+        assert applied_version(client, store.database) == SCHEMA_VERSION
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{store.database}`")
+
+
 def test_tables_of_an_older_version_with_no_version_recorded_are_migrated_in_turn(config, client, caplog):
     """Migration 1 of an older build cut short before it recorded itself: its tables are
     version 1's, so each later migration has to change them."""

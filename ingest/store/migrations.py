@@ -325,11 +325,19 @@ def migrate(client, store: StoreConfig, cluster: Cluster | None = None) -> int:
                              f"flowlog knows ({SCHEMA_VERSION}); upgrade flowlog")
     if current == 0 and _holds_nothing_older(client, database):
         # Also a creation cut short: every statement creates only what is missing.
-        for statement in render_current(store, cluster)[1:]:
+        *creates, record = render_current(store, cluster)[1:]
+        for statement in creates:
             client.command(statement)
-        log.info("created the schema as of version %04d_%s in %s", SCHEMA_VERSION, MIGRATION_NAMES[SCHEMA_VERSION],
-                 database)
-        applied = SCHEMA_VERSION
+        if _drifted(client, database):
+            # A table of an older version appeared meanwhile (an older build's pod migrating
+            # the same empty database): recording this version now would stop anyone from
+            # migrating it, so it is migrated in turn, which each step can be redone for.
+            applied = _migrate_in_turn(client, store, cluster, 0)
+        else:
+            client.command(record)
+            log.info("created the schema as of version %04d_%s in %s", SCHEMA_VERSION,
+                     MIGRATION_NAMES[SCHEMA_VERSION], database)
+            applied = SCHEMA_VERSION
     else:
         applied = _migrate_in_turn(client, store, cluster, current)
     drift = column_drift(client, database)
