@@ -28,6 +28,7 @@ from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2, observer_pb2_grpc
 from ingest.demo.observer import FlowBuffer, ObserverServer
 from ingest.history.command import run_serve
+from ingest.metrics.history import HISTORY
 from ingest.history.reader import HistoryReader
 from ingest.history.server import HEALTH_SERVICE, SERVER_VERSION, HistoryServer
 from ingest.history.stream import FlowStream, plan
@@ -203,6 +204,46 @@ def test_serve_reports_calls_flows_and_the_store_on_its_own_metrics_port(stored,
     assert sample(after, "flowlog_history_store_up") == 1 and sample(after, "flowlog_history_streams_open") == 0
     # A server's pod is no ingester: none of the ingester's metrics, which would read as a broken one.
     assert "flowlog_hubble_connected" not in after and "flowlog_http_requests_total" not in after
+
+
+def test_calls_are_counted_with_the_status_their_client_saw(stored, tmp_path):
+    """A call that raised is UNKNOWN to its client, one whose deadline passed
+    DEADLINE_EXCEEDED, one the client cancelled CANCELLED: never OK."""
+    served, _ = stored
+    config = served.config
+
+    class Broken(HistoryReader):
+        def nodes(self):
+            raise ValueError("a defect")
+
+    reader = Broken(lambda: connect(config, create=False), config.store.database, config.serve, config.masker())
+    server = HistoryServer(reader, config.serve, config.store.database).start()
+
+    def calls(method: str, code: str) -> float:
+        return HISTORY.get_sample_value("flowlog_history_calls_total", {"method": method, "code": code}) or 0
+    before = {code: calls(method, code) for method, code in (("GetNodes", "UNKNOWN"), ("GetFlows", "DEADLINE_EXCEEDED"),
+                                                            ("GetFlows", "CANCELLED"), ("GetNodes", "OK"))}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = observer_pb2_grpc.ObserverStub(channel)
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.GetNodes(observer_pb2.GetNodesRequest())
+            assert failed.value.code() == grpc.StatusCode.UNKNOWN
+            with pytest.raises(grpc.RpcError) as late:
+                list(stub.GetFlows(observer_pb2.GetFlowsRequest(follow=True), timeout=1))
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            everything_then_follow = observer_pb2.GetFlowsRequest(follow=True)
+            everything_then_follow.since.FromNanoseconds(1)
+            call = stub.GetFlows(everything_then_follow, timeout=60)
+            next(call)
+            call.cancel()
+            wait_for(lambda: calls("GetFlows", "CANCELLED") > before["CANCELLED"], what="the cancelled call counted")
+            wait_for(lambda: calls("GetFlows", "DEADLINE_EXCEEDED") > before["DEADLINE_EXCEEDED"],
+                     what="the late call counted")
+    finally:
+        server.stop(0)
+    assert calls("GetNodes", "UNKNOWN") == before["UNKNOWN"] + 1
+    assert calls("GetNodes", "OK") == before["OK"]
 
 
 def test_serve_is_not_ready_while_the_store_does_not_answer(tmp_path):

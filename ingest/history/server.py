@@ -35,21 +35,31 @@ _HEADERS = (("hubble-server-version", SERVER_VERSION),)
 _SPARE_THREADS = 8
 
 
-def _code(context) -> str:
-    """The status a call ended with: what it aborted with, CANCELLED when the client left."""
+def _code(context, failed: bool) -> str:
+    """The status a call ended with, as the client sees it: what it aborted with; UNKNOWN
+    when it raised anything else (gRPC answers that); DEADLINE_EXCEEDED or CANCELLED when
+    the client stopped waiting."""
     code = context.code()
     if code is None:
-        code = grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
+        if context.is_active():
+            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        elif context.time_remaining() is not None and context.time_remaining() <= 0:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            code = grpc.StatusCode.CANCELLED
     return code.name
 
 
 def _counted(method):
     """Counts the calls of a unary method by the status they ended with."""
     def call(self, request, context):
+        failed = True
         try:
-            return method(self, request, context)
+            answer = method(self, request, context)
+            failed = False
+            return answer
         finally:
-            CALLS.labels(method.__name__, _code(context)).inc()
+            CALLS.labels(method.__name__, _code(context, failed)).inc()
     return call
 
 
@@ -70,10 +80,15 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
         context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
 
     def GetFlows(self, request, context):
+        failed = True
         try:
             yield from self._flows(request, context)
+            failed = False
+        except GeneratorExit:  # the client left, and gRPC closed the stream
+            failed = False
+            raise
         finally:
-            CALLS.labels("GetFlows", _code(context)).inc()
+            CALLS.labels("GetFlows", _code(context, failed)).inc()
 
     def _flows(self, request, context):
         context.send_initial_metadata(_HEADERS)
@@ -86,8 +101,9 @@ class HistoryObserver(observer_pb2_grpc.ObserverServicer):
                                 self.serve.follow_poll_s, self.serve.follow_delay_s, self.serve.follow_window_s,
                                 active=context.is_active)
             for response in stream.responses():
-                (FLOWS_SENT if response.HasField("flow") else GAPS_SENT).inc()
                 yield response
+                # Counted once gRPC has taken it: the one in hand when a client leaves was not sent.
+                (FLOWS_SENT if response.HasField("flow") else GAPS_SENT).inc()
         except (InvalidRequest, OverBudget, StoreFailed) as err:
             if not context.is_active():
                 return  # cancelled meanwhile: no one to tell
