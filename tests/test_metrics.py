@@ -157,6 +157,17 @@ def test_a_scrape_does_not_hold_up_a_commit(monkeypatch):
     assert not still_blocked, "observe waited for the scrape"
 
 
+def test_a_response_of_no_known_latency_counts_as_a_request_not_as_0_seconds():
+    l7 = L7Metrics()
+    l7.observe("http_flows", [http_response_row(latency_ns=30_000_000),
+                              http_response_row(latency_ns=0, aggregate_count=20)])  # an aggregated exporter line
+    families = parsed(l7)
+    assert sum(s.value for s in families["flowlog_http_requests"].samples) == 21
+    buckets = {s.labels["le"]: s.value for s in families["flowlog_http_request_duration_seconds"].samples
+               if s.name.endswith("_bucket")}
+    assert (buckets["0.005"], buckets["0.05"], buckets["+Inf"]) == (0, 1, 1)
+
+
 def test_series_of_workloads_gone_quiet_are_removed():
     clock = FakeClock()
     l7 = L7Metrics(max_series=500, series_ttl_s=600, clock=clock)

@@ -179,6 +179,8 @@ class L7Metrics:
                 reporter = "server" if direction == "INGRESS" else "client"
                 endpoints = (dst_ns, dst_wl, src_ns, src_wl)
                 self.http_requests.slot(endpoints + (method, str(status), reporter), lambda: [0], now)[0] += flows
+                if not latency_ns:  # no latency known (an aggregated or masked line): not one of 0 s
+                    continue
                 histogram = self.http_durations.slot(endpoints + (method, reporter), lambda: [0] * buckets + [0.0],
                                                      now)
                 seconds = latency_ns / 1e9
