@@ -254,3 +254,22 @@ def test_with_metrics_l7_off_nothing_is_derived_or_exposed(config, client):
     assert not any(name in text for name in ("flowlog_http_requests", "flowlog_http_request_duration_seconds",
                                              "flowlog_dns_queries", "flowlog_dns_responses",
                                              "flowlog_metric_series_folded"))
+
+
+def test_a_scraper_asking_for_another_name_escaping_gets_one_escaping_it_is_told_of():
+    """Prometheus 3 may ask for dots or values escaping; the hand-written L7 page is written
+    with names as they are, so the whole page is answered with underscores escaping, which
+    leaves legacy names as they are, and the content type says so."""
+    from prometheus_client import REGISTRY
+
+    from ingest.metrics.endpoint import metrics_page
+
+    l7 = L7Metrics()
+    l7.observe("http_flows", [http_response_row()])
+    for accept in ("application/openmetrics-text;version=1.0.0;escaping=dots",
+                   "text/plain;version=1.0.0;escaping=values"):
+        headers, body = metrics_page((REGISTRY,), (l7.page,), accept, None)
+        assert dict(headers)["Content-Type"].endswith("escaping=underscores"), headers
+        text = body.decode()
+        assert "flowlog_http_requests_total{" in text and "flowlog_build_info" in text
+        assert "flowlog__" not in text and "U__" not in text

@@ -1,10 +1,15 @@
-"""The ingester's HTTP endpoint: `/metrics` (Prometheus text, or OpenMetrics when the
-scraper asks), `/healthz` (the process is alive) and `/readyz` (connected to Hubble, the
-store answering, the schema migrated), on one port."""
+"""The HTTP endpoint of `flowlog run` and of `flowlog serve`: `/metrics` (Prometheus text,
+or OpenMetrics when the scraper asks), `/healthz` (the process is alive) and `/readyz`
+(the checks each command passes: for `run` connected to Hubble, the store answering,
+the schema migrated; for `serve` the store answering), on one port.
+
+Unlike prometheus_client's WSGI app, every path but those two answers the metrics, to
+any method, with no `name[]` filter: Prometheus asks for the whole page."""
 
 from __future__ import annotations
 
 import gzip
+import re
 import threading
 from socketserver import ThreadingMixIn
 from typing import Callable, Iterable
@@ -14,6 +19,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 _EOF = b"# EOF\n"
+_ESCAPING = re.compile(r";\s*escaping=[^;,]*")
 
 
 def metrics_page(registries: Iterable, pages: Iterable[Callable[[bool], bytes]], accept: str | None,
@@ -21,7 +27,10 @@ def metrics_page(registries: Iterable, pages: Iterable[Callable[[bool], bytes]],
     """Headers and body of one scrape: the registries' metrics in the format the scraper
     accepts, then each page that writes its own exposition text (the L7 metrics),
     gzipped when the scraper accepts it, as Prometheus does."""
-    encode, content_type = choose_encoder(accept)
+    # The scraper's name-escaping scheme is not followed: every name here is a legacy
+    # Prometheus name, which underscores escaping (declared in the answer's content type
+    # where its version has one) leaves as it is, while the L7 page is written only so.
+    encode, content_type = choose_encoder(_ESCAPING.sub("", accept or ""))
     openmetrics = content_type.startswith("application/openmetrics-text")
     # OpenMetrics ends with one `# EOF`, after every family.
     parts = [encode(registry).removesuffix(_EOF) if openmetrics else encode(registry) for registry in registries]
