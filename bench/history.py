@@ -242,7 +242,8 @@ def queries(store: Path, newest_ns: int, namespace: str, pattern: str, args, res
 
     port = free_port()
     server = start(["-m", "ingest", "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(store / "state"),
-                    "--store", f"chdb://{store / 'db'}", "--log-level", "warning"], port)
+                    "--store", f"chdb://{store / 'db'}", "--log-level", "warning", "--set",
+                    "serve.metrics_address="], port)
     try:
         address = f"127.0.0.1:{port}"
         for name, request in requests(newest_ns, namespace, pattern).items():

@@ -167,7 +167,9 @@ def serving(config):
     server = threading.Thread(target=run_serve, args=(config, stop))
     server.start()
     try:
-        wait_for(lambda: scrape(config.serve.metrics_address)[0] == 200, timeout=30, what="the metrics endpoint")
+        wait_for(lambda: scrape(config.serve.metrics_address)[0] == 200 or not server.is_alive(), timeout=30,
+                 what="the metrics endpoint")
+        assert server.is_alive(), "flowlog serve stopped (its error is in the captured log)"
         yield
     finally:
         stop.set()
@@ -202,8 +204,10 @@ def test_serve_reports_calls_flows_and_the_store_on_its_own_metrics_port(stored,
     assert delta("flowlog_history_calls_total", method="ServerStatus", code="OK") == 1
     assert delta("flowlog_history_store_query_duration_seconds_count", outcome="ok") > 0
     assert sample(after, "flowlog_history_store_up") == 1 and sample(after, "flowlog_history_streams_open") == 0
-    # A server's pod is no ingester: none of the ingester's metrics, which would read as a broken one.
+    # A server's pod is no ingester: none of the ingester's metrics, which would read as a broken one,
+    # but its process's own, as any pod's.
     assert "flowlog_hubble_connected" not in after and "flowlog_http_requests_total" not in after
+    assert sample(after, "process_resident_memory_bytes") > 0 and sample(after, "python_info") == 1
 
 
 def test_calls_are_counted_with_the_status_their_client_saw(stored, tmp_path):

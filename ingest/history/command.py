@@ -7,7 +7,7 @@ import signal
 import threading
 
 from ..metrics.endpoint import Endpoint, EndpointError
-from ..metrics.history import HISTORY
+from ..metrics.history import HISTORY, SERVER_PROCESS
 from ..store.connection import connect
 from .reader import HistoryReader
 from .server import HistoryServer
@@ -62,7 +62,7 @@ def run_serve(config, stop: threading.Event | None = None) -> int:
     if config.serve.metrics_address:
         try:
             endpoint = Endpoint(config.serve.metrics_address, {"store": lambda: server.store_answers},
-                                registries=(HISTORY,), key="serve.metrics_address").start()
+                                registries=(HISTORY, SERVER_PROCESS), key="serve.metrics_address").start()
         except EndpointError:
             server.stop(0)
             raise

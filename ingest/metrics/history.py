@@ -2,12 +2,21 @@
 
 In a registry of their own, `HISTORY`, so that a server's pod does not expose the
 ingester's metrics at zero (`flowlog_hubble_connected 0` would look like a broken
-ingester) and an ingester that does not serve exposes none of these.
+ingester) and an ingester that does not serve exposes none of these. `flowlog serve`
+adds `SERVER_PROCESS`; `flowlog run --serve` has those in the default registry already.
 """
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector)
 
 HISTORY = CollectorRegistry(auto_describe=True)
+
+# The process's own (RSS, CPU, open files; Python's version and collector), which the
+# default registry holds for `flowlog run`: for a process that only serves.
+SERVER_PROCESS = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=SERVER_PROCESS)
+PlatformCollector(registry=SERVER_PROCESS)
+GCCollector(registry=SERVER_PROCESS)
 
 CALLS = Counter("flowlog_history_calls_total", "Calls of Hubble's API answered, by method and gRPC status code "
                 "(CANCELLED: the client left)", ["method", "code"], registry=HISTORY)
