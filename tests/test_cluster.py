@@ -38,6 +38,8 @@ def test_the_cluster_schema_as_of_now_is_valid_clickhouse(config, client):
     assert all(" ON CLUSTER `flowlog_cluster`" in s for s in creates)
     assert len(creates) == 1 + 2 * len(ALL_TABLES) + sum(t.name.endswith("_1m") for t in ALL_TABLES)
     assert statements[-1].startswith(f"INSERT INTO `{config.store.database}`.`schema_migrations`")
+    # Sent to its shard before the INSERT returns, so the version read next finds it.
+    assert " SETTINGS insert_distributed_sync = 1 VALUES " in statements[-1]
 
 
 def test_cluster_tables_have_the_single_server_columns(config, client):

@@ -287,9 +287,17 @@ def render_current(store: StoreConfig, cluster: Cluster | None = None) -> list[s
         if isinstance(table, Rollup):
             statements.append(table.view_sql(database, cluster))
     columns = ", ".join(f"`{name}`" for name in SCHEMA_MIGRATIONS.column_names)
-    statements.append(f"INSERT INTO `{database}`.`{SCHEMA_MIGRATIONS.name}` ({columns}) VALUES "
+    settings = "".join(f" SETTINGS {name} = {value}" for name, value in _record_settings(cluster).items())
+    statements.append(f"INSERT INTO `{database}`.`{SCHEMA_MIGRATIONS.name}` ({columns}){settings} VALUES "
                       f"({SCHEMA_VERSION}, now64(3), '{MIGRATION_NAMES[SCHEMA_VERSION]} (created as of this version)')")
     return _with_ttls(statements, store)
+
+
+def _record_settings(cluster: Cluster | None) -> dict:
+    """On a cluster `schema_migrations` is Distributed, which sends a row to its shard in
+    the background unless told otherwise: the version read right after (whether inserts
+    may skip asking for the column types, and /readyz) would miss it."""
+    return {"insert_distributed_sync": 1} if cluster is not None else {}
 
 
 def _with_ttls(statements: list[str], store: StoreConfig) -> list[str]:
@@ -355,7 +363,7 @@ def _migrate_in_turn(client, store: StoreConfig, cluster: Cluster | None, curren
             client.command(statement, settings=_settings_for(statement))
         client.insert(f"`{database}`.`{SCHEMA_MIGRATIONS.name}`",
                       [[version, datetime.now(timezone.utc), MIGRATION_NAMES[version]]],
-                      column_names=SCHEMA_MIGRATIONS.column_names)
+                      column_names=SCHEMA_MIGRATIONS.column_names, settings=_record_settings(cluster) or None)
         log.info("applied schema migration %04d_%s to %s", version, MIGRATION_NAMES[version], database)
     return SCHEMA_VERSION - current
 
