@@ -97,7 +97,11 @@ def test_the_state_dir_removed_while_running_is_made_again_and_nothing_is_stored
         config.source.address = server.address
         with caplog.at_level(logging.WARNING), RunningIngester(config, client) as ingester:
             wait_for(lambda: ingester.writer.committed_ns >= _newest_ns(lines[:200]), what="the first flows stored")
-            shutil.rmtree(config.state_path)
+            # Removed at once, as the ingester sees it: `rm -rf` deletes file by file, and the
+            # ingester, seeing its lock gone, may make it again before the directory goes.
+            removed = config.state_path.with_name("state-removed")
+            config.state_path.rename(removed)
+            shutil.rmtree(removed)
             buffer.extend(responses_of(lines[200:]))
             wait_for(lambda: ingester.writer.committed_ns >= _newest_ns(lines), what="the rest stored")
             wait_for(lambda: (config.state_path / "lock").exists(), what="the lock taken again")
