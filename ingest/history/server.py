@@ -40,10 +40,11 @@ def _code(context, failed: bool) -> str:
     when it raised anything else (gRPC answers that); DEADLINE_EXCEEDED or CANCELLED when
     the client stopped waiting."""
     code = context.code()
+    remaining = context.time_remaining()  # None: the call had no deadline
     if code is None:
         if context.is_active():
             code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-        elif context.time_remaining() is not None and context.time_remaining() <= 0:
+        elif remaining is not None and remaining <= 0:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
         else:
             code = grpc.StatusCode.CANCELLED

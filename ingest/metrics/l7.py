@@ -100,13 +100,14 @@ class _Series:
     """Label tuples -> values, capped (in exposed series) and expiring, each label tuple's
     text for the page made once."""
 
-    def __init__(self, family: _Family, max_series: int, folded_positions: tuple[int, ...],
-                 exposed_per_label_set: int = 1):
-        # The label sets that fit, one of them kept for `other`.
-        self.max_series = max(1, max_series // exposed_per_label_set - 1)
+    def __init__(self, family: _Family, max_series: int, folded_positions: tuple[int, ...]):
+        histogram = family.kind == "histogram"
+        # The label sets that fit, one of them kept for `other`; a histogram's label set is
+        # exposed as its buckets, +Inf, _sum and _count.
+        self.max_series = max(1, max_series // (len(_LE) + 2 if histogram else 1) - 1)
         self.folded_positions = folded_positions
         self.label_names = family.label_names
-        self.render = _histogram_text if family.kind == "histogram" else _label_text
+        self.render = _histogram_text if histogram else _label_text
         self.values: dict[tuple, list] = {}
         self.seen: dict[tuple, float] = {}
         self.text: dict[tuple, object] = {}
@@ -150,8 +151,7 @@ class L7Metrics:
         self.series_ttl_s = series_ttl_s
         endpoints = (0, 1, 2, 3)
         self.http_requests = _Series(HTTP_REQUESTS, max_series, endpoints)
-        self.http_durations = _Series(HTTP_DURATIONS, max_series, endpoints,
-                                      exposed_per_label_set=len(DURATION_BUCKETS) + 3)
+        self.http_durations = _Series(HTTP_DURATIONS, max_series, endpoints)
         self.dns_queries = _Series(DNS_QUERIES, max_series, (0, 1))
         self.dns_responses = _Series(DNS_RESPONSES, max_series, (0, 1))
         self._all = (self.http_requests, self.http_durations, self.dns_queries, self.dns_responses)
