@@ -431,3 +431,58 @@ def test_a_client_with_no_workload_is_rolled_up_by_identity_without_its_ip(confi
                         "GROUP BY ALL").result_rows == [("", "world", 2)]
     assert client.query(f"SELECT dst_workload_name FROM `{db}`.http_flows ORDER BY 1").result_rows == [
         ("world 198.51.100.7",), ("world 198.51.100.8",)]
+
+
+def test_migration_9_weighs_rollup_latency_by_flows_and_leaves_out_responses_without_one(config, client):
+    """An aggregated exporter line stands for many responses and usually carries no latency:
+    from version 9 the rollup's t-digest and mean take each line with its weight and leave
+    the ones without a latency out, as the queries on http_flows do. Rows rolled up before
+    count every response in the mean's divisor, as the mean did then."""
+    from .helpers import HTTP_348
+
+    db = f"{config.store.database}_v8"
+    store = dataclasses.replace(config.store, database=db)
+    create_at(client, store, 8)
+    names = [c.name for c in columns_as_of(HTTP_FLOWS, 8) if not c.alias]
+    response = next(row for row in rows_as_of(HTTP_348.read_bytes().splitlines(), 8)["http_flows"]
+                    if row[names.index("l7_type")] == "RESPONSE")
+
+    def responses(day: str, lines: list[tuple[int, int]]) -> list[tuple]:
+        """One response a (latency_ns, aggregate_count), all of one server and minute."""
+        rows = []
+        for index, (latency_ns, aggregate_count) in enumerate(lines):
+            values = dict(zip(names, response))
+            values.update(time=f"{day} 12:00:{index:02d}", latency_ns=latency_ns, aggregate_count=aggregate_count,
+                          flow_id=f"00000000-0000-4000-8000-{day[-2:]}{index:010d}")
+            rows.append([values[name] for name in names])
+        return rows
+
+    def rolled_up(day: str) -> tuple:
+        return client.query(
+            "SELECT sum(requests), sum(responses_with_latency), sum(latency_sum_ns) / sum(responses_with_latency), "
+            "quantilesTDigestMerge(0.1, 0.5, 0.9)(latency) FROM {db:Identifier}.http_rollup_1m "
+            "WHERE toDate(time) = {d:Date}", parameters={"db": db, "d": day}).result_rows[0]
+
+    # 10 ms once, 20 ms for an aggregated line of 8, an aggregated line of 50 without a
+    # latency, 30 ms once.
+    lines = [(10_000_000, 0), (20_000_000, 8), (0, 50), (30_000_000, 0)]
+    try:
+        client.insert(f"`{db}`.http_flows", responses("2021-10-04", lines), column_names=names)
+        quantiles_v8 = client.query("SELECT quantilesTDigestMerge(0.1, 0.5, 0.9)(latency) FROM "
+                                    "{db:Identifier}.http_rollup_1m", parameters={"db": db}).result_rows[0][0]
+        assert migrate(client, store) == 1
+        # Rolled up by version 8: unweighted, the line without a latency counted as 0 ns.
+        assert rolled_up("2021-10-04") == (60, 60, (10 + 8 * 20 + 30) * 1_000_000 / 60, quantiles_v8)
+        assert quantiles_v8[1] < 20_000_000
+        client.insert(f"`{db}`.http_flows", responses("2021-10-05", lines), column_names=names)
+        requests, with_latency, mean_ns, quantiles = rolled_up("2021-10-05")
+        assert (requests, with_latency) == (60, 10)
+        assert mean_ns == (10 + 8 * 20 + 30) * 1_000_000 / 10
+        # The median is the aggregated line's 20 ms, as http_flows answers exactly over the
+        # same rows (the digest interpolates between its three values at the tails).
+        exact = client.query("SELECT quantileExactWeightedIf(0.5)(latency_ns, greatest(aggregate_count, 1), "
+                             "latency_ns > 0) FROM {db:Identifier}.http_flows WHERE toDate(time) = '2021-10-05'",
+                             parameters={"db": db}).result_rows[0][0]
+        assert quantiles[1] == exact == 20_000_000
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{db}`")

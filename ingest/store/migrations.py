@@ -125,6 +125,11 @@ MIGRATIONS = (
                      ViewChange(DNS_ROLLUP, "responses", "countIf(l7_type = 'RESPONSE')"),
                      ViewChange(DNS_ROLLUP, "responses_with_ips", "countIf(l7_type = 'RESPONSE' AND notEmpty(ips))"),
                      ViewChange(DNS_ROLLUP, "ips_returned", "sum(length(ips))"))),
+    Migration(9, "weighted_latency", "HTTP latency in the rollup weighted by the flows a row stands for, without "
+              "the responses that carry none, and their count for the mean; rows rolled up before count all their "
+              "responses",
+              adds=((HTTP_ROLLUP, "responses_with_latency"),),
+              views=(ViewChange(HTTP_ROLLUP, "latency", "quantileTDigestState(latency_ns)"),)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 MIGRATION_NAMES = {m.version: m.name for m in MIGRATIONS}
@@ -159,7 +164,7 @@ def columns_as_of(table: Table, version: int) -> tuple[Column, ...]:
 
 def _view_columns_as_of(rollup: Rollup, version: int) -> tuple[Column, ...]:
     """The rollup's columns with the expressions its view had as of version."""
-    columns = list(rollup.columns)
+    columns = list(columns_as_of(rollup, version))
     for migration in reversed(MIGRATIONS):
         if migration.version <= version:
             break

@@ -34,11 +34,14 @@ class Column:
     expr: str = ""
     # Not stored: ClickHouse computes it from this expression when it is read.
     alias: str = ""
+    # Stored; what a row written without it (or a part written before it was added) holds.
+    default: str = ""
 
     def ddl(self) -> str:
+        default = f" DEFAULT {self.default}" if self.default else ""
         kind = f" ALIAS {self.alias}" if self.alias else f" CODEC({self.codec})" if self.codec else ""
         comment = f" COMMENT {_quote(self.comment)}" if self.comment else ""
-        return f"`{self.name}` {self.type}{kind}{comment}"
+        return f"`{self.name}` {self.type}{default}{kind}{comment}"
 
     @property
     def is_aggregate(self) -> bool:
@@ -368,6 +371,15 @@ def _rollup_endpoints() -> tuple[Column, ...]:
     )
 
 
+# A t-digest weighted by the flows a row stands for, without the responses that carry no
+# latency (an aggregated exporter line: latency_ns 0), in the type the column has had since
+# version 2. The weighted function's state is the same t-digest (ClickHouse keeps both in
+# one data structure and writes it the same way), but ClickHouse converts AggregateFunction
+# types by name only, so the state passes through its serialized form: per rolled-up row
+# of an insert block, not per flow.
+_WEIGHTED_LATENCY_DIGEST = (f"CAST(CAST(quantileTDigestWeightedIfState(latency_ns, {FLOWS_OF_ROW}, latency_ns > 0) "
+                            "AS String) AS AggregateFunction(quantileTDigest, UInt64))")
+
 HTTP_ROLLUP = Rollup(
     name="http_rollup_1m",
     comment="HTTP responses per minute, client and server workload, method and status class",
@@ -386,7 +398,11 @@ HTTP_ROLLUP = Rollup(
         Column("latency_sum_ns", _COUNT, expr=f"sum(latency_ns * {FLOWS_OF_ROW})"),
         Column("latency", "AggregateFunction(quantileTDigest, UInt64)",
                comment="latency_ns t-digest: quantileTDigestMerge(0.99)(latency)",
-               expr="quantileTDigestState(latency_ns)"),
+               expr=_WEIGHTED_LATENCY_DIGEST),
+        Column("responses_with_latency", _COUNT, default="requests",
+               comment="responses that carry a latency (an aggregated exporter line usually does not): the mean "
+                       "latency is sum(latency_sum_ns) / sum(responses_with_latency)",
+               expr=f"sumIf({FLOWS_OF_ROW}, latency_ns > 0)"),
     ),
     order_by="destination_namespace, destination_workload, time, source_namespace, source_workload, method, "
              "status_class, node, reporter",
