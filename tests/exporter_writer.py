@@ -15,6 +15,7 @@ import datetime
 import gzip
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -52,7 +53,9 @@ class RotatingWriter:
         self.max_backups = max_backups
         self.compress = compress
         self.compress_later = compress_later
-        self.stem, self.ext = os.path.splitext(path.name)
+        # Go's filepath.Ext, which lumberjack names backups by: from the last dot on.
+        self.ext = re.search(r"\.[^.]*$|$", path.name).group()
+        self.stem = path.name[:len(path.name) - len(self.ext)]
         self._last_stamp = ""
         self._uncompressed: list[Path] = []
         self.rotations = 0

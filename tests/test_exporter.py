@@ -71,8 +71,10 @@ def test_follows_a_growing_file_through_rotations_and_gzip(config, client, tmp_p
     assert _gaps(client, config) == []
 
 
-def test_resumes_inside_the_gzipped_backup_it_stopped_in(config, client, tmp_path):
-    events = tmp_path / "events.log"
+# Backups are named by Go's filepath.Ext: "-<time>.events" for ".events".
+@pytest.mark.parametrize("name", ["events.log", ".events"])
+def test_resumes_inside_the_gzipped_backup_it_stopped_in(config, client, tmp_path, name):
+    events = tmp_path / name
     lines = flow_lines(90)
     writer = RotatingWriter(events, max_bytes=10**9, compress=True)
     _follow(config, events)
@@ -83,9 +85,11 @@ def test_resumes_inside_the_gzipped_backup_it_stopped_in(config, client, tmp_pat
     assert saved[1:] == (sum(map(len, lines[:30])), 30)
     # While the ingester is stopped: more lines, a rotation (the file gzipped), more lines.
     writer.write_lines(lines[30:60])
-    writer.rotate()
+    backup = writer.rotate()
     writer.write_lines(lines[60:])
-    assert [p.name.endswith(".log.gz") for p in writer.backups()] == [True]
+    assert writer.backups() == [backup.with_name(backup.name + ".gz")]
+    if name.startswith("."):
+        assert backup.name.startswith("-") and backup.name.endswith(name)
     with RunningIngester(config, client):
         _wait_stored(client, config, 90)
     assert_each_flow_stored_once(client, config.store.database)

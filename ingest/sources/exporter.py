@@ -100,7 +100,11 @@ def exporter_files(live: Path) -> list[ExporterFile] | None:
 
 
 def _scan(live: Path) -> list[ExporterFile]:
-    stem, ext = os.path.splitext(live.name)  # as Go's filepath.Ext: the last dot on
+    # As lumberjack names a backup: <name without ext>-<time><ext>, where ext is Go's
+    # filepath.Ext, from the name's last dot on (os.path.splitext keeps a leading dot in
+    # the stem: ".events" has no extension there, and is all extension in Go).
+    dot = live.name.rfind(".")
+    stem, ext = (live.name[:dot], live.name[dot:]) if dot >= 0 else (live.name, "")
     backup = re.compile(re.escape(stem) + "-(" + _BACKUP_TIME + ")" + re.escape(ext) + r"(\.gz)?")
     found = []
     try:
