@@ -1,11 +1,12 @@
 """What decoding costs a node: the decoder alone on the benchmark's messages, CPU per flow.
 
-    python -m bench.decode STREAM_FILE [ROUNDS]
+    python -m bench.decode STREAM_FILE [ROUNDS] [--derive-in-store]
 
 Parses every message of the stream file (what the load generator sends) first, then
 decodes all of them with a fresh `Decoder` in each of ROUNDS rounds (default 7), with
 the cycle collector off as in `flowlog run`, and prints one JSON object: the CPU
-microseconds a flow of the best and the median round. Nothing else runs in the process,
+microseconds a flow of the best and the median round. With --derive-in-store, the decoder
+makes the rows of flow_input (store.derive = store) instead of the tables' rows. Nothing else runs in the process,
 so rounds of two builds interleaved compare their decoders directly (README, issue 14).
 """
 
@@ -34,12 +35,12 @@ def read_stream(path: str) -> list[observer_pb2.GetFlowsResponse]:
     return messages
 
 
-def main(path: str, rounds: int) -> dict:
+def main(path: str, rounds: int, derive_in_store: bool = False) -> dict:
     messages = read_stream(path)
     per_flow = []
     gc.disable()
     for _ in range(rounds):
-        decoder = Decoder()
+        decoder = Decoder(derive_in_store=derive_in_store)
         decode = decoder.decode
         started = time.process_time()
         for message in messages:
@@ -52,4 +53,6 @@ def main(path: str, rounds: int) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 7)))
+    arguments = [a for a in sys.argv[1:] if a != "--derive-in-store"]
+    print(json.dumps(main(arguments[0], int(arguments[1]) if len(arguments) > 1 else 7,
+                          "--derive-in-store" in sys.argv)))

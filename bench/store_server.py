@@ -192,9 +192,12 @@ class StoreServer:
         self.directory = directory
         self.statements = directory / "statements.log"
         self._log = open(directory.parent / f"{directory.name}.log", "w")
+        # Run in its directory: the engine caches a protobuf schema given as text (an
+        # insert into flow_input) under its working directory, as a server under its own.
         self.process = subprocess.Popen([sys.executable, "-m", "bench.store_server", str(data or directory / "store"),
                                          str(self.statements)],
-                                        cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True)
+                                        cwd=directory, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                        stdout=subprocess.PIPE, stderr=self._log, text=True)
         line = self.process.stdout.readline()
         if not line:
             self.process.wait()

@@ -111,6 +111,10 @@ class StoreConfig:
     cluster: str = ""
     # How rows are spread over shards: "node" keeps one Cilium node's flows together; "random".
     sharding: str = "node"
+    # Who fills the flow tables from a received flow: "ingester" (the ingester decodes every
+    # column and inserts rows) or "store" (the ingester sends the redacted flow and what
+    # only it knows, and ClickHouse's views derive the columns: less of a node's CPU).
+    derive: str = "ingester"
     # A failing store is retried with exponential backoff from the first value, capped at the second.
     retry_initial_s: float = field(default=0.2, metadata=_positive)
     retry_max_s: float = field(default=30.0, metadata=_positive)
@@ -444,6 +448,12 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
         raise ConfigError("source.reconnect_max_s: expected at least source.reconnect_initial_s")
     if config.store.retry_max_s < config.store.retry_initial_s:
         raise ConfigError("store.retry_max_s: expected at least store.retry_initial_s")
+    if config.store.derive not in ("ingester", "store"):
+        raise ConfigError(f"store.derive: expected ingester or store, got {config.store.derive!r}")
+    if config.store.derive == "store" and config.metrics.l7:
+        raise ConfigError("store.derive = store: the L7 metrics (metrics.l7) count the rows the ingester fills, "
+                          "which it then does not; set metrics.l7 = false (Hubble's own http and dns metrics "
+                          "count the same flows)")
     if config.store.sharding not in ("node", "random"):
         raise ConfigError(f"store.sharding: expected node or random, got {config.store.sharding!r}")
     if config.visibility.mode not in ("observe", "enforce"):

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from prometheus_client import REGISTRY
 
@@ -30,14 +31,15 @@ from .metrics.l7 import L7Metrics
 from .pipeline.batching import Batcher
 from .pipeline.checkpoint import Checkpoint
 from .pipeline.deadletters import DeadLetters
-from .pipeline.ledger import ledger_rows
+from .pipeline.ledger import derived_counts, ledger_rows
 from .pipeline.records import RECORD_SOURCE, SealedBatch
 from .pipeline.sink import BatchRefused, Sink, StoreUnavailable
 from .pipeline.spool import Spool
 from .sources.files import FileSource, ReplayCounts
 from .sources.exporter import ExporterSource
 from .sources.hubble import HubbleSource
-from .statedir import StateDirInUse, StateLock
+from .statedir import StateDirInUse, StateLock, open_private
+from .store.flow_input import FLOW_INPUT, protobuf_schema
 from .store.migrations import SCHEMA_VERSION, applied_version
 from .store.schema import INGEST_LEDGER
 
@@ -187,7 +189,8 @@ class Writer:
         for table, rows in inserted.items():
             if table == INGEST_LEDGER.name or batch.source == RECORD_SOURCE:
                 continue  # bookkeeping about the rows, or about a spool file: not input of this run
-            self.stored[table] = self.stored.get(table, 0) + len(rows)
+            for name, count in (derived_counts(rows) if table == FLOW_INPUT.name else {table: len(rows)}).items():
+                self.stored[name] = self.stored.get(name, 0) + count
             if self.on_commit is not None:
                 self.on_commit(table, rows)
         if batch.newest_ns:
@@ -266,14 +269,13 @@ class Ingester:
         self.l7_metrics = L7Metrics(config.metrics.max_series, config.metrics.series_ttl_s) \
             if config.metrics.l7 else None
         schema_current = applied_version(client, config.store.database) == SCHEMA_VERSION
-        self.sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s,
-                         schema_current)
+        self.sink = _sink(config, client)
         self.writer = Writer(self.spool, self.sink, self.checkpoint,
                              self.l7_metrics.observe if self.l7_metrics else None)
         self.batcher = Batcher(self.writer, config.batch, self.stop, config.shutdown_timeout_s,
                                max_batch_bytes=_spool_batch_bytes(config))
         files = config.source.files
-        dispatcher = Dispatcher(Decoder(config.http, config.kafka), self.dead_letters, self.batcher.put,
+        dispatcher = Dispatcher(_decoder(config), self.dead_letters, self.batcher.put,
                                 kind="hubble" if files is None else "file", live=True)
         if files is None:
             self.source = HubbleSource(config.source, dispatcher, self.stop, self.checkpoint.nodes, self.checkpoint.seen)
@@ -379,14 +381,30 @@ def replay(config: Config, client, paths: list[str], progress=None, lock: StateL
         lock.release()
 
 
+def _decoder(config: Config) -> Decoder:
+    return Decoder(config.http, config.kafka, derive_in_store=config.store.derive == "store")
+
+
+def _sink(config: Config, client) -> Sink:
+    """The sink for the configured store. The embedded engine reads the input table's
+    protobuf schema from a file in the state dir; a server gets it with each insert."""
+    schema_file = ""
+    if urlsplit(config.store_dsn).scheme == "chdb":
+        path = config.state_path / "flow_input.proto"
+        with open_private(path, "w") as handle:
+            handle.write(protobuf_schema())
+        schema_file = str(path)
+    return Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s,
+                applied_version(client, config.store.database) == SCHEMA_VERSION, schema_file)
+
+
 def _replay(config: Config, client, paths: list[str], progress) -> ReplaySummary:
     state = config.state_path
     dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024)
-    sink = Sink(client, config.store.database, config.store.retry_initial_s, config.store.retry_max_s,
-                applied_version(client, config.store.database) == SCHEMA_VERSION)
+    sink = _sink(config, client)
     writer = Writer(Spool(state / "spool", config.spool.max_mb * 1024 * 1024), sink)
     batcher = Batcher(writer, config.batch, max_batch_bytes=_spool_batch_bytes(config))
-    dispatcher = Dispatcher(Decoder(config.http, config.kafka), dead_letters, batcher.put, kind="file", live=False)
+    dispatcher = Dispatcher(_decoder(config), dead_letters, batcher.put, kind="file", live=False)
     source = FileSource(paths, dispatcher, progress)
     started = time.monotonic()
     reader = _Thread(_reading(source, batcher), "file-source")

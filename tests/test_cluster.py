@@ -36,7 +36,9 @@ def test_the_cluster_schema_as_of_now_is_valid_clickhouse(config, client):
         client.query(f"EXPLAIN AST {statement}")
     creates = [s for s in statements if s.startswith("CREATE")]
     assert all(" ON CLUSTER `flowlog_cluster`" in s for s in creates)
-    assert len(creates) == 1 + 2 * len(ALL_TABLES) + sum(t.name.endswith("_1m") for t in ALL_TABLES)
+    # The database; each table, shard-local and Distributed; each rollup's view; the input
+    # table (one per node, no shards) and its three views.
+    assert len(creates) == 1 + 2 * len(ALL_TABLES) + sum(t.name.endswith("_1m") for t in ALL_TABLES) + 1 + 3
     assert statements[-1].startswith(f"INSERT INTO `{config.store.database}`.`schema_migrations`")
     # Sent to its shard before the INSERT returns, so the version read next finds it.
     assert " SETTINGS insert_distributed_sync = 1 VALUES " in statements[-1]
@@ -61,7 +63,8 @@ def test_cluster_tables_have_the_single_server_columns(config, client):
         def columns(database, suffix):
             rows = client.query("SELECT table, name, type FROM system.columns WHERE database = {d:String} "
                                 "ORDER BY table, position", parameters={"d": database}).result_rows
-            return [(t.removesuffix(suffix), n, ty) for t, n, ty in rows if not t.endswith("_mv")]
+            return [(t.removesuffix(suffix), n, ty) for t, n, ty in rows
+                    if not t.endswith(("_mv", "_from_input")) and t != "flow_input"]
 
         assert columns(shard, "_local") == columns(db, "")
     finally:

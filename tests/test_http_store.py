@@ -66,6 +66,22 @@ def test_replay_into_a_server_over_http_stores_what_the_embedded_store_stores_on
     assert ledger.splitlines()[1:] == ["1026\t678\t348\t678"]
 
 
+def test_the_server_derives_the_flow_tables_from_flow_input_with_the_schema_sent_along(server, tmp_path):
+    """store.derive = store against a server: the protobuf schema goes with each insert
+    (format_schema_source = string); the rows are those the ingester fills itself."""
+    embedded = f"chdb://{tmp_path / 'embedded'}"
+    flowlog("replay", *map(str, LINES), "--no-progress", "--store", embedded, "--state-dir", str(tmp_path / "e"))
+    summary = flowlog("replay", *map(str, LINES), "--no-progress", "--store", server.dsn, "--state-dir",
+                      str(tmp_path / "state-derived"), "--set", "store.database=derived", "--set",
+                      "store.derive=store", "--set", "metrics.l7=false")
+    assert "stored 330 dns_flows, 348 http_flows, 678 l7_audit; 0 already stored" in summary, summary
+    assert "INSERT INTO `derived`.`flow_input`" in server.statements.read_text()
+    for table, order in TABLES.items():
+        derived = flowlog("sql", "--store", server.dsn, "--state-dir", str(tmp_path / "state-derived"), "--set",
+                          "store.database=derived", "--format", "tsv", f"SELECT * FROM {table} ORDER BY {order}, time")
+        assert derived == rows(embedded, str(tmp_path / "e"), table, order), table
+
+
 def test_inserts_into_a_current_schema_send_the_types_and_no_describe(server, tmp_path):
     """clickhouse-connect asks the server for a table's column types before each insert
     unless it is given them; on a schema of this build's version they come from schema.py."""

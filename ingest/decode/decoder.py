@@ -22,15 +22,10 @@ from ..api.observer import observer_pb2
 from ..api.relay import relay_pb2
 from ..config import HTTPConfig, KafkaConfig
 from ..pipeline.records import DecodeError, Filtered, FlowRows, GapRow, OtherEvent, gap
+from ..store.flow_input import FLOW_INPUT, RCODE_NAMES
 from ..store.schema import DNS_FLOWS, HTTP_FLOWS, L7_AUDIT, uuid_text
 from .dnscache import DNSCache
 from .redact import Redactor
-
-# DNS RCODEs by number (RFC 1035, 2136, 6895), the names dig prints.
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-               6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 11: "DSOTYPENI",
-               16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
-               22: "BADTRUNC", 23: "BADCOOKIE"}
 
 class EnumNames(dict):
     """An enum's names by number. Proto3 enums are open: a number this build does not know
@@ -160,8 +155,12 @@ def held_bytes(serialized: bytes, typed: bool) -> int:
 class Decoder:
     """Turns responses into rows, each flow redacted first (`redact`)."""
 
-    def __init__(self, http: HTTPConfig | None = None, kafka: KafkaConfig | None = None):
+    def __init__(self, http: HTTPConfig | None = None, kafka: KafkaConfig | None = None,
+                 derive_in_store: bool = False):
+        """derive_in_store: a flow becomes a row of the store's input table (flow_input), from
+        which ClickHouse derives l7_audit and the typed tables, not rows of each."""
         http = http or HTTPConfig()
+        self.derive_in_store = derive_in_store
         self.redact = Redactor(http, kafka)
         self.strip_query = http.strip_query
         self.strip_userinfo = http.strip_userinfo
@@ -213,6 +212,9 @@ class Decoder:
         aggregate = flow.aggregate
         aggregate_count = (aggregate.ingress_flow_count + aggregate.egress_flow_count
                            + aggregate.unknown_direction_flow_count) if flow.HasField("aggregate") else 0
+        if self.derive_in_store:
+            return self._input_row(flow, time_ns, node, flow_id, audit_id, record, l7_type, serialized,
+                                   aggregate_count, headers)
         audit = _AUDIT_ROW({"time": time_ns, "node": node, "flow_id": audit_id, "type": record.upper(),
                             "l7_type": l7_type, "flow": serialized, "aggregate_count": aggregate_count})
         if record not in ("http", "dns"):
@@ -229,7 +231,7 @@ class Decoder:
             values["protocol"] = http.protocol
             values["status_code"] = _uint16(http.code, "flow.l7.http.code", "HTTP status")
             values["headers"] = headers
-            values["dst_dns_name"] = self._server_name(values, is_response, time_ns)
+            values["dst_dns_name"] = self._server_name(flow, is_response, time_ns)
             return FlowRows(flow_id, time_ns, node, HTTP_FLOWS, _HTTP_ROW(values), audit, audit_id, size)
         dns = l7.dns
         rcode = values["rcode"] = _uint16(dns.rcode, "flow.l7.dns.rcode", "DNS response code")
@@ -267,8 +269,12 @@ class Decoder:
     def _endpoint(self, endpoint: flow_pb2.Endpoint) -> tuple:
         """(namespace, pod, workload, identity, labels); pods repeat, so each is worked out once.
         The labels of a security identity are fixed, except the reserved ones (world, host,
-        ...), which are read every time."""
+        ...), which are read every time, as is everything of an endpoint with no pod either."""
         key = (endpoint.namespace, endpoint.pod_name, endpoint.identity)
+        if not key[1] and key[2] < _FIRST_ALLOCATED_IDENTITY:
+            # No pod and no allocated identity (outside the cluster, or what an exporter's
+            # field mask left): nothing fixes its workloads and labels, so nothing is kept.
+            return key[0], key[1], workload_of(endpoint), key[2], list(endpoint.labels)
         known = self._endpoints.get(key)
         if known is None:
             if len(self._endpoints) >= _CACHE_ENTRIES:
@@ -290,21 +296,47 @@ class Decoder:
             known = self._labels[identity] = list(endpoint.labels)
         return known
 
-    def _server_name(self, values: dict, is_response: bool, time_ns: int) -> str:
+    def _server_name(self, flow: flow_pb2.Flow, is_response: bool, time_ns: int) -> str:
         """The DNS name of the exchange's server: Hubble's own when it has one, else, for a
         server with no pod, the name the client pod last resolved to the server's IP. On a
         response, Hubble swaps the endpoints: the server is the source."""
         if is_response:
-            names, server_pod, server_ip = values["src_names"], values["src_pod"], values["src_ip"]
+            names, server, client, server_ip = flow.source_names, flow.source, flow.destination, flow.IP.source
         else:
-            names, server_pod, server_ip = values["dst_names"], values["dst_pod"], values["dst_ip"]
+            names, server, client, server_ip = (flow.destination_names, flow.destination, flow.source,
+                                                flow.IP.destination)
         if names:
             return names[0]
-        if server_pod:
+        if server.pod_name:
             return ""
-        client = (f"{values['dst_namespace']}/{values['dst_pod']}" if is_response
-                  else f"{values['src_namespace']}/{values['src_pod']}")
-        return self.dns.name_for(client, server_ip, time_ns)
+        return self.dns.name_for(f"{client.namespace}/{client.pod_name}", server_ip, time_ns)
+
+    def _input_row(self, flow: flow_pb2.Flow, time_ns: int, node: str, flow_id: str, audit_id: str, record: str,
+                   l7_type: str, serialized: bytes, aggregate_count: int, headers: dict | None) -> FlowRows:
+        """The flow as a row of flow_input: what ClickHouse cannot derive from it, checked as
+        the typed rows are (a flow either table would refuse is refused here too)."""
+        url = host = dst_dns_name = ""
+        header_names = header_values = ()
+        l7 = flow.l7
+        is_response = l7.type == flow_pb2.RESPONSE
+        if record == "http":
+            _ports(flow.l4)
+            http = l7.http
+            _uint16(http.code, "flow.l7.http.code", "HTTP status")
+            url, host = self._url(http.url)
+            header_names, header_values = list(headers), list(headers.values())
+            dst_dns_name = self._server_name(flow, is_response, time_ns)
+        elif record == "dns":
+            _ports(flow.l4)
+            dns = l7.dns
+            _uint16(dns.rcode, "flow.l7.dns.rcode", "DNS response code")
+            if is_response and dns.ips:  # the pod that asked is the destination of a response
+                asker = flow.destination
+                self.dns.learn(f"{asker.namespace}/{asker.pod_name}", list(dns.ips), dns.query, dns.ttl, time_ns)
+        is_reply = flow.is_reply.value + 1 if flow.HasField("is_reply") else 0
+        row = (serialized, serialized, time_ns, node, flow_id, audit_id, record.upper(), l7_type, aggregate_count,
+               is_reply, url, host, header_names, header_values, dst_dns_name)
+        return FlowRows(audit_id, time_ns, node, FLOW_INPUT, row, None, audit_id, held_bytes(serialized, typed=False))
 
     def _url(self, url: str) -> tuple[str, str]:
         """(url as stored, host); the same URLs come again and again."""

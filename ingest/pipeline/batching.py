@@ -123,9 +123,13 @@ class Batch:
             tally["received"] = tally.get("received", 0) + 1
             if item.time_ns > tally.get("newest_flow_ns", 0):
                 tally["newest_flow_ns"] = item.time_ns
-            if item.table is not None:
-                self._add_row(item.table, item.flow_id, item.row, entry.maybe_stored)
-            if self._add_row(L7_AUDIT, item.audit_id, item.audit_row, entry.maybe_stored):
+            if item.audit_row is None:  # a row of the input table, from which the store derives the others
+                added = self._add_row(item.table, item.flow_id, item.row, entry.maybe_stored)
+            else:
+                if item.table is not None:
+                    self._add_row(item.table, item.flow_id, item.row, entry.maybe_stored)
+                added = self._add_row(L7_AUDIT, item.audit_id, item.audit_row, entry.maybe_stored)
+            if added:
                 self.newest_ns = max(self.newest_ns, item.time_ns)
         elif isinstance(item, GapRow):
             self._tally(item.node, item.time_ns)

@@ -10,6 +10,7 @@ batch and its books land together.
 
 from __future__ import annotations
 
+from ..store.flow_input import FLOW_INPUT
 from ..store.schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, INGEST_LEDGER, L7_AUDIT
 from .records import SealedBatch
 
@@ -17,7 +18,21 @@ _STORED_COLUMNS = {HTTP_FLOWS.name: "stored_http", DNS_FLOWS.name: "stored_dns",
                    INGEST_GAPS.name: "stored_gaps"}
 _NODE_AT = {table.name: table.column_names.index("node") for table in (HTTP_FLOWS, DNS_FLOWS, L7_AUDIT, INGEST_GAPS)}
 _GAP_KIND = INGEST_GAPS.column_names.index("kind")
+# An input row stores an audit row, and a typed one by its type.
+_INPUT_NODE, _INPUT_TYPE = FLOW_INPUT.column_names.index("node"), FLOW_INPUT.column_names.index("type")
+_INPUT_STORES = {"HTTP": ("stored_audit", "stored_http"), "DNS": ("stored_audit", "stored_dns")}
+_INPUT_TABLES = {"HTTP": HTTP_FLOWS.name, "DNS": DNS_FLOWS.name}
 _GAP_COUNT = INGEST_GAPS.column_names.index("count")
+
+
+def derived_counts(input_rows: list[tuple]) -> dict[str, int]:
+    """The rows each table gets from these rows of the input table, by table name."""
+    counts = {L7_AUDIT.name: len(input_rows)}
+    for row in input_rows:
+        typed = _INPUT_TABLES.get(row[_INPUT_TYPE])
+        if typed is not None:
+            counts[typed] = counts.get(typed, 0) + 1
+    return counts
 
 
 def ledger_rows(batch: SealedBatch) -> list[tuple]:
@@ -27,6 +42,10 @@ def ledger_rows(batch: SealedBatch) -> list[tuple]:
         node_at = _NODE_AT[name]
         for row in batch.rows.get(name, ()):
             counts = stored.setdefault(row[node_at], {})
+            counts[column] = counts.get(column, 0) + 1
+    for row in batch.rows.get(FLOW_INPUT.name, ()):
+        counts = stored.setdefault(row[_INPUT_NODE], {})
+        for column in _INPUT_STORES.get(row[_INPUT_TYPE], ("stored_audit",)):
             counts[column] = counts.get(column, 0) + 1
     # A loss report that Hubble sends again after a reconnect is one loss: counted as stored.
     for row in batch.rows.get(INGEST_GAPS.name, ()):

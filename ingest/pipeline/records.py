@@ -26,13 +26,14 @@ class DecodeError(ValueError):
 
 @dataclass(slots=True)
 class FlowRows:
-    """One stored L7 flow: its typed row (if HTTP or DNS) and its audit row."""
-    flow_id: str  # in the typed row: always a UUID's text (see schema.uuid_text)
+    """One stored L7 flow: its typed row (if HTTP or DNS) and its audit row; or, where the
+    store derives those (store.derive), its row of the input table and no audit row."""
+    flow_id: str  # in the typed row: always a UUID's text (see schema.uuid_text); the input row's is audit_id
     time_ns: int
     node: str
     table: Table | None
     row: tuple | None
-    audit_row: tuple
+    audit_row: tuple | None
     audit_id: str  # in the audit row and the checkpoint: Hubble's uuid as it came, else the content hash
     # Bytes of memory the decoded flow holds, as the byte budgets count them (decoder.held_bytes).
     size: int = 0

@@ -29,14 +29,20 @@ from clickhouse_connect.driver.exceptions import DataError
 
 from .. import metrics
 from ..backoff import Backoff
+from ..store import flow_input
+from ..store.flow_input import FLOW_INPUT
 from ..store.schema import DNS_FLOWS, HTTP_FLOWS, INGEST_GAPS, INGEST_LEDGER, L7_AUDIT, Table
 from .records import RECORD_SOURCE, SealedBatch
 
 log = logging.getLogger(__name__)
 
-# Typed tables first, then the audit table, then the ledger that accounts for them.
-WRITE_ORDER = (HTTP_FLOWS, DNS_FLOWS, INGEST_GAPS, L7_AUDIT, INGEST_LEDGER)
+# Typed tables first, then the audit table, then the ledger that accounts for them. The
+# input table's views fill the audit and typed tables of a flow in one insert.
+WRITE_ORDER = (HTTP_FLOWS, DNS_FLOWS, FLOW_INPUT, INGEST_GAPS, L7_AUDIT, INGEST_LEDGER)
 TABLES = {t.name: t for t in WRITE_ORDER}
+# Where a table's rows are looked up: an input row is stored once its audit row is (its
+# views write every table in the same insert, and a failed one is retried whole).
+_STORED_IN = {FLOW_INPUT: L7_AUDIT}
 
 
 class StoreUnavailable(RuntimeError):
@@ -83,15 +89,20 @@ def insert_token(batch_id: str, table: Table, rows: list[tuple]) -> str:
 
 class Sink:
     def __init__(self, client, database: str, retry_initial_s: float = 0.2, retry_max_s: float = 30.0,
-                 schema_current: bool = False):
+                 schema_current: bool = False, schema_file: str = ""):
         """schema_current: the store's schema is this build's version, so inserts send the
         columns' types from schema.py. Otherwise clickhouse-connect asks the server for them
         (a DESCRIBE TABLE before every insert: half of an insert's fixed cost, 16.6 against
         8.9 ms of CPU for a batch of 10 flows over HTTP), and rows still reach a table an
         older or newer build laid out. A failed insert turns the types off for good: the
         schema may have been migrated since the start (a newer pod in a rolling upgrade),
-        and the retry then goes by the server's types."""
+        and the retry then goes by the server's types.
+
+        schema_file: where the input table's protobuf schema is written, for the embedded
+        engine (which reads it from there); empty for a server, to which the schema goes
+        with each insert."""
         self.client = client
+        self._input_schema = _input_schema_settings(schema_file)
         self.database = database
         self.schema_current = schema_current
         self._backoff = Backoff(retry_initial_s, retry_max_s)
@@ -154,7 +165,8 @@ class Sink:
             times = [row[time_index] for row in batch.rows.get(name, []) if row[id_index] in candidates]
             if not times:
                 continue
-            stored = self._call(table, lambda: self.stored_ids(table, candidates, min(times), max(times)))
+            stored_in = _STORED_IN.get(table, table)
+            stored = self._call(table, lambda: self.stored_ids(stored_in, candidates, min(times), max(times)))
             asked = True
             if stored:
                 found[name] = (stored, id_index)
@@ -198,18 +210,23 @@ class Sink:
                 # cycle; emptied afterwards, the rows are freed as soon as the batch is done
                 # with, not when the cycle collector next runs.
                 sent = list(rows)
+                settings = {"insert_deduplication_token": token,
+                            # so the views also drop a re-inserted block
+                            "deduplicate_blocks_in_dependent_materialized_views": 1,
+                            # on a cluster, so the token reaches the shard with the rows
+                            "distributed_foreground_insert": 1,
+                            **_partitions_setting(rows, table.column_names.index("time"))}
                 try:
+                    if table is FLOW_INPUT:
+                        self.client.raw_insert(f"`{self.database}`.`{table.name}`", insert_block=flow_input.encode(sent),
+                                               fmt="Protobuf", settings={**settings, **self._input_schema})
+                        return
                     self.client.insert(f"`{self.database}`.`{table.name}`", sent, column_names=table.column_names,
                                        column_type_names=table.column_types if self.schema_current else None,
-                                       settings={"insert_deduplication_token": token,
-                                                 # so the rollups' views also drop a re-inserted block
-                                                 "deduplicate_blocks_in_dependent_materialized_views": 1,
-                                                 # on a cluster, so the token reaches the shard with the rows
-                                                 "distributed_foreground_insert": 1,
-                                                 **_partitions_setting(rows, table.column_names.index("time"))})
+                                       settings=settings)
                 finally:
                     sent.clear()
-                metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
+                    metrics.INSERT_DURATION.labels(table.name).observe(time.perf_counter() - started)
 
             try:
                 self._call(table, insert)
@@ -243,6 +260,17 @@ class Sink:
         self._refusing.difference_update(refused.stored_tables)
         self._refusing.add(refused.table)
         return refused
+
+
+def _input_schema_settings(schema_file: str) -> dict[str, str]:
+    """The settings that give FORMAT Protobuf the input table's schema: the text itself
+    (ClickHouse 25.6 and later keep it in their own cache), or, for the embedded engine,
+    a file of it (given as text, chdb writes its cache under the process's working
+    directory)."""
+    if not schema_file:
+        return {"format_schema_source": "string", "format_schema": flow_input.protobuf_schema(),
+                "format_schema_message_name": flow_input.MESSAGE}
+    return {"format_schema": f"{schema_file}:{flow_input.MESSAGE}"}
 
 
 _DAY_NS = 86_400 * 1_000_000_000

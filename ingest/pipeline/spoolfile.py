@@ -24,6 +24,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..store.migrations import SCHEMA_VERSION, columns_as_of, created_in
+from ..store.flow_input import FLOW_INPUT
 from ..store.schema import DATA_TABLES, Table, uuid_text
 from .records import SealedBatch
 
@@ -32,7 +33,7 @@ _FIELDS = tuple(f.name for f in fields(SealedBatch))
 _PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
 # The names earlier builds pickled a batch under, and this build's.
 _BATCH_CLASSES = {("ingest.spool", "SpooledBatch"), (SealedBatch.__module__, SealedBatch.__qualname__)}
-_TABLES = {t.name: t for t in DATA_TABLES}
+_TABLES = {t.name: t for t in DATA_TABLES + (FLOW_INPUT,)}
 # A field of batches spooled by builds that resumed from the ids at the newest flow's time.
 _NO_LONGER_KEPT = "ids_at_newest"
 # Spool files say the schema version of their rows' layout from this version on.

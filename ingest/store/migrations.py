@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..config import StoreConfig
+from .flow_input import FLOW_INPUT, InputTable
 from .schema import (ALL_TABLES, DNS_FLOWS, DNS_ROLLUP, HTTP_FLOWS, HTTP_ROLLUP, INGEST_GAPS, INGEST_LEDGER, L7_AUDIT,
                      LC, SCHEMA_MIGRATIONS, VERTICAL_MERGES, Cluster, Column, Rollup, Setting, Table, on_cluster)
 
@@ -130,8 +131,13 @@ MIGRATIONS = (
               "responses",
               adds=((HTTP_ROLLUP, "responses_with_latency"),),
               views=(ViewChange(HTTP_ROLLUP, "latency", "quantileTDigestState(latency_ns)"),)),
+    Migration(10, "flow_input", "an input table the flows can be sent to as protobuf, from which ClickHouse derives "
+              "l7_audit, http_flows and dns_flows (store.derive = store)",
+              creates=(FLOW_INPUT,)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
+# Every table, in the order they are created (the input table's views write to the flow tables).
+EVERY_TABLE = ALL_TABLES + (FLOW_INPUT,)
 MIGRATION_NAMES = {m.version: m.name for m in MIGRATIONS}
 
 for _migration in MIGRATIONS:
@@ -187,7 +193,13 @@ def migration_statements(version: int, database: str, cluster: Cluster | None = 
     """The statements that take the schema from version-1 to version (templated on the TTLs)."""
     migration = MIGRATIONS[version - 1]
     statements = []
-    for table in ALL_TABLES:
+    for table in EVERY_TABLE:
+        if isinstance(table, InputTable):
+            # Its views are made from the target tables' columns as they are now: a migration
+            # that changes those tables must also recreate the views.
+            if any(t is table for t in migration.creates):
+                statements += [table.create_sql(database, cluster)] + table.view_sqls(database, cluster)
+            continue
         if any(t is table for t in migration.creates):
             statements.append(table.create_sql(database, cluster, columns_as_of(table, version),
                                                _settings_as_of(table, version)))
@@ -283,19 +295,32 @@ def render_current(store: StoreConfig, cluster: Cluster | None = None) -> list[s
     table (and each rollup's view) as this version defines it, and the row that records the
     version, so `flowlog run` finds nothing to migrate. Applied to an empty server, it leaves
     the same tables as every migration in turn."""
+    return ([f"CREATE DATABASE IF NOT EXISTS `{store.database}`{on_cluster(cluster)}"]
+            + _current(store, cluster, ALL_TABLES) + _current(store, cluster, (FLOW_INPUT,))
+            + [_record_current(store, cluster)])
+
+
+def _current(store: StoreConfig, cluster: Cluster | None, tables: tuple[Table, ...]) -> list[str]:
+    """The statements that create tables (and their views) as this version defines them."""
     database = store.database
-    statements = [f"CREATE DATABASE IF NOT EXISTS `{database}`{on_cluster(cluster)}"]
-    for table in ALL_TABLES:
+    statements = []
+    for table in tables:
         statements.append(table.create_sql(database, cluster))
+        if isinstance(table, InputTable):
+            statements += table.view_sqls(database, cluster)
+            continue
         if cluster is not None:
             statements.append(table.distributed_sql(database, cluster))
         if isinstance(table, Rollup):
             statements.append(table.view_sql(database, cluster))
+    return _with_ttls(statements, store)
+
+
+def _record_current(store: StoreConfig, cluster: Cluster | None) -> str:
     columns = ", ".join(f"`{name}`" for name in SCHEMA_MIGRATIONS.column_names)
     settings = "".join(f" SETTINGS {name} = {value}" for name, value in _record_settings(cluster).items())
-    statements.append(f"INSERT INTO `{database}`.`{SCHEMA_MIGRATIONS.name}` ({columns}){settings} VALUES "
-                      f"({SCHEMA_VERSION}, now64(3), '{MIGRATION_NAMES[SCHEMA_VERSION]} (created as of this version)')")
-    return _with_ttls(statements, store)
+    return (f"INSERT INTO `{store.database}`.`{SCHEMA_MIGRATIONS.name}` ({columns}){settings} VALUES "
+            f"({SCHEMA_VERSION}, now64(3), '{MIGRATION_NAMES[SCHEMA_VERSION]} (created as of this version)')")
 
 
 def _record_settings(cluster: Cluster | None) -> dict:
@@ -337,17 +362,19 @@ def migrate(client, store: StoreConfig, cluster: Cluster | None = None) -> int:
         raise MigrationError(f"database {database} has schema version {current}, newer than this "
                              f"flowlog knows ({SCHEMA_VERSION}); upgrade flowlog")
     if current == 0 and _holds_nothing_older(client, database):
-        # Also a creation cut short: every statement creates only what is missing.
-        *creates, record = render_current(store, cluster)[1:]
-        for statement in creates:
+        # Also a creation cut short: every statement creates only what is missing. The input
+        # table's views come after the check: they need the flow tables as of now.
+        for statement in _current(store, cluster, ALL_TABLES):
             client.command(statement)
-        if _drifted(client, database):
+        if _drifted(client, database, ALL_TABLES):
             # A table of an older version appeared meanwhile (an older build's pod migrating
             # the same empty database): recording this version now would stop anyone from
             # migrating it, so it is migrated in turn, which each step can be redone for.
             applied = _migrate_in_turn(client, store, cluster, 0)
         else:
-            client.command(record)
+            for statement in _current(store, cluster, (FLOW_INPUT,)):
+                client.command(statement)
+            client.command(_record_current(store, cluster))
             log.info("created the schema as of version %04d_%s in %s", SCHEMA_VERSION,
                      MIGRATION_NAMES[SCHEMA_VERSION], database)
             applied = SCHEMA_VERSION
@@ -378,20 +405,20 @@ def _holds_nothing_older(client, database: str) -> bool:
     return all(found is None for found in _drifted(client, database).values())
 
 
-def _drifted(client, database: str) -> dict[str, list[tuple[str, str]] | None]:
-    """Each table whose columns differ from its definition -> the columns found (None: no such table)."""
+def _drifted(client, database: str, tables: tuple[Table, ...] = EVERY_TABLE) -> dict[str, list[tuple[str, str]] | None]:
+    """Each of tables whose columns differ from its definition -> the columns found (None: no such table)."""
     rows = client.query("SELECT table, name, type FROM system.columns WHERE database = {db:String} "
                         "ORDER BY table, position", parameters={"db": database}).result_rows
     actual: dict[str, list[tuple[str, str]]] = {}
     for table, name, type_ in rows:
         actual.setdefault(table, []).append((name, type_))
-    return {table.name: actual.get(table.name) for table in ALL_TABLES
+    return {table.name: actual.get(table.name) for table in tables
             if actual.get(table.name) != [(c.name, c.type) for c in table.columns]}
 
 
 def column_drift(client, database: str) -> list[str]:
     """Differences between system.columns and the definitions, as readable lines."""
-    columns = {table.name: [(c.name, c.type) for c in table.columns] for table in ALL_TABLES}
+    columns = {table.name: [(c.name, c.type) for c in table.columns] for table in EVERY_TABLE}
     return [f"{name}: expected {columns[name]}, found {found}" for name, found in _drifted(client, database).items()]
 
 
@@ -403,7 +430,7 @@ def sort_key_drift(client, database: str, cluster: Cluster | None = None) -> lis
                         parameters={"db": database}).result_rows
     actual = dict(rows)
     drift = []
-    for table in ALL_TABLES:
+    for table in ALL_TABLES:  # the input table holds no rows: no sort key
         name = table.local_name if cluster else table.name
         # A one-column key comes back in parentheses.
         if name in actual and actual[name] not in (table.order_by, f"({table.order_by})"):
