@@ -52,7 +52,9 @@ _WRITE_RETRY_S = 1.0
 class Writer:
     """Takes sealed batches to the store through the spool (what `Batcher` calls its writer).
     `on_commit(table name, rows)` sees every table's rows once they are stored; `stored`
-    counts them, and `committed_ns` is the newest flow stored (`committed` is notified)."""
+    counts them, and `committed_ns` is the newest flow stored (`committed` is notified).
+    `stored` and `committed_flows` count the batches sealed in this process: not those a
+    run before it left in the spool, which it stores first."""
 
     def __init__(self, spool: Spool, sink: Sink, checkpoint: Checkpoint | None = None, on_commit=None):
         self.spool = spool
@@ -62,6 +64,7 @@ class Writer:
         self.stored: dict[str, int] = {}
         # Flows of the batches committed: stored, or found stored already.
         self.committed_flows = 0
+        self._sealed_here: set[str] = set()
         self.committed = threading.Condition()
         self.committed_ns = checkpoint.time_ns if checkpoint else 0
         self.abandoned = False
@@ -96,6 +99,7 @@ class Writer:
         return sum(t.get("received", 0) for t in self._held.tallies.values()) if self._held is not None else 0
 
     def commit(self, sealed: SealedBatch) -> None:
+        self._sealed_here.add(sealed.batch_id)
         if not self.abandoned and self._make_durable(sealed) and not self.drain():
             self.spool.release_memory()  # not stored now: it waits on disk, not in memory as well
 
@@ -184,13 +188,16 @@ class Writer:
             self._committed(batch, inserted)
 
     def _committed(self, batch: SealedBatch, inserted: dict[str, list[tuple]]) -> None:
-        if batch.source != RECORD_SOURCE:
+        this_run = batch.batch_id in self._sealed_here
+        self._sealed_here.discard(batch.batch_id)
+        if this_run and batch.source != RECORD_SOURCE:
             self.committed_flows += sum(tally.get("received", 0) for tally in batch.tallies.values())
         for table, rows in inserted.items():
             if table == INGEST_LEDGER.name or batch.source == RECORD_SOURCE:
                 continue  # bookkeeping about the rows, or about a spool file: not input of this run
-            for name, count in (derived_counts(rows) if table == FLOW_INPUT.name else {table: len(rows)}).items():
-                self.stored[name] = self.stored.get(name, 0) + count
+            if this_run:
+                for name, count in (derived_counts(rows) if table == FLOW_INPUT.name else {table: len(rows)}).items():
+                    self.stored[name] = self.stored.get(name, 0) + count
             if self.on_commit is not None:
                 self.on_commit(table, rows)
         if batch.newest_ns:
@@ -260,9 +267,11 @@ class Ingester:
         state = config.state_path
         self.checkpoint = Checkpoint(state, config.source.address, config.source.node_idle_s)
         self.spool = Spool(state / "spool", config.spool.max_mb * 1024 * 1024)
-        newest_spooled = self.spool.newest()
+        newest_spooled = self.spool.newest(config.source.address)
         if newest_spooled is not None:
-            # Spooled before a crash but not yet in the checkpoint: durable all the same.
+            # Spooled before a crash but not yet in the checkpoint: durable all the same. Only
+            # this source's: a batch of a replay or of another address says nothing of where
+            # this one stands, and resuming after it would skip flows never received.
             self.checkpoint.advance(newest_spooled.newest_flow_by_node(), newest_spooled.created_ns,
                                     newest_spooled.positions)
         self.dead_letters = DeadLetters(state, config.dead_letters.max_mb * 1024 * 1024, self.stop)

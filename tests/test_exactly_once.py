@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -55,6 +56,28 @@ def test_the_same_flows_from_another_source_address_are_stored_once(config, clie
     lines = fixture_lines(HTTP_348)
     for _ in range(2):  # each server listens on a port of its own: another checkpoint, none yet
         ingest_lines(config, client, lines)
+    assert_stored_equals_fixture(client, config, lines)
+    assert_each_flow_stored_once(client, config.store.database)
+
+
+def test_a_batch_a_killed_replay_left_in_the_spool_does_not_move_where_the_run_resumes(config, client):
+    """The run stored the oldest flows; a replay of the newest ones, killed in the same state
+    dir, left a batch in the spool. The run starts again: it resumes where it stood, not
+    after the replay's flows, which would skip the flows between unread and unrecorded."""
+    from ingest.pipeline.records import SealedBatch
+    from ingest.pipeline.spool import Spool
+
+    lines = sorted(fixture_lines(HTTP_348), key=lambda line: rfc3339_ns(line["flow"]["time"]))
+    buffer = FlowBuffer(responses_of(lines[:150]))
+    with ObserverServer(buffer) as server:
+        _follow(config, client, server, _newest_ns(lines[:150]))
+        nodes = {line["flow"]["node_name"] for line in lines}
+        Spool(config.state_path / "spool", 1 << 20).append(SealedBatch(
+            "left-by-replay", "/tmp/last-20.json", {}, {}, _newest_ns(lines),
+            {("/tmp/last-20.json", node): {"received": 0, "newest_flow_ns": _newest_ns(lines)} for node in nodes},
+            created_ns=time.time_ns()))
+        buffer.extend(responses_of(lines[150:]))
+        _follow(config, client, server, _newest_ns(lines))
     assert_stored_equals_fixture(client, config, lines)
     assert_each_flow_stored_once(client, config.store.database)
 

@@ -298,10 +298,24 @@ class Spool:
         self._ensure_directory()
         return self._readable(min)
 
-    def newest(self) -> SealedBatch | None:
-        """The batch appended last (a restart resumes after it)."""
-        found = self._readable(max)
-        return found[1] if found else None
+    def newest(self, source: str | None = None) -> SealedBatch | None:
+        """The batch appended last (a restart resumes after it); the last of source if given
+        (the state dir may hold batches of a replay killed in it, or of another address)."""
+        paths = sorted(self._sizes, reverse=True)
+        while paths:
+            path = paths[0]
+            try:
+                batch = self._read(path)
+            except SpoolFileError as err:
+                del self._sizes[path]
+                self._move_aside(path, err, path)  # the record of the loss takes its place: read next
+                if path not in self._sizes:
+                    paths.pop(0)
+                continue
+            if source is None or batch.source == source:
+                return batch
+            paths.pop(0)
+        return None
 
     def done(self, path: Path) -> None:
         """The store has every row of the batch in path."""
