@@ -27,20 +27,20 @@ if __package__ in (None, ""):
 import tests.test_faults as faults  # noqa: E402
 
 
-def run_seed(seed: int, workdir: Path) -> tuple[bool, str, list[str], int]:
+def run_seed(seed: int, workdir: Path, derive: str = "ingester") -> tuple[bool, str, list[str], int]:
     """(passed, failure text, run history, flows expected) of one schedule."""
     recorded: dict = {}
     original = faults.run_schedule
 
-    def recording(seed_, tmp_path):
-        result = original(seed_, tmp_path)
+    def recording(seed_, tmp_path, derive_):
+        result = original(seed_, tmp_path, derive_)
         recorded["history"] = result[1]
         recorded["flows"] = len(result[3]["audit"])
         return result
 
     faults.run_schedule = recording  # the test's checks, on the schedule's result as it ran
     try:
-        faults.test_fault_schedule_stores_every_flow_exactly_once(seed, workdir)
+        faults.test_fault_schedule_stores_every_flow_exactly_once(seed, derive, workdir)
         return True, "", recorded.get("history", []), recorded.get("flows", 0)
     except Exception as err:  # AssertionError from the checks, or a worker that failed
         text = "".join(traceback.format_exception_only(type(err), err)).strip()
@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
     parser.add_argument("--start", type=int, default=1000, help="first seed (default 1000; the tests use 0..29)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failing seed")
+    parser.add_argument("--derive", choices=["ingester", "store"], default="ingester",
+                        help="who fills the flow tables (store.derive; default ingester)")
     parser.add_argument("--keep-failed", action="store_true", help="keep the state directory of failing seeds")
     args = parser.parse_args(argv)
 
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     for seed in range(args.start, args.start + args.seeds):
         workdir = Path(tempfile.mkdtemp(prefix=f"flowlog-soak-{seed}-"))
         seed_started = time.monotonic()
-        passed, error, history, flows = run_seed(seed, workdir)
+        passed, error, history, flows = run_seed(seed, workdir, args.derive)
         seconds = time.monotonic() - seed_started
         durations.append(seconds)
         runs = "; ".join(history) if history else "-"

@@ -31,7 +31,7 @@ from .metrics.l7 import L7Metrics
 from .pipeline.batching import Batcher
 from .pipeline.checkpoint import Checkpoint
 from .pipeline.deadletters import DeadLetters
-from .pipeline.ledger import derived_counts, ledger_rows
+from .pipeline.ledger import ledger_rows
 from .pipeline.records import RECORD_SOURCE, SealedBatch
 from .pipeline.sink import BatchRefused, Sink, StoreUnavailable
 from .pipeline.spool import Spool
@@ -39,7 +39,7 @@ from .sources.files import FileSource, ReplayCounts
 from .sources.exporter import ExporterSource
 from .sources.hubble import HubbleSource
 from .statedir import StateDirInUse, StateLock, open_private
-from .store.flow_input import FLOW_INPUT, protobuf_schema
+from .store.flow_input import FLOW_INPUT, derived_counts, protobuf_schema
 from .store.migrations import SCHEMA_VERSION, applied_version
 from .store.schema import INGEST_LEDGER
 
@@ -65,6 +65,8 @@ class Writer:
         # Flows of the batches committed: stored, or found stored already.
         self.committed_flows = 0
         self._sealed_here: set[str] = set()
+        # Batches whose insert failed in this process: some of their rows may be stored.
+        self._attempted: set[str] = set()
         self.committed = threading.Condition()
         self.committed_ns = checkpoint.time_ns if checkpoint else 0
         self.abandoned = False
@@ -171,7 +173,14 @@ class Writer:
                     batch.resolved = True
                     if asked or dropped:
                         self.spool.keep_answer(path, batch, rows_dropped=dropped)
-                inserted = self.sink.insert(batch)
+                # A batch tried before, in this process or (as far as it knows) in the one
+                # that spooled it, may be partly stored.
+                retry = batch.batch_id in self._attempted or batch.batch_id not in self._sealed_here
+                try:
+                    inserted = self.sink.insert(batch, retry)
+                except StoreUnavailable:
+                    self._attempted.add(batch.batch_id)
+                    raise
             except StoreUnavailable as err:
                 self.sink.failed(err)
                 self.spool.release_memory()
@@ -190,6 +199,7 @@ class Writer:
     def _committed(self, batch: SealedBatch, inserted: dict[str, list[tuple]]) -> None:
         this_run = batch.batch_id in self._sealed_here
         self._sealed_here.discard(batch.batch_id)
+        self._attempted.discard(batch.batch_id)
         if this_run and batch.source != RECORD_SOURCE:
             self.committed_flows += sum(tally.get("received", 0) for tally in batch.tallies.values())
         for table, rows in inserted.items():

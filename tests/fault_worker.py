@@ -1,8 +1,8 @@
 """`flowlog run` with a fault-injecting store client, as a process the fault tests kill.
 
-    python -m tests.fault_worker ADDRESS STATE_DIR SEED RUN MAY_CRASH
+    python -m tests.fault_worker ADDRESS STATE_DIR SEED RUN MAY_CRASH DERIVE
 
-On SIGTERM it stops like `flowlog run` and prints, as one JSON line, what the store
+DERIVE is store.derive (ingester or store). On SIGTERM it stops like `flowlog run` and prints, as one JSON line, what the store
 holds, for the test to check.
 """
 
@@ -37,13 +37,14 @@ def stored(client, database: str) -> dict:
     }
 
 
-def main(address: str, state_dir: str, seed: int, run: int, may_crash: bool) -> int:
+def main(address: str, state_dir: str, seed: int, run: int, may_crash: bool, derive: str) -> int:
     rng = random.Random(f"{seed}:{run}:batch")
     config = load(env={}, overrides={
         "source.address": address, "state_dir": state_dir, "metrics.address": "",
         "batch.max_rows": str(rng.choice([20, 50, 120])), "batch.max_delay_ms": "40",
         "store.retry_initial_s": "0.02", "store.retry_max_s": "0.2", "shutdown_timeout_s": "10",
-        "source.reconnect_initial_s": "0.05", "source.reconnect_max_s": "0.2"})
+        "source.reconnect_initial_s": "0.05", "source.reconnect_max_s": "0.2",
+        "store.derive": derive, "metrics.l7": str(derive == "ingester").lower()})
     logs.configure("plain", "warning")
     client = open_store(config)
     ingester = Ingester(config, client)
@@ -55,5 +56,5 @@ def main(address: str, state_dir: str, seed: int, run: int, may_crash: bool) -> 
 
 
 if __name__ == "__main__":
-    address, state_dir, seed, run, may_crash = sys.argv[1:6]
-    sys.exit(main(address, state_dir, int(seed), int(run), may_crash == "1"))
+    address, state_dir, seed, run, may_crash, derive = sys.argv[1:7]
+    sys.exit(main(address, state_dir, int(seed), int(run), may_crash == "1", derive))

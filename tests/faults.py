@@ -69,3 +69,6 @@ class FaultyClient:
 
     def query(self, *args, **kwargs):
         return self._call(self._client.query, *args, **kwargs)
+
+    def raw_insert(self, *args, **kwargs):  # the input table's inserts (store.derive = store)
+        return self._call(self._client.raw_insert, *args, **kwargs)

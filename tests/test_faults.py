@@ -38,6 +38,7 @@ from .helpers import DNS_330, HTTP_348, REPO, ArrivalOrderBuffer, fixture_lines,
 
 # 12 keep the suite within 15 minutes on 2 cores (each takes 10 to 13 s); bench/soak.py runs more.
 SCHEDULES = int(os.environ.get("FLOWLOG_FAULT_SCHEDULES", "12"))
+DERIVED_SCHEDULES = int(os.environ.get("FLOWLOG_FAULT_SCHEDULES_DERIVED", "4"))
 MAX_RUNS = 4
 
 
@@ -114,7 +115,7 @@ def between_runs(rng: random.Random, state: Path, servers: list, server):
     return server, ""
 
 
-def run_schedule(seed: int, tmp_path: Path) -> tuple[dict, list, int, list[str]]:
+def run_schedule(seed: int, tmp_path: Path, derive: str = "ingester") -> tuple[dict, list, int, list[str]]:
     rng = random.Random(f"{seed}:outside")
     responses, lost_total, relay = schedule_input(seed)
     newest_ns = max(r.flow.time.seconds * 1_000_000_000 + r.flow.time.nanos for r in responses if r.HasField("flow"))
@@ -137,7 +138,7 @@ def run_schedule(seed: int, tmp_path: Path) -> tuple[dict, list, int, list[str]]
                     history.append(happened)
             worker = subprocess.Popen(
                 [sys.executable, "-m", "tests.fault_worker", server.address, str(state), str(seed), str(run),
-                 "0" if last else "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 "0" if last else "1", derive], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             kill_at = time.monotonic() + rng.uniform(1.0, 3.0) if not last and rng.random() < 0.3 else None
             deadline = time.monotonic() + 60
             while worker.poll() is None and time.monotonic() < deadline:
@@ -156,9 +157,12 @@ def run_schedule(seed: int, tmp_path: Path) -> tuple[dict, list, int, list[str]]
     raise AssertionError(f"seed {seed}: not done after {MAX_RUNS} runs: {history}")
 
 
-@pytest.mark.parametrize("seed", range(SCHEDULES))
-def test_fault_schedule_stores_every_flow_exactly_once(seed, tmp_path):
-    stored, history, lost_total, expected = run_schedule(seed, tmp_path)
+# The same schedules with the columns derived in the store: the input table's insert,
+# retried on its token alone, meets the same faults.
+@pytest.mark.parametrize("seed, derive", [(seed, "ingester") for seed in range(SCHEDULES)]
+                         + [(seed, "store") for seed in range(DERIVED_SCHEDULES)])
+def test_fault_schedule_stores_every_flow_exactly_once(seed, derive, tmp_path):
+    stored, history, lost_total, expected = run_schedule(seed, tmp_path, derive)
     context = f"seed {seed}: {history}"
     for table, key in (("audit_ids", "audit"), ("http_ids", "http_flows"), ("dns_ids", "dns_flows")):
         counts = Counter(stored[table])

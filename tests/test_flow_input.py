@@ -9,6 +9,7 @@ import dataclasses
 import json
 
 import pytest
+from prometheus_client import REGISTRY
 
 from ingest import config as config_mod
 from ingest.runner import replay
@@ -152,7 +153,13 @@ def test_a_flow_replayed_again_is_stored_once(config, client, tmp_path):
     each = config_mod.load(env={}, overrides={"store.dsn": config.store.dsn, "store.database": config.store.database,
                                               "state_dir": str(tmp_path / "state"), "store.derive": "store",
                                               "metrics.l7": "false"})
+    def inserted(table):  # what the dashboards' throughput panels read
+        return REGISTRY.get_sample_value("flowlog_rows_inserted_total", {"table": table}) or 0
+
+    before = {table: inserted(table) for table in ("l7_audit", "http_flows", "flow_input")}
     first = replay(each, client, [str(HTTP_348)])
+    assert {table: inserted(table) - before[table] for table in before} == \
+        {"l7_audit": 348, "http_flows": 348, "flow_input": 0}
     again = replay(each, client, [str(HTTP_348)])
     assert first.stored == {"http_flows": 348, "l7_audit": 348}
     assert again.stored == {} and again.duplicates == 348

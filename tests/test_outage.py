@@ -11,6 +11,7 @@ import time
 from ingest.decode.decoder import Decoder
 from ingest.demo.traffic import DemoTraffic
 from ingest.demo.observer import FlowBuffer, ObserverServer
+from ingest.store.schema import HTTP_FLOWS
 
 from .helpers import RunningIngester, take_store_down, wait_for
 
@@ -123,3 +124,52 @@ def test_stop_with_the_store_down_returns_within_the_bound_and_the_next_start_dr
             wait_for(lambda: len(second.spool) == 0, what="the spool drained at start")
     ids = stored_ids(client, config.store.database)
     assert len(ids) == len(set(ids)) and set(ids) == flow_ids(responses)
+
+
+def test_the_store_is_up_from_the_start_not_from_the_first_insert(config, client):
+    """A node whose Hubble is quiet or down inserts nothing for a while: its store is no less up."""
+    from prometheus_client import REGISTRY
+
+    from ingest import metrics
+
+    metrics.STORE_UP.set(0)  # as an earlier outage in this process left it
+    config.source.address = "127.0.0.1:1"  # nothing listens: no flow, no insert
+    with RunningIngester(config, client):
+        assert REGISTRY.get_sample_value("flowlog_store_up") == 1
+
+
+def test_a_retry_past_the_deduplication_window_stores_nothing_twice(config, client):
+    """The http_flows insert lands, the l7_audit one lands but its answer is lost; before the
+    retry, other writers (the DaemonSet's other nodes) insert more blocks into http_flows
+    than its deduplication window holds. The token alone no longer protects the retry: the
+    rows are looked up first."""
+    from ingest.pipeline.batching import Batch
+    from ingest.pipeline.records import Entry
+    from ingest.pipeline.sink import Sink
+    from ingest.pipeline.spool import Spool
+    from ingest.runner import Writer
+
+    from .faults import FAIL_AFTER, FaultyClient
+    from .helpers import HTTP_348, fixture_lines, responses_of
+
+    db = config.store.database
+    client.command(f"ALTER TABLE `{db}`.http_flows MODIFY SETTING non_replicated_deduplication_window = 2")
+    batch, decoder = Batch(), Decoder()
+    lines = fixture_lines(HTTP_348)
+    for response in responses_of(lines[:10]):
+        batch.add(Entry(decoder.decode(response), False, "hubble:4245"))
+    faulty = FaultyClient(client, {1: FAIL_AFTER})  # 0: http_flows, 1: l7_audit (landed, answer lost)
+    writer = Writer(Spool(config.state_path / "spool", 1 << 30), Sink(faulty, db, 0.0, 0.0))
+    writer.commit(batch.seal())
+    assert len(writer.spool) == 1  # to be retried
+    others = Batch()
+    for response in responses_of(lines[10:13]):  # three blocks of one flow each, from elsewhere
+        others.add(Entry(decoder.decode(response), False, "other"))
+    for row in others.seal().rows["http_flows"]:
+        client.insert(f"`{db}`.http_flows", [row], column_names=[c.name for c in HTTP_FLOWS.columns if not c.alias])
+    writer.sink._next_try = 0.0
+    assert writer.drain(force=True)
+    assert client.query(f"SELECT count(), uniqExact(flow_id) FROM `{db}`.http_flows").result_rows == [(13, 13)]
+    assert client.query(f"SELECT count(), uniqExact(flow_id) FROM `{db}`.l7_audit").result_rows == [(10, 10)]
+    assert client.query(f"SELECT sum(stored_http), sum(stored_audit), sum(duplicates) FROM `{db}`.ingest_ledger"
+                        ).result_rows == [(10, 10, 0)]

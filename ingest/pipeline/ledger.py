@@ -21,18 +21,7 @@ _GAP_KIND = INGEST_GAPS.column_names.index("kind")
 # An input row stores an audit row, and a typed one by its type.
 _INPUT_NODE, _INPUT_TYPE = FLOW_INPUT.column_names.index("node"), FLOW_INPUT.column_names.index("type")
 _INPUT_STORES = {"HTTP": ("stored_audit", "stored_http"), "DNS": ("stored_audit", "stored_dns")}
-_INPUT_TABLES = {"HTTP": HTTP_FLOWS.name, "DNS": DNS_FLOWS.name}
 _GAP_COUNT = INGEST_GAPS.column_names.index("count")
-
-
-def derived_counts(input_rows: list[tuple]) -> dict[str, int]:
-    """The rows each table gets from these rows of the input table, by table name."""
-    counts = {L7_AUDIT.name: len(input_rows)}
-    for row in input_rows:
-        typed = _INPUT_TABLES.get(row[_INPUT_TYPE])
-        if typed is not None:
-            counts[typed] = counts.get(typed, 0) + 1
-    return counts
 
 
 def ledger_rows(batch: SealedBatch) -> list[tuple]:

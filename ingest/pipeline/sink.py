@@ -111,6 +111,9 @@ class Sink:
         # Tables whose rows were refused (their batch set aside) and that no batch since has
         # inserted rows into.
         self._refusing: set[str] = set()
+        # The store answered before a sink is made (the schema's version): up until an insert
+        # fails, not down until one succeeds (a quiet node would page as a store outage).
+        metrics.STORE_UP.set(1)
 
     @property
     def healthy(self) -> bool:
@@ -177,6 +180,14 @@ class Sink:
         batch.check_stored = {}
         return asked, bool(found)
 
+    def _not_stored(self, table: Table, rows: list[tuple]) -> list[tuple]:
+        """The rows table does not hold yet, by id."""
+        id_index, time_index = table.column_names.index(table.id_column), table.column_names.index("time")
+        times = [row[time_index] for row in rows]
+        stored = self._call(table, lambda: self.stored_ids(table, {row[id_index] for row in rows}, min(times),
+                                                           max(times)))
+        return [row for row in rows if row[id_index] not in stored] if stored else rows
+
     def stored_ids(self, table: Table, ids: set[str], min_ns: int, max_ns: int) -> set[str]:
         source = f"`{self.database}`.`{table.name}`"
         in_range = "time >= fromUnixTimestamp64Nano({lo:Int64}) AND time <= fromUnixTimestamp64Nano({hi:Int64})"
@@ -195,13 +206,25 @@ class Sink:
             found |= {stored.replace("-", "") for stored in found}
         return found
 
-    def insert(self, batch: SealedBatch) -> dict[str, list[tuple]]:
-        """Every table's rows, in WRITE_ORDER; the rows inserted, by table name."""
+    def insert(self, batch: SealedBatch, retry: bool = False) -> dict[str, list[tuple]]:
+        """Every table's rows, in WRITE_ORDER; the batch's rows of each table, now stored.
+
+        retry: an earlier attempt may have stored some of them. Its token makes ClickHouse
+        drop a block it has, but only among the table's last inserted blocks
+        (non_replicated_deduplication_window): with many nodes writing to one server, a
+        retry half a minute later can be past it. So each table is asked first, and only
+        the rows it lacks are sent (under the token of what is sent). The input table is
+        not: its views store in three tables, and its token is all there is."""
         inserted = {}
         for table in WRITE_ORDER:
-            rows = batch.rows.get(table.name)
+            batch_rows = rows = batch.rows.get(table.name)
             if not rows:
                 continue
+            if retry and table is not FLOW_INPUT:
+                rows = self._not_stored(table, rows)
+                if not rows:
+                    inserted[table.name] = batch_rows
+                    continue
             token = insert_token(batch.batch_id, table, rows)
 
             def insert():
@@ -238,9 +261,12 @@ class Sink:
                                                      f"{type(cause).__name__}: {cause}", table.name,
                                                      tuple(inserted)), batch) from cause
                 raise
-            metrics.ROWS_INSERTED.labels(table.name).inc(len(rows))
+            # By the tables that hold the rows: the input table's views store in three.
+            stored = flow_input.derived_counts(rows) if table is FLOW_INPUT else {table.name: len(rows)}
+            for name, count in stored.items():
+                metrics.ROWS_INSERTED.labels(name).inc(count)
             metrics.BATCHES_INSERTED.labels(table.name).inc()
-            inserted[table.name] = rows
+            inserted[table.name] = batch_rows
         metrics.LAST_INSERT.set(time.time())
         if batch.source != RECORD_SOURCE:  # a record's gap and ledger rows are no proof: see _refusal
             self._refusing.difference_update(inserted)

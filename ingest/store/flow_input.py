@@ -120,6 +120,20 @@ FLOW_INPUT = InputTable(
 )
 
 
+_TYPE_AT = FLOW_INPUT.column_names.index("type")
+_TYPED = {"HTTP": HTTP_FLOWS.name, "DNS": DNS_FLOWS.name}
+
+
+def derived_counts(input_rows: list[tuple]) -> dict[str, int]:
+    """The rows each table gets from these rows of the input table, by table name."""
+    counts = {L7_AUDIT.name: len(input_rows)}
+    for row in input_rows:
+        typed = _TYPED.get(row[_TYPE_AT])
+        if typed is not None:
+            counts[typed] = counts.get(typed, 0) + 1
+    return counts
+
+
 def _names(enum, number: str) -> str:
     """An enum number as the ingester names it: the name, else its digits."""
     values = enum.DESCRIPTOR.values
