@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -210,11 +211,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stdout_closed() -> bool:
+    """Whether the reader of stdout went away: a flush fails, or (the failed write having
+    dropped what was buffered) the pipe reports an error."""
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         return True
-    return False
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no file descriptor behind stdout
+        return False
 
 
 def _secret_on_command_line(args: argparse.Namespace) -> bool:
@@ -239,9 +247,9 @@ def _dispatch(args: argparse.Namespace, config) -> int:
         return _migrate_offline(args, config)
     if args.command == "query":
         return run_query(args, config)
-    from .store.connection import open_store
-    if args.command == "visibility":
-        return run_visibility(args, config, lambda: open_store(config, create=False))
+    from .store.connection import connect, open_store
+    if args.command == "visibility":  # status reads the store: it never creates or migrates it
+        return run_visibility(args, config, lambda: connect(config, create=False, read_only=True))
     if args.command == "serve":
         from .history.command import run_serve
         return run_serve(config)
@@ -255,7 +263,11 @@ def _dispatch(args: argparse.Namespace, config) -> int:
         lock.acquire()
         large_allocations_return_to_the_os()
     try:
-        return _with_store(args, config, open_store(config, create=args.command in _MAKE_A_STORE), lock)
+        # `sql` reads: a typo in --database makes no database, and a newer build does not
+        # migrate a production store on the way to a SELECT.
+        client = open_store(config, create=True) if args.command in _MAKE_A_STORE else \
+            connect(config, create=False, read_only=True)
+        return _with_store(args, config, client, lock)
     finally:
         if lock is not None:
             lock.release()
@@ -465,8 +477,8 @@ def run_query(args: argparse.Namespace, config, client=None) -> int:
     query.bind(values)  # refuse before opening the store
     own = client is None
     if own:
-        from .store.connection import open_store
-        client = open_store(config, create=False)
+        from .store.connection import connect
+        client = connect(config, create=False, read_only=True)  # a query reads: no database made, no migration
     try:
         out = query.run(client, values, SQL_FORMATS[args.format], config.store.database)
     finally:

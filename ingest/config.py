@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .masking import MASK, Masker, credential_forms, dsn_secrets, mask_dsn
+from .masking import MASK, Masker, credential_forms, dsn_secrets, mask_dsn, without_userinfo
 
 DEFAULT_SOURCE = "unix:///var/run/cilium/hubble.sock"
 # A source address that names Hubble exporter files: file:///var/run/cilium/hubble/events.log
@@ -395,6 +395,34 @@ def env_name(dotted: str) -> str:
 ENV_ALIASES = {"FLOWLOG_STORE": "store.dsn"}
 
 
+def _check_source_filters(source: SourceConfig) -> None:
+    """The verdicts Hubble knows; and the filters only where Hubble's server applies them."""
+    if source.verdicts:
+        from .api.flow import flow_pb2
+        known = flow_pb2.Verdict.keys()
+        unknown = [v for v in source.verdicts if v.upper() not in known]
+        if unknown:
+            raise ConfigError(f"source.verdicts: {', '.join(unknown)}: no such verdict (Hubble's are "
+                              f"{', '.join(known)})")
+    if (source.namespaces or source.verdicts) and source.address.startswith(FILE_SCHEME):
+        raise ConfigError("source.namespaces, source.verdicts: Hubble's server applies them to a stream; exporter "
+                          "files hold what the exporter's own filters let through (hubble-export-allowlist, "
+                          "hubble-export-denylist): set those instead")
+
+
+def _check_serve_tls(tls: TLSConfig) -> None:
+    """`flowlog serve` serves TLS with cert_file and key_file, and requires client
+    certificates with ca_file as well. Anything else asked of it without a certificate
+    would be served in plaintext, with no client authentication: refused."""
+    if tls.cert_file and tls.key_file:
+        return
+    asked = [f"serve.tls.{name}" for name in ("enabled", "ca_file", "cert_file", "key_file", "server_name")
+             if getattr(tls, name)]
+    if asked:
+        raise ConfigError(f"{', '.join(asked)}: serving TLS needs serve.tls.cert_file and serve.tls.key_file; "
+                          "without both it would serve plaintext")
+
+
 def load(path: str | None = None, env: dict[str, str] | None = None,
          overrides: dict[str, typing.Any] | None = None) -> Config:
     """Build the config from file, environment and flag overrides (dotted keys).
@@ -438,7 +466,17 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
     if dsn.scheme == "chdb" and dsn.path != "memory" and not (dsn.path.startswith("/") and dsn.netloc == ""):
         raise ConfigError(f"store.dsn: {mask_dsn(config.store.dsn)}: the embedded store's directory must be an "
                           "absolute path, chdb:///abs/dir")
+    if dsn.scheme in ("http", "https", "clickhouse", "clickhouses"):
+        server = urlsplit(without_userinfo(config.store.dsn))  # a raw "#" or "/" in a password is no path
+        try:
+            server.port  # noqa: B018  (urlsplit checks the port when asked for it)
+        except ValueError:
+            raise ConfigError(f"store.dsn: {mask_dsn(config.store.dsn)}: the port is not a number") from None
+        if not server.hostname:  # clickhouse-connect would go to http://localhost:8123, even from https://
+            raise ConfigError(f"store.dsn: {mask_dsn(config.store.dsn)}: no host (http(s)://user@host:8123)")
+    _check_source_filters(config.source)
     _check_address("metrics.address", config.metrics.address, empty_allowed=True)
+    _check_serve_tls(config.serve.tls)
     _check_address("serve.listen", config.serve.listen)
     _check_address("serve.metrics_address", config.serve.metrics_address, empty_allowed=True)
     if config.serve.follow_window_s <= config.serve.follow_delay_s:
@@ -468,6 +506,8 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
     config.source.files  # raises on a file:// address that names no absolute path
     if config.log.format not in ("plain", "json"):
         raise ConfigError(f"log.format: expected plain or json, got {config.log.format!r}")
+    if config.log.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log.level: expected debug, info, warning or error, got {config.log.level!r}")
     return config
 
 

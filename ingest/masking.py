@@ -23,17 +23,25 @@ _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]*)?|\[[0-9A-Fa-f:.]+\](:[0-9]*)?")
 CREDENTIAL_PARAMS = ("access_token", "password", "http_proxy", "https_proxy")
 
 
+_SHORT = 4
+
+
 class Masker:
     """Text with every secret replaced by MASK; the longest first, so a secret that holds
     another is masked whole."""
 
     def __init__(self, secrets: Iterable[str] = ()):
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # A secret this short is in every other word ("e" in "store"): masked where it stands
+        # alone (":e@", "password=e"), not inside words, which would leave no text to read.
+        self._short = {s: re.compile(rf"(?<![A-Za-z0-9]){re.escape(s)}(?![A-Za-z0-9])")
+                       for s in self.secrets if len(s) < _SHORT}
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             if secret in text:
-                text = text.replace(secret, MASK)
+                short = self._short.get(secret)
+                text = text.replace(secret, MASK) if short is None else short.sub(MASK, text)
         return text
 
 
@@ -66,6 +74,13 @@ def _userinfo(dsn: str) -> tuple[int, int] | None:
         return None  # an "@" in the query, not after a user
     host = re.split(r"[/?#]", dsn[at + 1:], maxsplit=1)[0]
     return (start, at) if _HOST.fullmatch(host) else None
+
+
+def without_userinfo(dsn: str) -> str:
+    """The DSN without its `user[:password]@`, found as `_userinfo` finds it: what urlsplit
+    reads the host and port of, whatever the password holds."""
+    where = _userinfo(dsn)
+    return dsn if where is None else dsn[:where[0]] + dsn[where[1] + 1:]
 
 
 def dsn_secrets(dsn: str) -> tuple[list[str], list[str]]:

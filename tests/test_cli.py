@@ -55,7 +55,44 @@ def test_sql_errors_are_one_line_and_formats_are_clickhouses(tmp_path):
     assert own.stdout.strip() == '{"a":1}'
 
 
+def test_reading_commands_neither_create_nor_migrate_a_database(tmp_path):
+    """sql and query read: a mistyped --database is an error, not a new empty schema."""
+    assert flowlog("migrate", "--state-dir", str(tmp_path)).returncode == 0
+    for command in (["sql", "SELECT count() FROM http_flows"], ["query", "http_latency", "--since", "1h"]):
+        result = flowlog(*command, "--state-dir", str(tmp_path), "--set", "store.database=typo")
+        assert result.returncode == 1 and "typo" in result.stderr.strip().splitlines()[-1], result.stderr
+        assert "created the schema" not in result.stderr
+    databases = flowlog("sql", "--state-dir", str(tmp_path), "--format", "tsv", "SHOW DATABASES")
+    assert "typo" not in databases.stdout.split() and "flowlog" in databases.stdout.split()
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
+    """`flowlog migrate --history | head -1`: the reader leaves early, which is no error."""
+    for command in ("migrate --history", "migrate --print"):
+        done = subprocess.run(f"{sys.executable} -m ingest {command} --state-dir {tmp_path} 2>{tmp_path}/err | head -1",
+                              shell=True, capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert done.stdout.startswith("--") and (tmp_path / "err").read_text() == "", command
+
+
 def test_help_everywhere():
     for command in ("run", "replay", "migrate", "sql", "demo"):
         result = flowlog(command, "--help")
         assert result.returncode == 0 and "--store" in result.stdout
+
+
+def test_an_embedded_store_another_process_holds_is_named_as_in_use(tmp_path):
+    assert flowlog("migrate", "--state-dir", str(tmp_path)).returncode == 0
+    store = tmp_path / "clickhouse"
+    holder = subprocess.Popen([sys.executable, "-c", f"import chdb, sys; c = chdb.connect({str(store)!r}); "
+                               "print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = flowlog("sql", "--state-dir", str(tmp_path), "SELECT 1")
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"flowlog: error: store chdb://{store}: the embedded store in {store} is in use by another process (a "
+            "flowlog run, replay or demo holds it while it runs): stop that first, or store in a ClickHouse server, "
+            "which many can read at once")
+    finally:
+        holder.communicate("")

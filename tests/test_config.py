@@ -66,3 +66,40 @@ def test_config_show_cli_and_unknown_key_exit_code(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "ingest", "config", "show", "--set", "batch.max_rows=123"],
                         capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0 and yaml.safe_load(ok.stdout)["batch"]["max_rows"] == 123
+
+
+@pytest.mark.parametrize("settings", [{"serve.tls.ca_file": "/ca.pem"}, {"serve.tls.key_file": "/key.pem"},
+                                      {"serve.tls.enabled": "true"}, {"serve.tls.cert_file": "/cert.pem"}])
+def test_serve_tls_without_a_certificate_and_its_key_is_refused_not_served_in_plaintext(settings):
+    with pytest.raises(ConfigError, match=r"serving TLS needs serve.tls.cert_file and serve.tls.key_file"):
+        load(env={}, overrides=settings)
+    assert load(env={}, overrides={"serve.tls.cert_file": "/c", "serve.tls.key_file": "/k",
+                                   "serve.tls.ca_file": "/ca"}).serve.tls.ca_file == "/ca"
+
+
+def test_an_unknown_log_level_is_a_configuration_error():
+    with pytest.raises(ConfigError, match=r"log.level: expected debug, info, warning or error, got 'verbose'"):
+        load(env={}, overrides={"log.level": "verbose"})
+
+
+@pytest.mark.parametrize("dsn, message", [("https://", "no host"), ("http://user@:8123", "no host"),
+                                          ("http://host:notaport", "the port is not a number")])
+def test_a_server_dsn_without_a_host_or_port_is_refused_not_sent_to_localhost(dsn, message):
+    with pytest.raises(ConfigError, match=f"store.dsn: .*: {message}"):
+        load(env={}, overrides={"store.dsn": dsn})
+
+
+def test_source_filters_are_for_a_hubble_source_and_name_real_verdicts():
+    with pytest.raises(ConfigError, match=r"source.verdicts: BOGUS: no such verdict \(Hubble's are VERDICT_UNKNOWN, "
+                                          r"FORWARDED, DROPPED"):
+        load(env={}, overrides={"source.verdicts": "BOGUS"})
+    with pytest.raises(ConfigError, match=r"source.namespaces, source.verdicts: Hubble's server applies them .* "
+                                          r"\(hubble-export-allowlist"):
+        load(env={}, overrides={"source.address": "file:///var/run/cilium/hubble/events.log",
+                                "source.namespaces": "shop"})
+    assert load(env={}, overrides={"source.verdicts": "dropped"}).source.verdicts == ["dropped"]
+
+
+def test_a_password_with_a_raw_hash_or_slash_is_no_port_or_path():
+    for dsn in ("http://default:Pa#ss9@host:8123", "http://default:Pa/ss9@host:8123/?secure=0"):
+        assert load(env={}, overrides={"store.dsn": dsn}).store.dsn == dsn

@@ -121,6 +121,20 @@ def test_status_nodes_namespaces_and_health(stored):
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def test_an_address_in_use_is_named_not_reported_as_a_defect(tmp_path):
+    import socket
+
+    config = make_config(tmp_path / "no-store", str(tmp_path / "state"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config.serve.listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(OSError, match=rf"serve.listen: cannot listen on {config.serve.listen}: the address is "
+                                          "in use or not this host's"):
+            HistoryServer(HistoryReader(lambda: None, config.store.database, config.serve), config.serve,
+                          config.store.database)
+
+
 def test_health_says_not_serving_while_the_store_does_not_answer(tmp_path):
     config = make_config(tmp_path / "no-store", str(tmp_path / "state"))
     config.store.dsn = "http://127.0.0.1:9/"  # nothing listens on the discard port

@@ -427,3 +427,11 @@ def test_an_at_sign_in_a_dsn_parameter_is_not_taken_for_a_user(dsn, shown):
 
     assert mask_dsn(dsn) == shown
     assert all("/" not in secret or "Pa" in secret for secret in dsn_secrets(dsn)[0])
+
+
+def test_a_very_short_secret_is_masked_where_it_stands_alone_not_inside_every_word():
+    from ingest.masking import Masker
+
+    mask = Masker(["e"])
+    assert mask("store: enabled: false; http://u:e@host/?password=e") == \
+        "store: enabled: false; http://u:*****@host/?password=*****"

@@ -188,12 +188,17 @@ class HistoryServer:
         observer_pb2_grpc.add_ObserverServicer_to_server(HistoryObserver(reader, serve, database, tls), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if tls:
-            self.port = self.server.add_secure_port(serve.listen, _credentials(serve))
-        else:
-            self.port = self.server.add_insecure_port(serve.listen)
+        try:  # grpcio returns 0, or (since 1.5x) raises RuntimeError("Failed to bind ...")
+            if tls:
+                self.port = self.server.add_secure_port(serve.listen, _credentials(serve))
+            else:
+                self.port = self.server.add_insecure_port(serve.listen)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"serve.listen: cannot listen on {serve.listen}")
+            why = (": the address is in use or not this host's, or serve.tls.cert_file and key_file are no PEM "
+                   "certificate and its key" if tls else ": the address is in use or not this host's")
+            raise OSError(f"serve.listen: cannot listen on {serve.listen}{why}")
         self.store_answers = False
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_store, name="history-health", daemon=True)

@@ -7,7 +7,9 @@ the config says so (`store.migrate`).
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -65,7 +67,28 @@ def connect(config: Config, create: bool = True, read_only: bool = False) -> Cli
     except StoreError:
         raise
     except Exception as err:  # clickhouse-connect and chdb raise many kinds
+        if scheme == "chdb" and _locked_by_another(Path(urlsplit(dsn).path)):
+            raise StoreError(f"store {dsn}: the embedded store in {urlsplit(dsn).path} is in use by another process "
+                             "(a flowlog run, replay or demo holds it while it runs): stop that first, or store in a "
+                             "ClickHouse server, which many can read at once") from None
         raise StoreError(f"cannot reach store {mask_dsn(dsn)}: {mask(str(err))}") from None
+
+
+def _locked_by_another(path: Path) -> bool:
+    """Whether an engine holds the store's directory: ClickHouse keeps `status` locked
+    (flock) while it runs. Asked only after opening it failed, as a lock this process
+    itself holds would say the same."""
+    try:
+        fd = os.open(path / "status", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock it took
+    return False
 
 
 def open_store(config: Config, create: bool = True) -> Client:

@@ -11,7 +11,8 @@
 -- (an aggregated line usually does not: latency_ns 0); 0 when none does. Longer ranges read http_rollup_1m, over the whole minutes that overlap the
 -- range, with quantilesTDigestMerge(0.5, 0.95, 0.99) over the per-minute t-digests: approximate
 -- (ClickHouse's t-digest has epsilon 0.01, so a centroid holds at most 1% of the values and the
--- estimate lies within 2% of n + 2 ranks of the exact one), rounded to the microsecond.
+-- estimate lies within 2% of n + 2 ranks of the exact one; an aggregated line with a latency is one
+-- centroid of its weight, interpolated towards its neighbours), rounded to the microsecond.
 -- The answer has the same columns either way; read_from says which table answered.
 -- A route is the method and the path with ids collapsed: a path segment that is a number, a UUID,
 -- or 8 or more hex digits with at least one digit becomes {id} (GET /reviews/{id}).
