@@ -534,8 +534,8 @@ def test_flowlog_observe_prints_stored_flows_as_hubble_does(stored, capsys):
     assert out[-1] == ("Oct  4 14:30:59.864: bookinfo/ratings-v1-b6994bb9-4dt5c:44312 (ID:26105) <- "
                        "bookinfo/productpage-v1-6b746f74dc-ffh56:9080 (world) http-response FORWARDED "
                        "(HTTP/1.1 200 3020ms (GET http://productpage:9080/productpage))")
-    assert cli.main(["observe", "--server", f"127.0.0.1:{served.server.port}", "--since", "2021-10-04T00:00:00Z",
-                     "--all", "-o", "jsonpb", "--protocol", "dns"]) == 0
+    assert cli.main(["observe", "--debug", "--server", f"127.0.0.1:{served.server.port}", "--since",
+                     "2021-10-04T00:00:00Z", "--all", "-o", "jsonpb", "--protocol", "dns"]) == 0  # --debug as everywhere
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sum(1 for line in printed if "flow" in line) == sum(1 for line in lines if "dns" in line["flow"]["l7"])
 

@@ -109,6 +109,9 @@ class ObserveError(ValueError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `flowlog observe`. Filter flags (and `--not`) are kept in order in
     `args.observe_filters`; TLS flags use dests that `flowlog run` does not."""
+    # As every flowlog command (and hubble's own --debug): gRPC's own lines, and where an
+    # unexpected error came from.
+    parser.add_argument("--debug", action="store_true", help="gRPC's own lines, and where an error came from")
     server = parser.add_argument_group("server")
     server.add_argument("--server", default=DEFAULT_SERVER,
                         help=f"address of the server, tls:// for TLS (default {DEFAULT_SERVER})")
