@@ -353,7 +353,7 @@ def migrate(client, store: StoreConfig, cluster: Cluster | None = None) -> int:
     """Apply every missing migration; returns the number of versions the database moved up.
 
     A database holding nothing of an older version is created as of now (`render_current`:
-    11 statements instead of the migrations' 43 and 8 inserts, each a round trip, on a cluster a
+    15 statements instead of the migrations' 49 and 10 inserts, each a round trip, on a cluster a
     distributed DDL); `tests/test_schema.py` checks both leave the same tables."""
     database = store.database
     client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`{on_cluster(cluster)}")
