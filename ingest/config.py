@@ -472,6 +472,9 @@ def load(path: str | None = None, env: dict[str, str] | None = None,
             server.port  # noqa: B018  (urlsplit checks the port when asked for it)
         except ValueError:
             raise ConfigError(f"store.dsn: {mask_dsn(config.store.dsn)}: the port is not a number") from None
+        if server.port in (9000, 9440):
+            raise ConfigError(f"store.dsn: {mask_dsn(config.store.dsn)}: {server.port} is ClickHouse's native "
+                              "protocol port; flowlog speaks HTTP (8123, or 8443 with TLS)")
         if not server.hostname:  # clickhouse-connect would go to http://localhost:8123, even from https://
             raise ConfigError(f"store.dsn: {mask_dsn(config.store.dsn)}: no host (http(s)://user@host:8123)")
     _check_source_filters(config.source)

@@ -83,7 +83,8 @@ def test_an_unknown_log_level_is_a_configuration_error():
 
 
 @pytest.mark.parametrize("dsn, message", [("https://", "no host"), ("http://user@:8123", "no host"),
-                                          ("http://host:notaport", "the port is not a number")])
+                                          ("http://host:notaport", "the port is not a number"),
+                                          ("clickhouse://host:9000", "9000 is ClickHouse's native protocol port")])
 def test_a_server_dsn_without_a_host_or_port_is_refused_not_sent_to_localhost(dsn, message):
     with pytest.raises(ConfigError, match=f"store.dsn: .*: {message}"):
         load(env={}, overrides={"store.dsn": dsn})
