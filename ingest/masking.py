@@ -34,7 +34,8 @@ class Masker:
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         # A secret this short is in every other word ("e" in "store"): masked where it stands
         # alone (":e@", "password=e"), not inside words, which would leave no text to read.
-        self._short = {s: re.compile(rf"(?<![A-Za-z0-9]){re.escape(s)}(?![A-Za-z0-9])")
+        # A percent-escape before it ("%3Aab1") is a boundary too: the text may quote it encoded.
+        self._short = {s: re.compile(rf"(?:(?<![A-Za-z0-9])|(?<=%[0-9A-Fa-f]{{2}})){re.escape(s)}(?![A-Za-z0-9])")
                        for s in self.secrets if len(s) < _SHORT}
 
     def __call__(self, text: str) -> str:

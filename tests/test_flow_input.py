@@ -195,3 +195,18 @@ def test_store_derived_columns_leave_the_l7_metrics_to_a_choice(config):
         config_mod.load(env={}, overrides={"store.derive": "store"})
     with pytest.raises(config_mod.ConfigError, match="store.derive: expected ingester or store, got 'python'"):
         config_mod.load(env={}, overrides={"store.derive": "python", "metrics.l7": "false"})
+
+
+@pytest.mark.parametrize("derive_in_store", [False, True])
+def test_an_aggregate_count_no_column_holds_is_refused_by_the_ingester_in_both_modes(derive_in_store):
+    """Three uint32 counts can add up past UInt32: as a dead letter, not a batch the store
+    refuses (which, through the input table, would be retried forever)."""
+    from ingest.decode.decoder import Decoder, DecodeError
+
+    from .helpers import responses_of
+
+    response = responses_of(fixture_lines(HTTP_348)[:1])[0]
+    aggregate = response.flow.aggregate
+    aggregate.ingress_flow_count = aggregate.egress_flow_count = aggregate.unknown_direction_flow_count = 2**32 - 1
+    with pytest.raises(DecodeError, match=r"flow.aggregate: 12884901885 flows is more than aggregate_count holds"):
+        Decoder(derive_in_store=derive_in_store).decode(response)

@@ -8,10 +8,12 @@ import resource
 import threading
 import time
 
+import pytest
+
 from ingest.decode.decoder import Decoder
 from ingest.demo.traffic import DemoTraffic
 from ingest.demo.observer import FlowBuffer, ObserverServer
-from ingest.store.schema import HTTP_FLOWS
+from ingest.store.schema import HTTP_FLOWS, L7_AUDIT
 
 from .helpers import RunningIngester, take_store_down, wait_for
 
@@ -138,7 +140,8 @@ def test_the_store_is_up_from_the_start_not_from_the_first_insert(config, client
         assert REGISTRY.get_sample_value("flowlog_store_up") == 1
 
 
-def test_a_retry_past_the_deduplication_window_stores_nothing_twice(config, client):
+@pytest.mark.parametrize("derive", ["ingester", "store"])
+def test_a_retry_past_the_deduplication_window_stores_nothing_twice(config, client, tmp_path, derive):
     """The http_flows insert lands, the l7_audit one lands but its answer is lost; before the
     retry, other writers (the DaemonSet's other nodes) insert more blocks into http_flows
     than its deduplication window holds. The token alone no longer protects the retry: the
@@ -152,24 +155,32 @@ def test_a_retry_past_the_deduplication_window_stores_nothing_twice(config, clie
     from .faults import FAIL_AFTER, FaultyClient
     from .helpers import HTTP_348, fixture_lines, responses_of
 
+    from ingest.store.flow_input import protobuf_schema
+
     db = config.store.database
-    client.command(f"ALTER TABLE `{db}`.http_flows MODIFY SETTING non_replicated_deduplication_window = 2")
-    batch, decoder = Batch(), Decoder()
+    for table in ("http_flows", "l7_audit"):
+        client.command(f"ALTER TABLE `{db}`.{table} MODIFY SETTING non_replicated_deduplication_window = 2")
+    batch, decoder = Batch(), Decoder(derive_in_store=derive == "store")
     lines = fixture_lines(HTTP_348)
     for response in responses_of(lines[:10]):
         batch.add(Entry(decoder.decode(response), False, "hubble:4245"))
-    faulty = FaultyClient(client, {1: FAIL_AFTER})  # 0: http_flows, 1: l7_audit (landed, answer lost)
-    writer = Writer(Spool(config.state_path / "spool", 1 << 30), Sink(faulty, db, 0.0, 0.0))
+    # Ingester: 0 http_flows, 1 l7_audit (landed, its answer lost). Store: 0 flow_input, 1 the ledger.
+    faulty = FaultyClient(client, {1: FAIL_AFTER} if derive == "ingester" else {0: FAIL_AFTER})
+    schema = tmp_path / "flow_input.proto"
+    schema.write_text(protobuf_schema())
+    writer = Writer(Spool(config.state_path / "spool", 1 << 30), Sink(faulty, db, 0.0, 0.0, schema_file=str(schema)))
     writer.commit(batch.seal())
     assert len(writer.spool) == 1  # to be retried
     others = Batch()
     for response in responses_of(lines[10:13]):  # three blocks of one flow each, from elsewhere
-        others.add(Entry(decoder.decode(response), False, "other"))
-    for row in others.seal().rows["http_flows"]:
-        client.insert(f"`{db}`.http_flows", [row], column_names=[c.name for c in HTTP_FLOWS.columns if not c.alias])
+        others.add(Entry(Decoder().decode(response), False, "other"))
+    sealed = others.seal()
+    for table in (HTTP_FLOWS, L7_AUDIT):
+        for row in sealed.rows[table.name]:
+            client.insert(f"`{db}`.{table.name}", [row], column_names=table.column_names)
     writer.sink._next_try = 0.0
     assert writer.drain(force=True)
     assert client.query(f"SELECT count(), uniqExact(flow_id) FROM `{db}`.http_flows").result_rows == [(13, 13)]
-    assert client.query(f"SELECT count(), uniqExact(flow_id) FROM `{db}`.l7_audit").result_rows == [(10, 10)]
+    assert client.query(f"SELECT count(), uniqExact(flow_id) FROM `{db}`.l7_audit").result_rows == [(13, 13)]
     assert client.query(f"SELECT sum(stored_http), sum(stored_audit), sum(duplicates) FROM `{db}`.ingest_ledger"
                         ).result_rows == [(10, 10, 0)]

@@ -435,3 +435,4 @@ def test_a_very_short_secret_is_masked_where_it_stands_alone_not_inside_every_wo
     mask = Masker(["e"])
     assert mask("store: enabled: false; http://u:e@host/?password=e") == \
         "store: enabled: false; http://u:*****@host/?password=*****"
+    assert Masker(["ab1"])("u%3Aab1%40host password%3Dab1 cab1") == "u%3A*****%40host password%3D***** cab1"

@@ -74,6 +74,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _EARLIEST_NS = 0
 _LATEST_NS = (2**32 - 1) * 1_000_000_000 + 999_999_999
 _UINT16_MAX = 65535  # ports, HTTP status and DNS rcode are UInt16 columns; Hubble sends uint32
+_UINT32_MAX = 2**32 - 1
 # Per-decoder caches of what repeats (pods, identities, URLs) are emptied when they reach this.
 _CACHE_ENTRIES = 50_000
 
@@ -212,6 +213,9 @@ class Decoder:
         aggregate = flow.aggregate
         aggregate_count = (aggregate.ingress_flow_count + aggregate.egress_flow_count
                            + aggregate.unknown_direction_flow_count) if flow.HasField("aggregate") else 0
+        if aggregate_count > _UINT32_MAX:  # three uint32 counts: their sum may not fit the UInt32 column
+            raise DecodeError(f"flow.aggregate: {aggregate_count} flows is more than aggregate_count holds "
+                              f"(at most {_UINT32_MAX})")
         if self.derive_in_store:
             return self._input_row(flow, time_ns, node, flow_id, audit_id, record, l7_type, serialized,
                                    aggregate_count, headers)

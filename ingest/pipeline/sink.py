@@ -3,8 +3,9 @@
 `look_up` asks the store which of a batch's rows that may be stored already (a replayed
 file, the overlap after a reconnect) are, and drops them. `insert` puts each table's
 rows in one insert carrying a deterministic `insert_deduplication_token` (the tables set
-`non_replicated_deduplication_window`), so re-inserting a batch after a timeout or a
-crash stores nothing twice; the ledger's rows go last. A store that fails raises
+`non_replicated_deduplication_window`), and a batch tried before first asks which of
+its rows are there (`insert(retry=True)`), so re-inserting it after a timeout or a crash
+stores nothing twice; the ledger's rows go last. A store that fails raises
 `StoreUnavailable`; the sink then waits (`ready`) with capped exponential backoff and
 full jitter, with one log line when failing starts and one when it recovers. Rows the
 store's client cannot encode (a value of the wrong type, or one its column cannot hold;
@@ -188,6 +189,23 @@ class Sink:
                                                            max(times)))
         return [row for row in rows if row[id_index] not in stored] if stored else rows
 
+    def _input_not_stored(self, rows: list[tuple]) -> list[tuple]:
+        """The input rows whose flows are not in l7_audit and their typed table both. A flow
+        in one of them only (a view that failed after another stored) is sent again whole."""
+        audit_at, time_at = FLOW_INPUT.column_names.index("audit_id"), FLOW_INPUT.column_names.index("time")
+        id_at, type_at = FLOW_INPUT.column_names.index("flow_id"), FLOW_INPUT.column_names.index("type")
+        lo, hi = min(row[time_at] for row in rows), max(row[time_at] for row in rows)
+        audited = self._call(L7_AUDIT, lambda: self.stored_ids(L7_AUDIT, {row[audit_at] for row in rows}, lo, hi))
+        if not audited:
+            return rows
+        typed_stored = {}
+        for kind, typed in (("HTTP", HTTP_FLOWS), ("DNS", DNS_FLOWS)):
+            ids = {row[id_at] for row in rows if row[type_at] == kind and row[audit_at] in audited}
+            if ids:
+                typed_stored[kind] = self._call(typed, lambda: self.stored_ids(typed, ids, lo, hi))
+        return [row for row in rows if row[audit_at] not in audited
+                or (row[type_at] in ("HTTP", "DNS") and row[id_at] not in typed_stored.get(row[type_at], ()))]
+
     def stored_ids(self, table: Table, ids: set[str], min_ns: int, max_ns: int) -> set[str]:
         source = f"`{self.database}`.`{table.name}`"
         in_range = "time >= fromUnixTimestamp64Nano({lo:Int64}) AND time <= fromUnixTimestamp64Nano({hi:Int64})"
@@ -213,15 +231,15 @@ class Sink:
         drop a block it has, but only among the table's last inserted blocks
         (non_replicated_deduplication_window): with many nodes writing to one server, a
         retry half a minute later can be past it. So each table is asked first, and only
-        the rows it lacks are sent (under the token of what is sent). The input table is
-        not: its views store in three tables, and its token is all there is."""
+        the rows it lacks are sent (under the token of what is sent). An input row is left
+        out when l7_audit holds it and so does its typed table (views store in each)."""
         inserted = {}
         for table in WRITE_ORDER:
             batch_rows = rows = batch.rows.get(table.name)
             if not rows:
                 continue
-            if retry and table is not FLOW_INPUT:
-                rows = self._not_stored(table, rows)
+            if retry:
+                rows = self._input_not_stored(rows) if table is FLOW_INPUT else self._not_stored(table, rows)
                 if not rows:
                     inserted[table.name] = batch_rows
                     continue

@@ -78,6 +78,8 @@ def _locked_by_another(path: Path) -> bool:
     """Whether an engine holds the store's directory: ClickHouse keeps `status` locked
     (flock) while it runs. Asked only after opening it failed, as a lock this process
     itself holds would say the same."""
+    if not path.is_absolute():  # chdb://memory, or no path: no directory to hold
+        return False
     try:
         fd = os.open(path / "status", os.O_RDONLY)
     except OSError:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import FieldDescriptor
 
 from ..api.flow import flow_pb2
-from .schema import DNS_FLOWS, HTTP_FLOWS, L7_AUDIT, Cluster, Column, Table, on_cluster
+from .schema import DNS_FLOWS, HTTP_FLOWS, L7_AUDIT, Cluster, Column, Table, _quote, on_cluster
 
 _PORTS = {"source_port": "UInt32", "destination_port": "UInt32"}
 _ENDPOINT = {"identity": "UInt32", "namespace": "String", "labels": "Array(String)", "pod_name": "String",
@@ -87,7 +87,7 @@ class InputTable(Table):
     def create_sql(self, database: str, cluster: Cluster | None = None, columns=None, settings=None) -> str:
         body = ",\n    ".join(c.ddl() for c in (self.columns if columns is None else columns))
         return (f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}`{on_cluster(cluster)}\n(\n    {body}\n)\n"
-                f"ENGINE = Null\nCOMMENT '{self.comment}'")
+                f"ENGINE = Null\nCOMMENT {_quote(self.comment)}")
 
     def view_name(self, target: Table) -> str:
         return f"{target.name}_from_input"
@@ -260,6 +260,8 @@ MESSAGE = "FlowInput"
 # --- encoding the rows -------------------------------------------------------------------
 
 def _varint(value: int) -> bytes:
+    if value < 0:  # as protobuf writes a negative int64: its 64-bit two's complement
+        value &= (1 << 64) - 1
     if value < 0x80:
         return _SMALL[value]
     out = bytearray()
