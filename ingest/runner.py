@@ -190,6 +190,8 @@ class Writer:
                 return False
             except BatchRefused as err:
                 self.spool.set_aside(path, str(err), err.stored_tables)
+                self._sealed_here.discard(batch.batch_id)  # done with: never committed
+                self._attempted.discard(batch.batch_id)
                 continue
             self.sink.recovered()
             self.spool.done(path)
