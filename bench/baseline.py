@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from ingest.config import StoreConfig
+from ingest.store.flow_input import varint
 from ingest.store.migrations import migrate
 from ingest.store.schema import DNS_FLOWS, HTTP_FLOWS
 
@@ -192,15 +193,6 @@ def protobuf_schema(directory: Path) -> str:
     return f"{directory / 'observer.proto'}:GetFlowsResponse"
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def length_delimited(stream: Path, out: Path) -> int:
     """The stream file's messages (4-byte big-endian lengths) as protobuf's varint-delimited
     sequence, which FORMAT Protobuf reads; returns the number of messages."""
@@ -209,7 +201,7 @@ def length_delimited(stream: Path, out: Path) -> int:
     count = 0
     with open(out, "wb") as handle:
         for message in read_stream(stream):
-            handle.write(_varint(len(message)))
+            handle.write(varint(len(message)))
             handle.write(message)
             count += 1
     return count

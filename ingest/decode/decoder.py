@@ -22,7 +22,7 @@ from ..api.observer import observer_pb2
 from ..api.relay import relay_pb2
 from ..config import HTTPConfig, KafkaConfig
 from ..pipeline.records import DecodeError, Filtered, FlowRows, GapRow, OtherEvent, gap
-from ..store.flow_input import FLOW_INPUT, RCODE_NAMES
+from ..store.flow_input import FLOW_INPUT, POD_SUFFIXES, RCODE_NAMES, WORKLOAD_LABELS
 from ..store.schema import DNS_FLOWS, HTTP_FLOWS, L7_AUDIT, uuid_text
 from .dnscache import DNSCache
 from .redact import Redactor
@@ -55,14 +55,9 @@ _FLOW_TYPE = EnumNames(flow_pb2.FlowType)
 LOST_SOURCE = EnumNames(flow_pb2.LostEventSource)
 NODE_STATE = EnumNames(relay_pb2.NodeState)
 
-# Kubernetes pod-name suffixes use this alphabet (k8s.io/apimachinery rand.SafeEncodeString).
-_SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
-_POD_SUFFIXES = (
-    re.compile(rf"^(.+)-{_SAFE}{{6,10}}-{_SAFE}{{5}}$"),  # Deployment: <name>-<rs hash>-<pod>
-    re.compile(rf"^(.+)-{_SAFE}{{5}}$"),                  # DaemonSet, Job, ReplicaSet
-    re.compile(r"^(.+)-\d+$"),                            # StatefulSet
-)
-_WORKLOAD_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:app=", "k8s:k8s-app=")
+# The workload rule's pod-name suffixes and app labels, one definition for here and the
+# store's views (store.flow_input).
+_POD_SUFFIXES = tuple(re.compile(pattern) for pattern in POD_SUFFIXES)
 # Identities below this are Cilium's reserved ones (host, world, health, ...), whose labels vary.
 _FIRST_ALLOCATED_IDENTITY = 256
 # How Hubble writes a flow's uuid (Go's uuid.String()).
@@ -117,7 +112,7 @@ def workload_of(endpoint: flow_pb2.Endpoint) -> str:
                 return match.group(1)
         return endpoint.pod_name
     for label in endpoint.labels:
-        for prefix in _WORKLOAD_LABELS:
+        for prefix in WORKLOAD_LABELS:
             if label.startswith(prefix):
                 return label[len(prefix):]
     return ""

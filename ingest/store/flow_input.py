@@ -142,20 +142,25 @@ def _names(enum, number: str) -> str:
     return f"transform({number}, [{numbers}], [{names}], toString({number}))"
 
 
+# Kubernetes pod-name suffixes use this alphabet (k8s.io/apimachinery rand.SafeEncodeString).
 _SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
-_POD_SUFFIXES = (f"^(.+)-{_SAFE}{{6,10}}-{_SAFE}{{5}}$", f"^(.+)-{_SAFE}{{5}}$", "^(.+)-[0-9]+$")
-_WORKLOAD_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:app=", "k8s:k8s-app=")
+POD_SUFFIXES = (
+    f"^(.+)-{_SAFE}{{6,10}}-{_SAFE}{{5}}$",  # Deployment: <name>-<rs hash>-<pod>
+    f"^(.+)-{_SAFE}{{5}}$",                  # DaemonSet, Job, ReplicaSet
+    "^(.+)-[0-9]+$",                         # StatefulSet
+)
+WORKLOAD_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:app=", "k8s:k8s-app=")
 
 
 def _workload(side: str) -> str:
     """decoder.workload_of: Hubble's workloads, else the pod name without its generated
     suffixes, else the first app label's value."""
     endpoint, pod = f"flow.{side}", f"flow.{side}.pod_name"
-    patterns = ", ".join(f"match({pod}, '{p}'), extract({pod}, '{p}')" for p in _POD_SUFFIXES)
-    is_app = " OR ".join(f"startsWith(l, '{prefix}')" for prefix in _WORKLOAD_LABELS)
+    patterns = ", ".join(f"match({pod}, '{p}'), extract({pod}, '{p}')" for p in POD_SUFFIXES)
+    is_app = " OR ".join(f"startsWith(l, '{prefix}')" for prefix in WORKLOAD_LABELS)
     label = f"arrayFirst(l -> {is_app}, {endpoint}.labels)"
     value = ", ".join(f"startsWith({label}, '{prefix}'), substring({label}, {len(prefix) + 1})"
-                      for prefix in _WORKLOAD_LABELS)
+                      for prefix in WORKLOAD_LABELS)
     return (f"multiIf(notEmpty({endpoint}.workloads), {endpoint}.workloads[1].name, {patterns}, "
             f"{pod} != '', {pod}, {value}, '')")
 
@@ -259,7 +264,8 @@ MESSAGE = "FlowInput"
 
 # --- encoding the rows -------------------------------------------------------------------
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """A protobuf varint (a length before each message of `FORMAT Protobuf`, a tag, a value)."""
     if value < 0:  # as protobuf writes a negative int64: its 64-bit two's complement
         value &= (1 << 64) - 1
     if value < 0x80:
@@ -289,15 +295,15 @@ def encode(rows: list[tuple]) -> bytes:
             if not value:
                 continue  # proto3 leaves out a default value
             if type(value) is int:
-                fields.append(_varint(tag) + _varint(value))
+                fields.append(varint(tag) + varint(value))
             elif type(value) is list:
                 for item in value:
                     item = item.encode() if type(item) is str else item
-                    fields.append(_varint(tag) + _varint(len(item)) + item)
+                    fields.append(varint(tag) + varint(len(item)) + item)
             else:
                 value = value.encode() if type(value) is str else value
-                fields.append(_varint(tag) + _varint(len(value)) + value)
+                fields.append(varint(tag) + varint(len(value)) + value)
         message = b"".join(fields)
-        append(_varint(len(message)))
+        append(varint(len(message)))
         append(message)
     return b"".join(parts)
