@@ -280,9 +280,10 @@ def varint(value: int) -> bytes:
 
 _SMALL = [bytes([n]) for n in range(0x80)]
 # A row holds the flow's bytes, the same again, then the computed values (FLOW_INPUT's
-# column order): each value's field tag, by position.
-_TAGS = tuple((number << 3 | (0 if column.type in ("Int64", "UInt32", "UInt8") else 2))
-              for number, column in enumerate(FLOW_INPUT.columns, start=1))
+# column order): each value's field tag, already a varint, and whether it is an integer.
+_INTEGER_TYPES = ("Int64", "UInt32", "UInt8")
+_FIELDS = tuple((varint(number << 3 | (0 if column.type in _INTEGER_TYPES else 2)), column.type in _INTEGER_TYPES)
+                for number, column in enumerate(FLOW_INPUT.columns, start=1))
 
 
 def encode(rows: list[tuple]) -> bytes:
@@ -291,18 +292,24 @@ def encode(rows: list[tuple]) -> bytes:
     append = parts.append
     for row in rows:
         fields = []
-        for tag, value in zip(_TAGS, row):
+        add = fields.append
+        for (tag, is_integer), value in zip(_FIELDS, row):
             if not value:
                 continue  # proto3 leaves out a default value
-            if type(value) is int:
-                fields.append(varint(tag) + varint(value))
+            if is_integer:
+                add(tag)
+                add(varint(value))
             elif type(value) is list:
                 for item in value:
                     item = item.encode() if type(item) is str else item
-                    fields.append(varint(tag) + varint(len(item)) + item)
+                    add(tag)
+                    add(varint(len(item)))
+                    add(item)
             else:
                 value = value.encode() if type(value) is str else value
-                fields.append(varint(tag) + varint(len(value)) + value)
+                add(tag)
+                add(varint(len(value)))
+                add(value)
         message = b"".join(fields)
         append(varint(len(message)))
         append(message)
