@@ -39,6 +39,7 @@ from .sources.files import FileSource, ReplayCounts
 from .sources.exporter import ExporterSource
 from .sources.hubble import HubbleSource
 from .statedir import StateDirInUse, StateLock, open_private
+from .store.connection import check_derive_in_store
 from .store.flow_input import FLOW_INPUT, derived_counts, protobuf_schema
 from .store.migrations import SCHEMA_VERSION, applied_version
 from .store.schema import INGEST_LEDGER
@@ -410,7 +411,10 @@ def _sink(config: Config, client) -> Sink:
     """The sink for the configured store. The embedded engine reads the input table's
     protobuf schema from a file in the state dir; a server gets it with each insert."""
     schema_file = ""
-    if urlsplit(config.store_dsn).scheme == "chdb":
+    embedded = urlsplit(config.store_dsn).scheme == "chdb"
+    if config.store.derive == "store":
+        check_derive_in_store(client, config.store.database, server=not embedded)
+    if embedded:
         path = config.state_path / "flow_input.proto"
         with open_private(path, "w") as handle:
             handle.write(protobuf_schema())

@@ -18,8 +18,10 @@ import clickhouse_connect
 import pytest
 
 from bench.store_server import StoreServer
+from ingest import config as config_mod
+from ingest.store.connection import missing_settings
 
-from .helpers import REPO
+from .helpers import REPO, create_at
 
 FIXTURES = REPO / "tests" / "fixtures" / "hubble"
 LINES = [FIXTURES / "basic-sample-348-http-flows.json", FIXTURES / "basic-sample-330-dns-flows.json"]
@@ -99,3 +101,32 @@ def test_inserts_into_a_current_schema_send_the_types_and_no_describe(server, tm
     client.insert("typed.untyped", [[1]], column_names=["n"])
     assert any(s.upper().startswith("DESCRIBE") and "untyped" in s
                for s in server.statements.read_text().splitlines()[before:])
+
+
+def test_store_mode_on_a_database_without_the_input_table_stops_at_start_saying_what_to_do(server, tmp_path):
+    """A database at schema version 9 and store.migrate off: every insert into flow_input
+    would fail and be retried for as long as the ingester runs; it stops at once instead."""
+    client = clickhouse_connect.get_client(dsn=server.dsn)
+    create_at(client, config_mod.load(env={}, overrides={"store.database": "at_v9"}).store, 9)
+    done = subprocess.run([sys.executable, "-m", "ingest", "replay", str(LINES[1]), "--no-progress", "--store",
+                           server.dsn, "--state-dir", str(tmp_path / "state"), "--set", "store.database=at_v9",
+                           "--set", "store.migrate=false", "--set", "store.derive=store", "--set", "metrics.l7=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == ("flowlog: error: store.derive = store: database at_v9 has no flow_input, "
+                                   "l7_audit_from_input, http_flows_from_input, dns_flows_from_input (schema version "
+                                   "10): run `flowlog migrate` or let the ingester migrate (store.migrate: true)")
+    assert client.query("SELECT count() FROM at_v9.l7_audit").result_rows == [(0,)]
+    # Migrated, the same command stores the flows.
+    flowlog("migrate", "--store", server.dsn, "--state-dir", str(tmp_path / "state"), "--database", "at_v9")
+    summary = flowlog("replay", str(LINES[1]), "--no-progress", "--store", server.dsn, "--state-dir",
+                      str(tmp_path / "state"), "--set", "store.database=at_v9", "--set", "store.migrate=false",
+                      "--set", "store.derive=store", "--set", "metrics.l7=false")
+    assert "stored 330 dns_flows, 330 l7_audit" in summary, summary
+
+
+def test_the_settings_a_server_lacks_are_named(server):
+    """How the ingester finds out whether a server takes the protobuf schema with an insert
+    (format_schema_source, ClickHouse 25.6 or later) before it sends one."""
+    client = clickhouse_connect.get_client(dsn=server.dsn)
+    assert missing_settings(client, ["format_schema_source", "no_such_setting_here"]) == ["no_such_setting_here"]

@@ -93,6 +93,36 @@ def _locked_by_another(path: Path) -> bool:
     return False
 
 
+# What `store.derive = store` needs of a store: the input table and its views (schema
+# version 10) and, on a server, the protobuf schema taken with each insert.
+_INPUT_TABLES = ("flow_input", "l7_audit_from_input", "http_flows_from_input", "dns_flows_from_input")
+_SCHEMA_WITH_INSERT = "format_schema_source"
+
+
+def check_derive_in_store(client, database: str, server: bool) -> None:
+    """StoreError naming what `store.derive = store` lacks in this store, at start: without
+    it every insert would fail, and be retried, for as long as the ingester runs."""
+    found = {row[0] for row in client.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} AND name IN {names:Array(String)}",
+        parameters={"db": database, "names": list(_INPUT_TABLES)}).result_rows}
+    missing = [name for name in _INPUT_TABLES if name not in found]
+    if missing:
+        raise StoreError(f"store.derive = store: database {database} has no {', '.join(missing)} (schema version "
+                         "10): run `flowlog migrate` or let the ingester migrate (store.migrate: true)")
+    if server and missing_settings(client, [_SCHEMA_WITH_INSERT]):
+        version = client.query("SELECT version()").result_rows[0][0]
+        raise StoreError(f"store.derive = store: this ClickHouse server ({version}) cannot take a protobuf schema "
+                         f"with an insert (the setting {_SCHEMA_WITH_INSERT}, ClickHouse 25.6 or later): upgrade "
+                         "it, or set store.derive: ingester")
+
+
+def missing_settings(client, names: list[str]) -> list[str]:
+    """Those of the named settings the store does not know."""
+    known = {row[0] for row in client.query("SELECT name FROM system.settings WHERE name IN {names:Array(String)}",
+                                            parameters={"names": names}).result_rows}
+    return [name for name in names if name not in known]
+
+
 def open_store(config: Config, create: bool = True) -> Client:
     """A client for the configured store, migrated to this build's schema unless store.migrate
     is off; create as for connect."""
