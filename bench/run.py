@@ -160,6 +160,17 @@ def node(files: flowfiles.FlowFiles, workdir: Path, args: argparse.Namespace, lo
     result["us_per_flow"] = round(result["cpu_s_per_1000_flows"] * 1000, 1)
     log(f"  {result['flows_per_s']:,.0f} flows/s, {result['us_per_flow']} µs of CPU a flow, "
         f"peak RSS {result['peak_rss_mb']:,.0f} MB")
+    # The store above runs on these 2 cores too (about as much CPU a flow as the ingester);
+    # on a node it is a server elsewhere. The same run with a stand-in that answers inserts
+    # without storing them is what the ingester alone keeps up with.
+    log("  again, the store answering inserts without storing them (the ingester's own ceiling)")
+    with StoreServer(workdir / "node-store-discarding", discard=True) as store:
+        alone = phases.end_to_end(files, workdir / "node-alone", args.overrides, args.poll_ms / 1000, log,
+                                  store_dsn=store.dsn, python=python)
+    alone["us_per_flow"] = round(alone["cpu_s_per_1000_flows"] * 1000, 1)
+    result["alone"] = alone
+    log(f"  {alone['flows_per_s']:,.0f} flows/s, {alone['us_per_flow']} µs of CPU a flow, "
+        f"peak RSS {alone['peak_rss_mb']:,.0f} MB")
     rates = {}
     for rate in args.node_rates:
         log(f"  at {rate:,.0f} flows/s for {args.node_seconds:.0f} s")
@@ -212,8 +223,8 @@ def main(argv=None) -> int:
         if "node" in args.phases:
             results["node"] = node(files, workdir, args, log)
             if "limit" in results:
-                results["node"]["ratio_to_limit"] = round(
-                    results["node"]["flows_per_s"] / results["limit"]["messages_per_s"], 3)
+                for run in (results["node"], results["node"]["alone"]):
+                    run["ratio_to_limit"] = round(run["flows_per_s"] / results["limit"]["messages_per_s"], 3)
         if "e2e" in args.phases:
             log(f"e2e: flowlog run, embedded store, the same stream, {args.e2e_runs} run(s)")
             runs = []

@@ -1,9 +1,13 @@
 """A ClickHouse store in a process of its own, reached over ClickHouse's HTTP interface.
 
-    python -m bench.store_server DIR [LOG]  # prints {"port": N} once it listens
+    python -m bench.store_server DIR [LOG] [--discard]  # prints {"port": N} once it listens
     with StoreServer(workdir) as store: ...  # the same, as a child process; store.dsn
 
-With LOG, the first line of every statement it runs is appended to that file.
+With LOG, the first line of every statement it runs is appended to that file. With
+--discard, it answers every insert but the schema's version rows at once and stores
+nothing: the ingester's own ceiling, with no store on the same cores (on a node the
+store is a server elsewhere). Lookups still run on the engine and find nothing, as on
+a first run.
 
 The bench measures what the ingester on a node pays with the store elsewhere, as it is in
 production. No modern ClickHouse server can be installed here, so this stand-in speaks
@@ -43,6 +47,8 @@ _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+(?P<target>.+?)\s+FORMAT\s+(?P<format>\w+)\s*$", re.I | re.S)
 _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.I)
 _ERROR_CODE = re.compile(r"Code: (\d+)")
+# The one table a discarding stand-in still stores: the ingester reads the schema's version from it.
+_KEPT_WHEN_DISCARDING = "schema_migrations"
 
 
 def _decompress(data: bytes, encoding: str | None) -> bytes:
@@ -109,7 +115,7 @@ class Store:
         return list(settings)
 
 
-def handler(store: Store, log_path: str | None = None):
+def handler(store: Store, log_path: str | None = None, discard: bool = False):
     log = open(log_path, "a", buffering=1) if log_path else None
 
     class Handler(BaseHTTPRequestHandler):
@@ -154,6 +160,9 @@ def handler(store: Store, log_path: str | None = None):
                 if log:
                     log.write(head.strip().splitlines()[0][:300] + "\n")
                 insert = _INSERT.match(head)
+                if insert and discard and _KEPT_WHEN_DISCARDING not in insert["target"]:
+                    return self._answer(200, b"", {"X-ClickHouse-Summary": json.dumps(
+                        {"written_rows": "0", "written_bytes": str(len(body))})})
                 if insert:
                     rows = store.insert(insert["target"], insert["format"], body, settings, database)
                     return self._answer(200, b"", {"X-ClickHouse-Summary": json.dumps(
@@ -185,9 +194,9 @@ def handler(store: Store, log_path: str | None = None):
 class StoreServer:
     """This module's server as a child process of the bench."""
 
-    def __init__(self, directory: Path, data: Path | None = None):
+    def __init__(self, directory: Path, data: Path | None = None, discard: bool = False):
         """directory/statements.log gets the first line of every statement; the engine's data
-        is directory/store unless `data` names a store made before."""
+        is directory/store unless `data` names a store made before; discard: see --discard."""
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.statements = directory / "statements.log"
@@ -195,7 +204,7 @@ class StoreServer:
         # Run in its directory: the engine caches a protobuf schema given as text (an
         # insert into flow_input) under its working directory, as a server under its own.
         self.process = subprocess.Popen([sys.executable, "-m", "bench.store_server", str(data or directory / "store"),
-                                         str(self.statements)],
+                                         str(self.statements)] + (["--discard"] if discard else []),
                                         cwd=directory, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                         stdout=subprocess.PIPE, stderr=self._log, text=True)
         line = self.process.stdout.readline()
@@ -223,8 +232,10 @@ class StoreServer:
 
 
 def main(argv: list[str]) -> int:
+    discard = "--discard" in argv
+    argv = [a for a in argv if a != "--discard"]
     store = Store(argv[0])
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(store, argv[1] if len(argv) > 1 else None))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(store, argv[1] if len(argv) > 1 else None, discard))
     server.daemon_threads = True
     print(json.dumps({"port": server.server_port}), flush=True)
     try:
