@@ -3,7 +3,8 @@
     python -m bench.store_server DIR [LOG] [--discard]  # prints {"port": N} once it listens
     with StoreServer(workdir) as store: ...  # the same, as a child process; store.dsn
 
-With LOG, the first line of every statement it runs is appended to that file. With
+With LOG, the first line of every statement it runs is appended to that file (and the
+body's Content-Encoding, in brackets). With
 --discard, it answers every insert but the schema's version rows at once and stores
 nothing: the ingester's own ceiling, with no store on the same cores (on a node the
 store is a server elsewhere). Lookups still run on the engine and find nothing, as on
@@ -146,8 +147,9 @@ def handler(store: Store, log_path: str | None = None, discard: bool = False):
             params = {k[6:]: v for k, v in url.items() if k.startswith("param_")}
             settings = {k: v for k, v in url.items()
                         if k not in HTTP_ONLY and not k.startswith("param_") and _SETTING_NAME.match(k)}
+            encoding = self.headers.get("Content-Encoding")
             try:
-                body = _decompress(body, self.headers.get("Content-Encoding"))
+                body = _decompress(body, encoding)
                 if self.headers.get_content_type() == "multipart/form-data":  # long parameters travel as a form
                     form = _form(body, self.headers.get_boundary())
                     params.update({k[6:]: v for k, v in form.items() if k.startswith("param_")})
@@ -158,7 +160,7 @@ def handler(store: Store, log_path: str | None = None, discard: bool = False):
                         else (body, b"", b"")
                     head = head.decode()
                 if log:
-                    log.write(head.strip().splitlines()[0][:300] + "\n")
+                    log.write(head.strip().splitlines()[0][:300] + (f" [{encoding}]" if encoding else "") + "\n")
                 insert = _INSERT.match(head)
                 if insert and discard and _KEPT_WHEN_DISCARDING not in insert["target"]:
                     return self._answer(200, b"", {"X-ClickHouse-Summary": json.dumps(

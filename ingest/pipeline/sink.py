@@ -104,6 +104,10 @@ class Sink:
         with each insert."""
         self.client = client
         self._input_schema = _input_schema_settings(schema_file)
+        # A server's inserts travel over the network, compressed as clickhouse-connect
+        # compresses the other tables' (lz4); the embedded engine would only decompress it
+        # again in this process.
+        self._input_compression = None if schema_file else "lz4"
         self.database = database
         self.schema_current = schema_current
         self._backoff = Backoff(retry_initial_s, retry_max_s)
@@ -259,8 +263,10 @@ class Sink:
                             **_partitions_setting(rows, table.column_names.index("time"))}
                 try:
                     if table is FLOW_INPUT:
-                        self.client.raw_insert(f"`{self.database}`.`{table.name}`", insert_block=flow_input.encode(sent),
-                                               fmt="Protobuf", settings={**settings, **self._input_schema})
+                        body = flow_input.encode_chunks(sent, compress=self._input_compression is not None)
+                        self.client.raw_insert(f"`{self.database}`.`{table.name}`", insert_block=body, fmt="Protobuf",
+                                               compression=self._input_compression,
+                                               settings={**settings, **self._input_schema})
                         return
                     self.client.insert(f"`{self.database}`.`{table.name}`", sent, column_names=table.column_names,
                                        column_type_names=table.column_types if self.schema_current else None,

@@ -17,8 +17,10 @@ compares every column.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import lz4.frame
 from google.protobuf.descriptor import FieldDescriptor
 
 from ..api.flow import flow_pb2
@@ -284,6 +286,25 @@ _SMALL = [bytes([n]) for n in range(0x80)]
 _INTEGER_TYPES = ("Int64", "UInt32", "UInt8")
 _FIELDS = tuple((varint(number << 3 | (0 if column.type in _INTEGER_TYPES else 2)), column.type in _INTEGER_TYPES)
                 for number, column in enumerate(FLOW_INPUT.columns, start=1))
+
+
+# Rows encoded at a time for a streamed insert: about 2.7 MB of body at 1.35 KB a flow.
+_ROWS_PER_CHUNK = 1000
+
+
+def encode_chunks(rows: list[tuple], compress: bool) -> Iterator[bytes]:
+    """An insert's body, as `encode` makes it, a chunk of rows at a time, so that a batch's
+    body (each flow twice) is never whole in memory; as one lz4 frame (what ClickHouse
+    reads with Content-Encoding: lz4) when compress. The flow's second copy and what
+    repeats between flows compress 11 times on the bench's flows, for 1.7 µs a flow."""
+    compressor = lz4.frame.LZ4FrameCompressor() if compress else None
+    if compressor is not None:
+        yield compressor.begin()
+    for start in range(0, len(rows), _ROWS_PER_CHUNK):
+        chunk = encode(rows[start:start + _ROWS_PER_CHUNK])
+        yield chunk if compressor is None else compressor.compress(chunk)
+    if compressor is not None:
+        yield compressor.flush()
 
 
 def encode(rows: list[tuple]) -> bytes:
