@@ -30,7 +30,7 @@ from .. import metrics
 from ..statedir import make_private_dir, open_private
 from ..store.schema import INGEST_GAPS
 from .records import RECORD_SOURCE, GapRow, SealedBatch, unreadable_spool_gap
-from .spoolfile import SpoolFileError, dump, load
+from .spoolfile import SpoolFileError, load, write
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class Spool:
         tmp = path.with_suffix(".tmp")
         try:
             with open_private(tmp, "wb") as handle:
-                handle.write(dump(batch))
+                write(batch, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError:

@@ -44,8 +44,11 @@ class SpoolFileError(RuntimeError):
     """A file the spool cannot read back as a batch this build can store."""
 
 
-def dump(batch: SealedBatch) -> bytes:
-    return HEADER + marshal.dumps({name: getattr(batch, name) for name in _FIELDS} | {"schema_version": SCHEMA_VERSION})
+def write(batch: SealedBatch, handle) -> None:
+    """The batch into an open binary file: the header, then the marshalled batch (written
+    apart, not joined: a batch's marshal is tens of MB, and joining would copy it)."""
+    handle.write(HEADER)
+    handle.write(marshal.dumps({name: getattr(batch, name) for name in _FIELDS} | {"schema_version": SCHEMA_VERSION}))
 
 
 class _BatchUnpickler(pickle.Unpickler):
