@@ -210,3 +210,19 @@ def test_an_aggregate_count_no_column_holds_is_refused_by_the_ingester_in_both_m
     aggregate.ingress_flow_count = aggregate.egress_flow_count = aggregate.unknown_direction_flow_count = 2**32 - 1
     with pytest.raises(DecodeError, match=r"flow.aggregate: 12884901885 flows is more than aggregate_count holds"):
         Decoder(derive_in_store=derive_in_store).decode(response)
+
+
+def test_a_replay_overlapping_an_earlier_one_stores_only_the_flows_it_lacked(config, client, tmp_path):
+    """Lookups that drop some of a batch's input rows: the body made for the spool held
+    them all, so what is sent is made again from the rows left."""
+    each = config_mod.load(env={}, overrides={"store.dsn": config.store.dsn, "store.database": config.store.database,
+                                              "state_dir": str(tmp_path / "state"), "store.derive": "store",
+                                              "metrics.l7": "false"})
+    first_half = tmp_path / "first-half.json"
+    first_half.write_text("".join(json.dumps(line) + "\n" for line in fixture_lines(HTTP_348)[:150]))
+    assert replay(each, client, [str(first_half)]).stored == {"http_flows": 150, "l7_audit": 150}
+    whole = replay(each, client, [str(HTTP_348)])
+    assert whole.stored == {"http_flows": 198, "l7_audit": 198} and whole.duplicates == 150
+    db = config.store.database
+    assert client.query(f"SELECT count(), uniqExact(flow_id) FROM `{db}`.http_flows").result_rows == [(348, 348)]
+    assert client.query(f"SELECT count(), uniqExact(flow_id) FROM `{db}`.l7_audit").result_rows == [(348, 348)]

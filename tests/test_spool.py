@@ -371,3 +371,56 @@ def test_unreadable_keeps_the_newest_files_within_the_spools_size(tmp_path, capl
     (tmp_path / "000000000006.batch").write_bytes(b"x" * 5000)
     Spool(tmp_path, 1000).next()
     assert [p.name[17:] for p in kept.iterdir()] == ["000000000006.batch"]  # the newest, whatever its size
+
+
+def _input_batch(batch_id: str) -> SealedBatch:
+    """A batch of flow_input rows (store.derive = store), as the decoder makes them."""
+    from ingest.decode.decoder import Decoder
+    from ingest.store.flow_input import FLOW_INPUT
+
+    from .helpers import ALL_FIXTURES, fixture_lines, responses_of
+
+    from ingest.pipeline.records import FlowRows
+
+    decoder = Decoder(derive_in_store=True)
+    decoded = [decoder.decode(response) for path in ALL_FIXTURES for response in responses_of(fixture_lines(path))]
+    rows = [flow.row for flow in decoded if type(flow) is FlowRows]
+    return SealedBatch(batch_id, "hubble:4245", {FLOW_INPUT.name: rows}, {}, 0,
+                       {("hubble:4245", "node-1"): {"received": len(rows)}}, created_ns=7)
+
+
+def _as_lists(rows: list[tuple]) -> list[tuple]:
+    return [tuple(list(v) if isinstance(v, (list, tuple)) else v for v in row) for row in rows]
+
+
+def test_input_rows_are_spooled_as_their_compressed_insert_body_and_read_back_whole(tmp_path):
+    """store.derive = store: a batch's flow_input rows go to its file as the body its insert
+    sends (lz4 of the FlowInput messages), made once; after a restart they read back as
+    the same rows, and the body with them."""
+    from ingest.store import flow_input
+    from ingest.store.flow_input import FLOW_INPUT
+
+    written = _input_batch("in-1")
+    rows = written.rows[FLOW_INPUT.name]
+    assert len(rows) > 678
+    Spool(tmp_path, 1 << 30).append(written)
+    body = written.input_body
+    assert body is not None and flow_input.rows_of_body(body) and len(body) * 3 < len(marshal.dumps(rows))
+    (file,) = tmp_path.glob("*.batch")
+    assert file.stat().st_size < len(body) + 4096  # the rows are not in it a second time
+    _, read = Spool(tmp_path, 1 << 30).next()
+    assert _as_lists(read.rows[FLOW_INPUT.name]) == _as_lists(rows) and read.input_body == body
+    assert flow_input.encode(read.rows[FLOW_INPUT.name]) == flow_input.encode(rows)
+
+
+def test_input_rows_spooled_as_rows_by_the_previous_build_are_read(tmp_path):
+    """The build before spooled flow_input rows themselves (schema version 10, no body)."""
+    from ingest.pipeline.spoolfile import HEADER
+    from ingest.store.flow_input import FLOW_INPUT
+
+    batch = _input_batch("in-old")
+    values = {name: getattr(batch, name) for name in ("batch_id", "source", "rows", "check_stored", "newest_ns",
+                                                      "tallies", "created_ns", "resolved", "positions")}
+    (tmp_path / "000000000001.batch").write_bytes(HEADER + marshal.dumps(values | {"schema_version": 10}))
+    _, read = Spool(tmp_path, 1 << 30).next()
+    assert read.rows[FLOW_INPUT.name] == batch.rows[FLOW_INPUT.name] and read.input_body is None

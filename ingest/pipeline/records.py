@@ -157,6 +157,10 @@ class SealedBatch:
     # A file source's followed file -> (fingerprint, offset, line) after the batch's last
     # line of it (FilePosition); None from the Hubble source, and in older spool files.
     positions: dict[str, tuple[str, int, int]] | None = None
+    # The input table's rows (store.derive = store) as their insert sends them and the
+    # spool file keeps them (store.flow_input.compressed_body): made when the batch is
+    # first spooled; None before, and once lookups drop some of those rows.
+    input_body: bytes | None = None
 
     def newest_flow_by_node(self) -> dict[str, int]:
         """Node name -> the time of its newest flow in the batch."""

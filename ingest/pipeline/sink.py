@@ -104,10 +104,6 @@ class Sink:
         with each insert."""
         self.client = client
         self._input_schema = _input_schema_settings(schema_file)
-        # A server's inserts travel over the network, compressed as clickhouse-connect
-        # compresses the other tables' (lz4); the embedded engine would only decompress it
-        # again in this process.
-        self._input_compression = None if schema_file else "lz4"
         self.database = database
         self.schema_current = schema_current
         self._backoff = Backoff(retry_initial_s, retry_max_s)
@@ -182,6 +178,8 @@ class Sink:
             kept = [row for row in batch.rows[name] if row[id_index] not in stored]
             metrics.DUPLICATES_DROPPED.labels(name).inc(len(batch.rows[name]) - len(kept))
             batch.rows[name] = kept
+            if name == FLOW_INPUT.name:
+                batch.input_body = None  # the body held the rows dropped
         batch.check_stored = {}
         return asked, bool(found)
 
@@ -263,10 +261,11 @@ class Sink:
                             **_partitions_setting(rows, table.column_names.index("time"))}
                 try:
                     if table is FLOW_INPUT:
-                        body = flow_input.encode_chunks(sent, compress=self._input_compression is not None)
+                        # The body the spool file keeps, unless only some of the rows go.
+                        body = batch.input_body if rows is batch_rows and batch.input_body is not None \
+                            else flow_input.encode_chunks(sent, compress=True)
                         self.client.raw_insert(f"`{self.database}`.`{table.name}`", insert_block=body, fmt="Protobuf",
-                                               compression=self._input_compression,
-                                               settings={**settings, **self._input_schema})
+                                               compression="lz4", settings={**settings, **self._input_schema})
                         return
                     self.client.insert(f"`{self.database}`.`{table.name}`", sent, column_names=table.column_names,
                                        column_type_names=table.column_types if self.schema_current else None,

@@ -24,6 +24,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..store.migrations import SCHEMA_VERSION, columns_as_of, created_in
+from ..store import flow_input
 from ..store.flow_input import FLOW_INPUT
 from ..store.schema import DATA_TABLES, Table, uuid_text
 from .records import SealedBatch
@@ -46,9 +47,19 @@ class SpoolFileError(RuntimeError):
 
 def write(batch: SealedBatch, handle) -> None:
     """The batch into an open binary file: the header, then the marshalled batch (written
-    apart, not joined: a batch's marshal is tens of MB, and joining would copy it)."""
+    apart, not joined: a batch's marshal is tens of MB, and joining would copy it). The
+    input table's rows go as the body their insert sends, made here once and kept with
+    the batch (SealedBatch.input_body)."""
+    values = {name: getattr(batch, name) for name in _FIELDS}
+    input_rows = batch.rows.get(FLOW_INPUT.name)
+    if input_rows:
+        if batch.input_body is None:
+            batch.input_body = values["input_body"] = flow_input.compressed_body(input_rows)
+        values["rows"] = {name: rows for name, rows in batch.rows.items() if name != FLOW_INPUT.name}
+    else:
+        values["input_body"] = None
     handle.write(HEADER)
-    handle.write(marshal.dumps({name: getattr(batch, name) for name in _FIELDS} | {"schema_version": SCHEMA_VERSION}))
+    handle.write(marshal.dumps(values | {"schema_version": SCHEMA_VERSION}))
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -79,6 +90,8 @@ def load(data: bytes, path: Path) -> SealedBatch:
     if not isinstance(batch, SealedBatch):
         raise SpoolFileError(f"{path}: holds a {type(batch).__name__}, not a spooled batch")
     try:
+        if batch.input_body is not None:
+            batch.rows[FLOW_INPUT.name] = flow_input.rows_of_body(batch.input_body)
         _check_widths(batch, version, path)
         if version != SCHEMA_VERSION:
             _to_current_layout(batch, version, path)

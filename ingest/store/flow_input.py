@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import lz4.frame
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 
 from ..api.flow import flow_pb2
@@ -305,6 +306,66 @@ def encode_chunks(rows: list[tuple], compress: bool) -> Iterator[bytes]:
         yield chunk if compressor is None else compressor.compress(chunk)
     if compressor is not None:
         yield compressor.flush()
+
+
+def compressed_body(rows: list[tuple]) -> bytes:
+    """The rows as an insert sends them and a spool file keeps them: one lz4 frame of
+    `encode`'s messages. 20,000 bench flows: 5.2 MB, where the rows marshalled take 30."""
+    return b"".join(encode_chunks(rows, compress=True))
+
+
+def rows_of_body(body: bytes) -> list[tuple]:
+    """The rows a `compressed_body` holds, in FLOW_INPUT's column order (a list where the
+    decoder may have left an empty tuple)."""
+    data = lz4.frame.decompress(body)
+    rows = []
+    read = _ROW_MESSAGE.FromString
+    offset = 0
+    while offset < len(data):
+        length, offset = _read_varint(data, offset)
+        message = read(data[offset:offset + length])
+        offset += length
+        flow = message.flow
+        # Both fields were written from one object: read back, they are one again.
+        values = [flow, flow if message.flow_bytes == flow else message.flow_bytes]
+        for name, repeated in _COMPUTED_FIELDS:
+            value = getattr(message, name)
+            values.append(list(value) if repeated else value)
+        rows.append(tuple(values))
+    return rows
+
+
+def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, offset
+        shift += 7
+
+
+def _row_message_class():
+    """FlowInput as the ingester wrote it, the flow as bytes (its wire format is the same
+    as the parsed message's): what reads a body back into rows."""
+    types = descriptor_pb2.FieldDescriptorProto
+    kinds = {"Int64": types.TYPE_INT64, "UInt32": types.TYPE_UINT32, "UInt8": types.TYPE_UINT32,
+             "String": types.TYPE_STRING, "Array(String)": types.TYPE_STRING}
+    file = descriptor_pb2.FileDescriptorProto(name="flowlog_flow_input_rows.proto", package="flowlog_rows",
+                                              syntax="proto3")
+    message = file.message_type.add(name=MESSAGE)
+    for number, column in enumerate(FLOW_INPUT.columns, start=1):
+        message.field.add(name=column.name, number=number,
+                          type=types.TYPE_BYTES if number <= 2 else kinds[column.type],
+                          label=types.LABEL_REPEATED if column.type.startswith("Array") else types.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"flowlog_rows.{MESSAGE}"))
+
+
+_ROW_MESSAGE = _row_message_class()
+_COMPUTED_FIELDS = tuple((column.name, column.type.startswith("Array")) for column in COMPUTED)
 
 
 def encode(rows: list[tuple]) -> bytes:
