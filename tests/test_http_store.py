@@ -131,3 +131,58 @@ def test_the_settings_a_server_lacks_are_named(server):
     (format_schema_source, ClickHouse 25.6 or later) before it sends one."""
     client = clickhouse_connect.get_client(dsn=server.dsn)
     assert missing_settings(client, ["format_schema_source", "no_such_setting_here"]) == ["no_such_setting_here"]
+
+
+def test_a_store_that_redirects_is_an_error_not_a_request_sent_again(server, tmp_path):
+    """urllib3 follows a redirect with the same request: an insert whose body streamed
+    from a generator went again empty, and ClickHouse takes an empty body as an insert of
+    nothing. The store's client follows none; the failure is the sink's to retry."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ingest.store.connection import StoreError, connect
+
+    redirected = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def _moved(self):
+            redirected.append(self.command)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(307)
+            self.send_header("Location", server.dsn + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _moved
+
+        def log_message(self, *args):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    before = server.statements.read_text()
+    try:
+        config = config_mod.load(env={}, overrides={"store.dsn": f"http://127.0.0.1:{proxy.server_port}",
+                                                    "state_dir": str(tmp_path / "state")})
+        with pytest.raises(StoreError, match="cannot reach store"):
+            connect(config)
+    finally:
+        proxy.shutdown()
+    # Only the reads clickhouse-connect makes while it starts (before the setting) got through.
+    reached = server.statements.read_text()[len(before):].splitlines()
+    assert redirected and reached and all(statement.startswith("SELECT") for statement in reached), reached
+
+
+def test_store_mode_trusts_the_schema_version_for_views_its_user_cannot_see(server, tmp_path):
+    """A user that may only insert into flow_input sees no views in system.tables; the
+    schema's recorded version (10 or later) vouches for them."""
+    from ingest.store.connection import check_derive_in_store
+
+    client = clickhouse_connect.get_client(dsn=server.dsn)
+    flowlog("migrate", "--store", server.dsn, "--state-dir", str(tmp_path / "state"), "--database", "views_hidden")
+    for view in ("l7_audit_from_input", "http_flows_from_input", "dns_flows_from_input"):
+        client.command(f"RENAME TABLE views_hidden.{view} TO views_hidden.{view}_renamed")
+    check_derive_in_store(client, "views_hidden", server=True)  # version 10 recorded: not refused
+    client.command("TRUNCATE TABLE views_hidden.schema_migrations")
+    with pytest.raises(Exception, match="has no l7_audit_from_input, http_flows_from_input, dns_flows_from_input"):
+        check_derive_in_store(client, "views_hidden", server=True)
