@@ -424,3 +424,52 @@ def test_input_rows_spooled_as_rows_by_the_previous_build_are_read(tmp_path):
     (tmp_path / "000000000001.batch").write_bytes(HEADER + marshal.dumps(values | {"schema_version": 10}))
     _, read = Spool(tmp_path, 1 << 30).next()
     assert read.rows[FLOW_INPUT.name] == batch.rows[FLOW_INPUT.name] and read.input_body is None
+
+
+def test_a_file_without_input_rows_has_nothing_the_previous_build_cannot_read(tmp_path):
+    """The build before input_body made a batch of every key in a file: only a store-mode
+    batch's file holds the body, and so only such a file is new to it."""
+    from ingest.pipeline.spoolfile import HEADER
+
+    Spool(tmp_path, 1 << 20).append(_batch("b1"))
+    (file,) = tmp_path.glob("*.batch")
+    values = marshal.loads(file.read_bytes()[len(HEADER):])
+    assert "input_body" not in values and values["batch_id"] == "b1"
+
+
+def test_input_rows_no_body_can_hold_are_spooled_as_rows(tmp_path):
+    """A value encode cannot write (the decoder makes none) is the sink's to refuse, with
+    the batch set aside and recorded; the spool keeps the rows as they are."""
+    from ingest.store.flow_input import FLOW_INPUT
+
+    batch = _input_batch("odd")
+    rows = batch.rows[FLOW_INPUT.name]
+    rows[0] = (12345,) + rows[0][1:]  # an int where the flow's bytes go
+    Spool(tmp_path, 1 << 30).append(batch)
+    assert batch.input_body is None
+    _, read = Spool(tmp_path, 1 << 30).next()
+    assert read.rows[FLOW_INPUT.name][0][0] == 12345 and len(read.rows[FLOW_INPUT.name]) == len(rows)
+
+
+def test_a_body_is_read_back_a_megabyte_at_a_time(tmp_path):
+    """Reading a batch back holds its rows and at most a megabyte or two of the body
+    uncompressed, not the whole of it besides."""
+    import tracemalloc
+
+    from ingest.store import flow_input
+    from ingest.store.flow_input import FLOW_INPUT
+
+    rows = _input_batch("big").rows[FLOW_INPUT.name] * 8
+    body = flow_input.compressed_body(rows)
+    uncompressed = len(flow_input.encode(rows))
+    assert uncompressed > 8 * 2**20
+    tracemalloc.start()
+    try:
+        read = flow_input.rows_of_body(body)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(read) == len(rows)
+    assert peak - held < 4 * 2**20, (peak - held, uncompressed)
+    with pytest.raises(ValueError):
+        flow_input.rows_of_body(body[:len(body) // 2])

@@ -261,9 +261,10 @@ class Sink:
                             **_partitions_setting(rows, table.column_names.index("time"))}
                 try:
                     if table is FLOW_INPUT:
-                        # The body the spool file keeps, unless only some of the rows go.
+                        # The body the spool file keeps, unless only some of the rows go. Bytes,
+                        # never a generator: a request sent again must carry all of it.
                         body = batch.input_body if rows is batch_rows and batch.input_body is not None \
-                            else flow_input.encode_chunks(sent, compress=True)
+                            else flow_input.compressed_body(sent)
                         self.client.raw_insert(f"`{self.database}`.`{table.name}`", insert_block=body, fmt="Protobuf",
                                                compression="lz4", settings={**settings, **self._input_schema})
                         return

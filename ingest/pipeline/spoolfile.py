@@ -52,12 +52,16 @@ def write(batch: SealedBatch, handle) -> None:
     the batch (SealedBatch.input_body)."""
     values = {name: getattr(batch, name) for name in _FIELDS}
     input_rows = batch.rows.get(FLOW_INPUT.name)
-    if input_rows:
-        if batch.input_body is None:
+    if input_rows and batch.input_body is None:
+        try:
             batch.input_body = values["input_body"] = flow_input.compressed_body(input_rows)
+        except (TypeError, ValueError, OverflowError):
+            pass  # rows no body holds: kept as rows, for the sink to refuse and set aside
+    if batch.input_body is not None:
         values["rows"] = {name: rows for name, rows in batch.rows.items() if name != FLOW_INPUT.name}
     else:
-        values["input_body"] = None
+        # Files without one stay readable by the builds before input_body.
+        del values["input_body"]
     handle.write(HEADER)
     handle.write(marshal.dumps(values | {"schema_version": SCHEMA_VERSION}))
 
@@ -151,5 +155,7 @@ def _to_current_layout(batch: SealedBatch, version: int | None, path: Path) -> N
         zeros = [_zero(c.type) for c in stored]
         batch.rows[name] = [tuple(zeros[i] if at is None else uuid_text(row[at]) if i in to_uuid else row[at]
                                   for i, at in enumerate(sources)) for row in rows]
+        if name == FLOW_INPUT.name:
+            batch.input_body = None  # it holds the rows in their old layout
         if to_uuid and name in batch.check_stored:
             batch.check_stored[name] = {uuid_text(i) for i in batch.check_stored[name]}
