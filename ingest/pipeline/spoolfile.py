@@ -7,6 +7,11 @@ bytes, lists and dicts, which marshal writes 2.5 times as fast as pickle (3.1 ag
 (as `ingest.spool.SpooledBatch`): those files are still read, by an unpickler that makes
 nothing but a batch.
 
+A batch of `store.derive = store` keeps its flow_input rows as the lz4 body their
+insert sends (`SealedBatch.input_body`, a sixth of what the rows marshalled take), and
+they are read back from it; a file with no such rows has no such key, so the build
+before this one still reads it.
+
 A batch holds rows in the layout of the schema version that wrote it; one written by an
 older build (before schema version 6 the file did not say, so it is told by the rows'
 lengths) is brought to this version's layout when read: columns matched by name, a

@@ -19,7 +19,8 @@ from clickhouse_connect.driver.client import Client
 from ..config import Config
 from ..masking import mask_dsn
 from ..statedir import make_private_dir
-from .migrations import applied_version, cluster_of, migrate
+from .flow_input import FLOW_INPUT
+from .migrations import applied_version, cluster_of, created_in, migrate
 
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,10 @@ def _locked_by_another(path: Path) -> bool:
     return False
 
 
-# What `store.derive = store` needs of a store: the input table and its views (schema
-# version 10) and, on a server, the protobuf schema taken with each insert.
-_INPUT_TABLES = ("flow_input", "l7_audit_from_input", "http_flows_from_input", "dns_flows_from_input")
-_INPUT_VERSION = 10
+# What `store.derive = store` needs of a store: the input table and its views (made by
+# one migration) and, on a server, the protobuf schema taken with each insert.
+_INPUT_TABLES = (FLOW_INPUT.name,) + tuple(FLOW_INPUT.view_name(target) for target, _, _ in FLOW_INPUT.targets)
+_INPUT_VERSION = created_in(FLOW_INPUT)
 _SCHEMA_WITH_INSERT = "format_schema_source"
 
 
@@ -115,11 +116,11 @@ def check_derive_in_store(client, database: str, server: bool) -> None:
     missing = [name for name in _INPUT_TABLES if name not in found]
     # A user sees only the tables it holds a grant on: one that may only insert into
     # flow_input sees no views, which the schema's version then vouches for.
-    if missing and "flow_input" in found and applied_version(client, database) >= _INPUT_VERSION:
+    if missing and FLOW_INPUT.name in found and applied_version(client, database) >= _INPUT_VERSION:
         missing = []
     if missing:
         raise StoreError(f"store.derive = store: database {database} has no {', '.join(missing)} (schema version "
-                         "10): run `flowlog migrate` or let the ingester migrate (store.migrate: true)")
+                         f"{_INPUT_VERSION}): run `flowlog migrate` or let the ingester migrate (store.migrate: true)")
     if server and missing_settings(client, [_SCHEMA_WITH_INSERT]):
         version = client.query("SELECT version()").result_rows[0][0]
         raise StoreError(f"store.derive = store: this ClickHouse server ({version}) cannot take a protobuf schema "
