@@ -20,7 +20,7 @@ from ..config import Config
 from ..masking import mask_dsn
 from ..statedir import make_private_dir
 from .flow_input import FLOW_INPUT
-from .migrations import applied_version, cluster_of, created_in, migrate
+from .migrations import cluster_of, created_in, migrate
 
 
 log = logging.getLogger(__name__)
@@ -100,27 +100,26 @@ def _locked_by_another(path: Path) -> bool:
     return False
 
 
-# What `store.derive = store` needs of a store: the input table and its views (made by
-# one migration) and, on a server, the protobuf schema taken with each insert.
-_INPUT_TABLES = (FLOW_INPUT.name,) + tuple(FLOW_INPUT.view_name(target) for target, _, _ in FLOW_INPUT.targets)
-_INPUT_VERSION = created_in(FLOW_INPUT)
+# What `store.derive = store` needs of a store: the input table and the views that take
+# its rows (flow_input is a Null table: without them an insert stores nothing, and
+# succeeds) and, on a server, the protobuf schema taken with each insert.
+_INPUT_VIEWS = tuple(FLOW_INPUT.view_name(target) for target, _, _ in FLOW_INPUT.targets)
 _SCHEMA_WITH_INSERT = "format_schema_source"
 
 
 def check_derive_in_store(client, database: str, server: bool) -> None:
     """StoreError naming what `store.derive = store` lacks in this store, at start: without
-    it every insert would fail, and be retried, for as long as the ingester runs."""
-    found = {row[0] for row in client.query(
-        "SELECT name FROM system.tables WHERE database = {db:String} AND name IN {names:Array(String)}",
-        parameters={"db": database, "names": list(_INPUT_TABLES)}).result_rows}
-    missing = [name for name in _INPUT_TABLES if name not in found]
-    # A user sees only the tables it holds a grant on: one that may only insert into
-    # flow_input sees no views, which the schema's version then vouches for.
-    if missing and FLOW_INPUT.name in found and applied_version(client, database) >= _INPUT_VERSION:
-        missing = []
+    it every insert would fail, and be retried, for as long as the ingester runs, or, the
+    views missing, succeed and store nothing. The views are read from flow_input's own
+    row of system.tables, which a user that may only insert into it sees as well."""
+    rows = client.query("SELECT dependencies_table FROM system.tables WHERE database = {db:String} "
+                        "AND name = {table:String}", parameters={"db": database, "table": FLOW_INPUT.name}).result_rows
+    views = set(rows[0][0]) if rows else set()
+    missing = ([] if rows else [FLOW_INPUT.name]) + [view for view in _INPUT_VIEWS if view not in views]
     if missing:
         raise StoreError(f"store.derive = store: database {database} has no {', '.join(missing)} (schema version "
-                         f"{_INPUT_VERSION}): run `flowlog migrate` or let the ingester migrate (store.migrate: true)")
+                         f"{created_in(FLOW_INPUT)}): run `flowlog migrate` or let the ingester migrate "
+                         "(store.migrate: true)")
     if server and missing_settings(client, [_SCHEMA_WITH_INSERT]):
         version = client.query("SELECT version()").result_rows[0][0]
         raise StoreError(f"store.derive = store: this ClickHouse server ({version}) cannot take a protobuf schema "
