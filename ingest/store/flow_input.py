@@ -283,7 +283,7 @@ def varint(value: int) -> bytes:
 _SMALL = [bytes([n]) for n in range(0x80)]
 # A row holds the flow's bytes, the same again, then the computed values (FLOW_INPUT's
 # column order): each value's field tag, already a varint, and whether it is an integer.
-_INTEGER_TYPES = ("Int64", "UInt32", "UInt8")
+_INTEGER_TYPES = frozenset(column_type for column_type, kind in _COLUMN_TYPES.items() if kind != "bytes")
 _FIELDS = tuple((varint(number << 3 | (0 if column.type in _INTEGER_TYPES else 2)), column.type in _INTEGER_TYPES)
                 for number, column in enumerate(FLOW_INPUT.columns, start=1))
 
