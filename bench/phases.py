@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import pyspy
+from . import pyspy, receive_floor
 from .flowfiles import FlowFiles
 from .ingester import LAST_INSERT, NEWEST, Ingester
 from .loadgen import LoadGenerator
@@ -70,8 +70,10 @@ def _wait_committed(ingester: Ingester, samples: dict, newest_ns: int, timeout: 
 
 # --- 1. the raw receive limit ---
 
-def limit(files: FlowFiles, runs: int, log) -> dict:
-    results = []
+def limit(files: FlowFiles, runs: int, log, floor: Path | None = None) -> dict:
+    """The Python client's median of `runs`; with `floor` (bench.receive_floor's binary),
+    the compiled client's runs too, each right after the Python one, on the same server."""
+    results, compiled = [], []
     with LoadGenerator(files.stream, end=True) as lg:
         for run in range(runs):
             result = _python_json(["bench.limit", lg.address, str(files.flows)], timeout=600)
@@ -83,24 +85,50 @@ def limit(files: FlowFiles, runs: int, log) -> dict:
                 f"({result['mb_per_s']} MB/s; client busy {result['client_busy']:.0%}, "
                 f"load generator busy {result['loadgen_busy']:.0%})")
             results.append(result)
+            if floor is not None:
+                compiled.append(receive_floor.receive(floor, lg.address, files.flows, timeout=600))
+                lg.wait_for("sent", timeout=60)
+                log(f"    compiled client: {compiled[-1]['messages_per_s']:,.0f} messages/s, "
+                    f"{compiled[-1]['us_per_message']} µs of CPU a message")
     rates = [r["messages_per_s"] for r in results]
     median = statistics.median(rates)
     middle = min(results, key=lambda r: abs(r["messages_per_s"] - median))
-    return {"messages_per_s": median, "min": min(rates), "max": max(rates),
-            "spread": f"{min(rates):,.0f} - {max(rates):,.0f}", "mb_per_s": middle["mb_per_s"],
-            "client_busy": middle["client_busy"], "loadgen_busy": middle["loadgen_busy"], "runs": results}
+    summary = {"messages_per_s": median, "min": min(rates), "max": max(rates),
+               "spread": f"{min(rates):,.0f} - {max(rates):,.0f}", "mb_per_s": middle["mb_per_s"],
+               "us_per_message": round(1e6 * middle["cpu_s"] / middle["messages"], 1),
+               "client_busy": middle["client_busy"], "loadgen_busy": middle["loadgen_busy"], "runs": results}
+    if compiled:
+        summary["compiled"] = _compiled_summary(compiled)
+    return summary
 
 
-def receive_at(files: FlowFiles, rate: float, seconds: float) -> dict:
+def _compiled_summary(runs: list[dict]) -> dict:
+    """The compiled client's median run, its CPU a message split into user and system."""
+    middle = sorted(runs, key=lambda r: r["messages_per_s"])[len(runs) // 2]
+    return {"grpc_version": receive_floor.library_version(), "messages_per_s": middle["messages_per_s"],
+            "us_per_message": middle["us_per_message"],
+            "user_us_per_message": round(1e6 * middle["user_s"] / middle["messages"], 1),
+            "system_us_per_message": round(1e6 * middle["system_s"] / middle["messages"], 1),
+            "runs": runs}
+
+
+def receive_at(files: FlowFiles, rate: float, seconds: float, floor: Path | None = None) -> dict:
     """The raw receive (bench.limit) at a fixed offered load: what gRPC alone costs a
     process per message at that rate (far more a message at low rates, where every
-    message wakes the receiving threads on its own)."""
+    message wakes the receiving threads on its own); with `floor`, the compiled client's
+    at the same load, from a load generator of its own."""
     count = min(files.flows, int(rate * seconds))
     with LoadGenerator(files.stream, end=True, rate=rate, count=count) as lg:
         result = _python_json(["bench.limit", lg.address, str(count)], timeout=seconds * 3 + 120)
-    return {"rate": rate, "messages": count, "cpu_s": result["cpu_s"],
-            "cores_busy": round(result["cpu_s"] / result["seconds"], 3),
-            "us_per_message": round(1e6 * result["cpu_s"] / count, 1), "peak_rss_mb": result["max_rss_mb"]}
+    measured = {"rate": rate, "messages": count, "cpu_s": result["cpu_s"],
+                "cores_busy": round(result["cpu_s"] / result["seconds"], 3),
+                "us_per_message": round(1e6 * result["cpu_s"] / count, 1), "peak_rss_mb": result["max_rss_mb"]}
+    if floor is not None:
+        with LoadGenerator(files.stream, end=True, rate=rate, count=count) as lg:
+            compiled = receive_floor.receive(floor, lg.address, count, timeout=seconds * 3 + 120)
+        measured["compiled"] = _compiled_summary([compiled])
+        measured["compiled"]["cores_busy"] = round(compiled["cpu_s"] / compiled["seconds"], 3)
+    return measured
 
 
 # --- 2. end to end, and (with profile_s) where the time goes ---

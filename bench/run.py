@@ -6,7 +6,9 @@
 Generates N realistic L7 flows (bench/traffic.py; seeded, cached in bench/.cache), then:
 
   limit   a Python gRPC client with the ingester's channel options receives the stream
-          from the Node.js load generator and drops it: the receive ceiling
+          from the Node.js load generator and drops it: the receive ceiling; then a C++
+          client the same way (bench/receive_floor.cc, where g++ and grpc++ are installed):
+          the floor of what receiving costs outside Python
   node    what a node pays: `flowlog run` with the store in a process of its own (the
           real engine behind ClickHouse's HTTP interface, bench/store_server.py), as in
           production: the ingester's own CPU per flow, flows/s and peak RSS; then the same
@@ -46,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: import bench and ingest from the repository
     sys.path[0] = str(ROOT)
 
-from bench import flowfiles, loadgen, phases, report  # noqa: E402
+from bench import flowfiles, loadgen, phases, receive_floor, report  # noqa: E402
 from bench.store_server import StoreServer  # noqa: E402
 
 PHASES = ("limit", "node", "e2e", "disk", "rerun", "lag", "replay", "decode")
@@ -153,6 +155,7 @@ def node(files: flowfiles.FlowFiles, workdir: Path, args: argparse.Namespace, lo
     flat out, then at each fixed load, then with the store stopped."""
     log("node: flowlog run, the store in a process of its own (HTTP), the image's packages, the same stream")
     python = image_python(args.cache_dir, log)
+    floor = receive_floor.build(args.cache_dir, log)
     with StoreServer(workdir / "node-store") as store:
         result = phases.end_to_end(files, workdir / "node", args.overrides, args.poll_ms / 1000, log,
                                    store_dsn=store.dsn, python=python)
@@ -178,7 +181,7 @@ def node(files: flowfiles.FlowFiles, workdir: Path, args: argparse.Namespace, lo
             rates[f"{rate:.0f}"] = run = phases.lag(files, workdir / f"node-{rate:.0f}", args.overrides, rate,
                                                     args.node_seconds, args.poll_ms / 1000, log, store_dsn=store.dsn,
                                                     python=python)
-        run["receive"] = phases.receive_at(files, rate, args.node_seconds)
+        run["receive"] = phases.receive_at(files, rate, args.node_seconds, floor)
         run["us_per_flow"] = round(run["cpu_s_per_1000_flows"] * 1000, 1)
         run["us_per_flow_beyond_receive"] = round(run["us_per_flow"] - run["receive"]["us_per_message"], 1)
         log(f"    cores busy {run['cores_busy']:.2f} ({run['us_per_flow']} µs a flow, of which gRPC's receive alone "
@@ -219,7 +222,7 @@ def main(argv=None) -> int:
     try:
         if "limit" in args.phases:
             log(f"limit: Python client with the ingester's channel options, {args.limit_runs} runs")
-            results["limit"] = phases.limit(files, args.limit_runs, log)
+            results["limit"] = phases.limit(files, args.limit_runs, log, receive_floor.build(args.cache_dir, log))
         if "node" in args.phases:
             results["node"] = node(files, workdir, args, log)
             if "limit" in results:
