@@ -414,15 +414,24 @@ class _Follower:
             self.offset += newline + 1 - start
             self.line += 1
             start = newline + 1
-            self._line(line.rstrip(b"\r"), message, unreadable, window)
+            # A line may end in the chunk that takes it past the limit: refused all the
+            # same, as `flowlog replay` refuses it, whatever the chunks.
+            if len(line) > files.MAX_LINE_BYTES:
+                self._too_long(line, unreadable, window)
+            else:
+                self._line(line.rstrip(b"\r"), message, unreadable, window)
         rest = buffer[start:]
         if len(rest) > files.MAX_LINE_BYTES:
             self.line += 1
-            unreadable(window, f"a line longer than {files.MAX_LINE_BYTES} bytes (the dead letter keeps its first "
-                               f"{_KEPT_OF_TOO_LONG})", rest[:_KEPT_OF_TOO_LONG])
+            self._too_long(rest, unreadable, window)
             self.skipped, rest = len(rest), b""
         self.pending = rest
         self._position()
+
+    @staticmethod
+    def _too_long(line: bytes, unreadable, window: Window) -> None:
+        unreadable(window, f"a line longer than {files.MAX_LINE_BYTES} bytes (the dead letter keeps its first "
+                           f"{_KEPT_OF_TOO_LONG})", line[:_KEPT_OF_TOO_LONG])
 
     def _line(self, line: bytes, message, unreadable, window: Window) -> None:
         unknown: list[str] = []
