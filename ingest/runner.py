@@ -362,7 +362,7 @@ class ReplaySummary:
     stored: dict[str, int]
     duplicates: int
     seconds: float
-    dead_letter_path: str
+    dead_letters_kept: str  # DeadLetters.where_kept()
     # L7 flows read but in no batch committed (a batch the store refused and set aside).
     not_committed: int = 0
 
@@ -383,7 +383,7 @@ class ReplaySummary:
                 f"{f', {c.events} agent or debug events (not stored)' if c.events else ''}; stored {stored}; "
                 f"{self.duplicates} already stored")
         if c.bad_lines:
-            text += f"; {c.bad_lines} bad lines kept in {self.dead_letter_path}"
+            text += f"; {c.bad_lines} bad lines {self.dead_letters_kept}"
         if c.unreadable:
             text += f"; {len(c.unreadable)} inputs not read to their end: {'; '.join(c.unreadable)}"
         if self.not_committed:
@@ -443,4 +443,4 @@ def _replay(config: Config, client, paths: list[str], progress) -> ReplaySummary
     duplicates = (counts.l7_flows - not_committed + counts.gaps
                   - writer.stored.get("l7_audit", 0) - writer.stored.get("ingest_gaps", 0))
     return ReplaySummary(source.counts, writer.stored, duplicates, time.monotonic() - started,
-                         str(dead_letters.path), not_committed)
+                         dead_letters.where_kept(), not_committed)

@@ -100,6 +100,23 @@ def test_a_line_nested_100000_deep_or_longer_than_any_flow_costs_only_itself(con
     assert len(long_letter["raw"]) == 4096
 
 
+def test_the_replay_summary_says_which_bad_lines_the_dead_letter_file_rotated_out(config, client, tmp_path):
+    config.dead_letters.max_mb = 1
+    bad = b"x" * 100_000  # not JSON: kept whole, about ten to a megabyte
+    path = tmp_path / "bad.json"
+    path.write_bytes(b"\n".join(HTTP_348.read_bytes().splitlines()[:5] + [bad] * 30) + b"\n")
+    summary = replay(config, client, [str(path)])
+    kept = _dead_letters(config)
+    older = config.state_path / "dead-letter.jsonl.1"
+    kept += [json.loads(line) for line in older.read_text().splitlines()]
+    origins = sorted(int(letter["origin"].rsplit(":", 1)[1]) for letter in kept)
+    rotated_out = 30 - len(kept)
+    assert rotated_out > 0 and origins == list(range(6 + rotated_out, 36))
+    assert summary.counts.bad_lines == 30
+    assert (f"30 bad lines kept in {config.state_path / 'dead-letter.jsonl'} and dead-letter.jsonl.1, but for "
+            f"the first {rotated_out}, rotated out (dead_letters.max_mb)") in summary.line()
+
+
 def _replay_cli(tmp_path, *inputs: str, stdin=None):
     return subprocess.run([sys.executable, "-m", "ingest", "replay", "--store", f"chdb://{tmp_path / 'store'}",
                            "--state-dir", str(tmp_path / "state"), "--no-progress", *inputs],

@@ -41,6 +41,9 @@ class DeadLetters:
         self._lock = threading.Lock()
         self._warn = RateLimitedLog(log)
         self.count = 0
+        # This run's entries in the file and in the one before it, and those in neither
+        # any more (rotated out twice, or the file removed by hand).
+        self._in_file = self._in_older = self.not_kept = 0
         self.writable = True
         metrics.STATE_DIR_WRITABLE.labels("dead_letters").set(1)
         try:
@@ -67,6 +70,7 @@ class DeadLetters:
             while True:
                 try:
                     self._append(line)
+                    self._in_file += 1
                     break
                 except OSError as err:
                     self._unwritable(err)
@@ -111,8 +115,21 @@ class DeadLetters:
         try:
             os.replace(self.path, older)
         except FileNotFoundError:  # removed by hand: a new one is started
-            pass
+            self.not_kept += self._in_file
         else:
             log.warning("%s is full (dead_letters.max_mb): moved to %s, replacing the entries that were there",
                         self.path, older)
+            self.not_kept += self._in_older
+            self._in_older = self._in_file
+        self._in_file = 0
         self._size = 0
+
+    def where_kept(self) -> str:
+        """Where this run's entries are, for a summary: "kept in PATH", with PATH.1 and how
+        many are in neither when the file rotated."""
+        if not self._in_older and not self.not_kept:
+            return f"kept in {self.path}"
+        where = f"kept in {self.path} and {self.path.name}.1"
+        if self.not_kept:
+            where += f", but for the first {self.not_kept}, rotated out (dead_letters.max_mb)"
+        return where
