@@ -185,6 +185,31 @@ def test_http_errors(store, http, step, min_status):
     assert got
 
 
+def test_http_errors_refuses_buckets_of_0_seconds(store):
+    with pytest.raises(QueryError, match=re.escape("query http_errors: parameter step_seconds: at least 1")):
+        ask(store, "http_errors", step_seconds="0", **DAY)
+    with pytest.raises(QueryError, match="parameter step_seconds"):  # with no flows in the range too
+        ask(store, "http_errors", step_seconds="0", **{"from": "2000-01-01", "until": "2000-01-02"})
+
+
+@pytest.mark.parametrize("rcode", ["NXDOMIAN", "NOERROR", "3", "RCODE", "NXDOMAIN "])
+def test_dns_failures_refuses_what_names_no_failure(store, rcode):
+    """A misspelt rcode must not pass for "no failures of that kind"."""
+    with pytest.raises(QueryError, match=re.escape("query dns_failures: parameter rcode: not the name of a failure")):
+        ask(store, "dns_failures", rcode=rcode, **DAY)
+
+
+def test_dns_failures_knows_every_failure_the_store_names(store):
+    """The query's list of names is the decoder's and the views' (RCODE_NAMES), but NOERROR."""
+    from ingest.store.flow_input import RCODE_NAMES
+
+    listed = re.search(r"'\^\(([A-Z|]+)\|RCODE\[0-9\]\+\)\$'", LIBRARY["dns_failures"].sql).group(1)
+    assert listed.split("|") == [name for number, name in RCODE_NAMES.items() if number]
+    for name in [*listed.split("|"), "RCODE12", "servfail", "nxdomain"]:
+        rows = ask(store, "dns_failures", rcode=name, **DAY)  # accepted
+        assert bool(rows) == (name.upper() == "NXDOMAIN"), name  # the fixtures' only failure
+
+
 @pytest.mark.parametrize("name", ["zipkin.istio-system.svc.cluster.local", "details.bookinfo.svc.cluster.local.",
                                   "istiod-istio-1611.istio-system.svc.istio-system.svc.cluster.local."])
 def test_dns_answers(store, dns, name):
@@ -482,6 +507,10 @@ def test_parameters_are_data_never_sql(store):
     assert before["http_flows"] == 348 and before["dns_flows"] == 330
     for name, param in STRING_PARAMS:
         for value in NASTY:
+            if name == "dns_failures":  # names no failure: refused, by the SQL that received it as data
+                with pytest.raises(QueryError, match="parameter rcode: not the name of a failure"):
+                    ask(store, name, **{param: value}, **DAY)
+                continue
             assert ask(store, name, **{param: value}, **DAY) == [], (name, value)
     assert counts(store) == before
     # Each value reaches ClickHouse byte for byte: non-UTF-8 command-line bytes too.
@@ -554,3 +583,8 @@ def test_flowlog_query_through_the_cli(store, capsysbinary, tmp_path):
     code = cli.main(["query", "http_slowest", *common, "-p", "limit=x"])
     captured = capsysbinary.readouterr()
     assert code == 2 and "parameter limit: expected UInt32, got 'x'" in captured.err.decode()
+    code = cli.main(["query", "dns_failures", *common, "--since", "1h", "-p", "rcode=NXDOMIAN"])
+    captured = capsysbinary.readouterr()
+    assert code == 2 and captured.err.decode().strip() == ("flowlog: error: query dns_failures: parameter rcode: "
+                                                           "not the name of a failure (NXDOMAIN, SERVFAIL, ..., "
+                                                           "RCODE<n>)")

@@ -12,6 +12,9 @@ TYPE is one of String, Bool, UInt8..UInt64, Int8..Int64, Float32, Float64, Date,
 DateTime('UTC') or DateTime64(P, 'UTC'); DEFAULT is a bare word or a '...' string. The SQL
 names each parameter only as a ClickHouse query parameter, `{NAME:TYPE}` with the declared
 TYPE, and its tables without a database: the client's database is the configured one.
+A value the types admit but the query cannot answer for is refused in the SQL itself,
+`WHERE (SELECT throwIf(..., 'parameter NAME: why')) = 0`, so that the file run by hand
+refuses it too; `run` turns that error into a QueryError like the header's refusals.
 
 This module parses the headers, turns text (the command line's) into typed values and
 refuses missing, unknown or ill-typed parameters by name, and runs a query through
@@ -28,6 +31,8 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from ..config import ConfigError
 from ..times import TIME_EXAMPLE, format_time, parse_time
@@ -50,6 +55,9 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INT_RANGES = {f"{sign}Int{bits}": ((0, 2 ** bits - 1) if sign else (-2 ** (bits - 1), 2 ** (bits - 1) - 1))
                for sign in ("U", "") for bits in (8, 16, 32, 64)}
 _DATETIME64 = re.compile(r"DateTime64\(([0-9]),'UTC'\)")
+# A value the SQL itself refuses (`throwIf`, ClickHouse's error 395) with a message that
+# starts "parameter NAME: ": a refusal like the header's, not a failure of the store.
+_REFUSED = re.compile(r"Code: 395\. DB::Exception: (parameter \w+: [^:]*)")
 _BOOL = {"true": "true", "1": "true", "yes": "true", "on": "true",
          "false": "false", "0": "false", "no": "false", "off": "false"}
 
@@ -164,7 +172,13 @@ class Query:
         """The answer in a ClickHouse output format, as ClickHouse wrote it."""
         parameters = self.bind(values)
         with _database(client, database):
-            return client.raw_query(self.sql, parameters=parameters, settings=settings, fmt=fmt)
+            try:
+                return client.raw_query(self.sql, parameters=parameters, settings=settings, fmt=fmt)
+            except DatabaseError as err:
+                refused = _REFUSED.search(str(err))
+                if refused is None:
+                    raise
+                raise QueryError(f"query {self.name}: {refused.group(1)}") from None
 
     def rows(self, client, values: dict[str, str | bytes], database: str | None = None) -> list[dict]:
         """The answer as dicts (JSONEachRow: times as text with all their digits, 64-bit integers as numbers)."""

@@ -1,12 +1,13 @@
 -- dns_failures: failed DNS lookups (NXDOMAIN, SERVFAIL, REFUSED, ...) by asking workload and name
 --
--- Counts DNS responses with a non-zero rcode. The asking workload is the destination of a
+-- Counts DNS responses with a non-zero rcode. An rcode that names no failure is refused, so
+-- that a misspelt one cannot pass for none found. The asking workload is the destination of a
 -- response (dst_*). Most first, at most limit rows.
 -- An aggregated exporter line counts as the flows it stands for (aggregate_count).
 --
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
 -- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
--- param: rcode String = '' only this rcode (NXDOMAIN, SERVFAIL, ...; any case); empty for every failure
+-- param: rcode String = '' only this rcode (NXDOMAIN, SERVFAIL, ..., RCODE<n> for one with no name; any case); empty for all
 -- param: limit UInt32 = 100 at most this many rows
 -- columns: source_namespace, source_workload, name, rcode_name, responses, first_seen, last_seen
 SELECT
@@ -18,7 +19,10 @@ SELECT
     min(time) AS first_seen,
     max(time) AS last_seen
 FROM dns_flows
-WHERE l7_type = 'RESPONSE'
+WHERE (SELECT throwIf(NOT ({rcode:String} = '' OR match(upper({rcode:String}),
+         '^(FORMERR|SERVFAIL|NXDOMAIN|NOTIMP|REFUSED|YXDOMAIN|YXRRSET|NXRRSET|NOTAUTH|NOTZONE|DSOTYPENI|BADVERS|BADKEY|BADTIME|BADMODE|BADNAME|BADALG|BADTRUNC|BADCOOKIE|RCODE[0-9]+)$')),
+         'parameter rcode: not the name of a failure (NXDOMAIN, SERVFAIL, ..., RCODE<n>)')) = 0
+  AND l7_type = 'RESPONSE'
   AND rcode != 0
   AND ({rcode:String} = '' OR rcode_name = upper({rcode:String}))
   AND time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}

@@ -7,13 +7,12 @@
 --
 -- param: from DateTime64(9, 'UTC') (required) start of the time range, inclusive
 -- param: until DateTime64(9, 'UTC') (required) end of the time range, exclusive
--- param: step_seconds UInt32 = 3600 width of a time bucket in seconds
+-- param: step_seconds UInt32 = 3600 width of a time bucket in seconds, at least 1
 -- param: min_status UInt16 = 400 lowest status counted (500 for server errors only)
 -- columns: bucket, source_namespace, source_workload, destination_namespace, destination_workload, status
 -- columns: responses
 SELECT
-    toDateTime(intDiv(toUnixTimestamp(time), greatest({step_seconds:UInt32}, 1))
-               * greatest({step_seconds:UInt32}, 1), 'UTC') AS bucket,
+    toDateTime(intDiv(toUnixTimestamp(time), {step_seconds:UInt32}) * {step_seconds:UInt32}, 'UTC') AS bucket,
     dst_namespace AS source_namespace,
     dst_workload_name AS source_workload,
     src_namespace AS destination_namespace,
@@ -21,7 +20,8 @@ SELECT
     status_code AS status,
     sum(greatest(aggregate_count, 1)) AS responses
 FROM http_flows
-WHERE l7_type = 'RESPONSE'
+WHERE (SELECT throwIf({step_seconds:UInt32} = 0, 'parameter step_seconds: at least 1 (a bucket of 0 seconds)')) = 0
+  AND l7_type = 'RESPONSE'
   AND status_code >= {min_status:UInt16}
   AND time >= {from:DateTime64(9, 'UTC')} AND time < {until:DateTime64(9, 'UTC')}
 GROUP BY bucket, source_namespace, source_workload, destination_namespace, destination_workload, status
