@@ -26,6 +26,7 @@ from ingest.api.flow import flow_pb2
 from ingest.api.observer import observer_pb2
 from ingest.decode.decoder import held_bytes
 from ingest.demo.observer import FlowBuffer, ObserverServer
+from ingest.pipeline.deadletters import DeadLetters
 from ingest.pipeline.spool import Spool
 from ingest.runner import replay
 from ingest.sources.files import MAX_LINE_BYTES
@@ -113,8 +114,36 @@ def test_the_replay_summary_says_which_bad_lines_the_dead_letter_file_rotated_ou
     rotated_out = 30 - len(kept)
     assert rotated_out > 0 and origins == list(range(6 + rotated_out, 36))
     assert summary.counts.bad_lines == 30
-    assert (f"30 bad lines kept in {config.state_path / 'dead-letter.jsonl'} and dead-letter.jsonl.1, but for "
-            f"the first {rotated_out}, rotated out (dead_letters.max_mb)") in summary.line()
+    assert (f"30 bad lines kept in {config.state_path / 'dead-letter.jsonl'} and dead-letter.jsonl.1, but "
+            f"{rotated_out} of them in neither any more (rotated out at dead_letters.max_mb, or removed)"
+            ) in summary.line()
+
+
+def test_dead_letters_count_what_a_removal_by_hand_took(tmp_path):
+    """The summary's counts follow the files, whoever removed them."""
+    letters = DeadLetters(tmp_path, 1 << 20)
+    for number in range(3):
+        letters.add(f"in:{number}", "bad", b"x")
+    letters.path.unlink()  # by hand, between two entries
+    for number in range(3, 5):
+        letters.add(f"in:{number}", "bad", b"x")
+    assert letters.where_kept() == (f"kept in {letters.path}, but 3 of them in neither any more (rotated out at "
+                                    "dead_letters.max_mb, or removed)")
+    letters.path.write_bytes(b"")  # emptied
+    letters.add("in:5", "bad", b"x")
+    assert letters.where_kept().endswith("but 5 of them in neither any more (rotated out at dead_letters.max_mb, "
+                                         "or removed)")
+    small = DeadLetters(tmp_path / "small", 300)
+    for number in range(6):  # about two entries a file
+        small.add(f"in:{number}", "bad", b"y" * 60)
+    older = small.path.with_name("dead-letter.jsonl.1")
+    kept = len(small.path.read_text().splitlines()) + len(older.read_text().splitlines())
+    assert small.where_kept() == (f"kept in {small.path} and dead-letter.jsonl.1, but {6 - kept} of them in neither "
+                                  "any more (rotated out at dead_letters.max_mb, or removed)")
+    older.unlink()
+    assert small.where_kept().endswith(f"but {6 - len(small.path.read_text().splitlines())} of them in neither any "
+                                       "more (rotated out at dead_letters.max_mb, or removed)")
+    assert "dead-letter.jsonl.1" not in small.where_kept()
 
 
 def _replay_cli(tmp_path, *inputs: str, stdin=None):

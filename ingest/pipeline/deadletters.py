@@ -42,8 +42,8 @@ class DeadLetters:
         self._warn = RateLimitedLog(log)
         self.count = 0
         # This run's entries in the file and in the one before it, and those in neither
-        # any more (rotated out twice, or the file removed by hand).
-        self._in_file = self._in_older = self.not_kept = 0
+        # any more (rotated out twice, or in a file removed or emptied by hand).
+        self._in_file = self._in_older = self._gone = 0
         self.writable = True
         metrics.STATE_DIR_WRITABLE.labels("dead_letters").set(1)
         try:
@@ -87,6 +87,9 @@ class DeadLetters:
         make_private_dir(self.path.parent)
         with open_private(self.path, "ab") as handle:
             before = os.fstat(handle.fileno()).st_size
+            if before < self._size:  # removed or emptied since: its entries went with it
+                self._gone += self._in_file
+                self._in_file = 0
             try:
                 handle.write(line)
                 handle.flush()
@@ -115,21 +118,23 @@ class DeadLetters:
         try:
             os.replace(self.path, older)
         except FileNotFoundError:  # removed by hand: a new one is started
-            self.not_kept += self._in_file
+            self._gone += self._in_file
         else:
             log.warning("%s is full (dead_letters.max_mb): moved to %s, replacing the entries that were there",
                         self.path, older)
-            self.not_kept += self._in_older
+            self._gone += self._in_older
             self._in_older = self._in_file
         self._in_file = 0
         self._size = 0
 
     def where_kept(self) -> str:
-        """Where this run's entries are, for a summary: "kept in PATH", with PATH.1 and how
-        many are in neither when the file rotated."""
-        if not self._in_older and not self.not_kept:
-            return f"kept in {self.path}"
-        where = f"kept in {self.path} and {self.path.name}.1"
-        if self.not_kept:
-            where += f", but for the first {self.not_kept}, rotated out (dead_letters.max_mb)"
+        """Where this run's entries are, for a summary: "kept in PATH", with PATH.1 when some
+        are there, and how many are in neither (rotated out, or removed by hand)."""
+        older = self.path.with_name(self.path.name + ".1")
+        in_file = self._in_file if self.path.exists() else 0
+        in_older = self._in_older if older.exists() else 0
+        gone = self._gone + (self._in_file - in_file) + (self._in_older - in_older)
+        where = f"kept in {self.path}" + (f" and {older.name}" if in_older else "")
+        if gone:
+            where += f", but {gone} of them in neither any more (rotated out at dead_letters.max_mb, or removed)"
         return where
