@@ -11,12 +11,24 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <iterator>
 #include <memory>
 #include <string>
 
 static double Seconds(const timeval& tv) { return tv.tv_sec + tv.tv_usec / 1e6; }
+
+// The process's own peak RSS in MiB: VmHWM starts afresh at exec, where getrusage's
+// ru_maxrss keeps the parent's (a Python bench of 300 MB).
+static double PeakRssMb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
+  }
+  return 0.0;
+}
 
 int main(int argc, char** argv) {
   if (argc != 3) {
@@ -34,6 +46,11 @@ int main(int argc, char** argv) {
   // messages stay the bytes that came.
   grpc::internal::RpcMethod method("/observer.Observer/GetFlows", grpc::internal::RpcMethod::SERVER_STREAMING,
                                    channel);
+  // Connected before the clock starts, as bench/limit.py waits for its channel.
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    std::cerr << "receive_floor: could not connect to " << target << " in 10 s\n";
+    return 1;
+  }
   grpc::ClientContext context;
   grpc::Slice slice(request);
   grpc::ByteBuffer request_buffer(&slice, 1);
@@ -51,14 +68,20 @@ int main(int argc, char** argv) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   rusage after{};
   getrusage(RUSAGE_SELF, &after);
+  if (messages < expected) {  // the stream ended first: say how
+    const grpc::Status status = reader->Finish();
+    std::cerr << "receive_floor: the stream ended after " << messages << " of " << expected << " messages (status "
+              << status.error_code() << ": " << status.error_message() << ")\n";
+    return 1;
+  }
   context.TryCancel();
   const double user = Seconds(after.ru_utime) - Seconds(before.ru_utime);
   const double system = Seconds(after.ru_stime) - Seconds(before.ru_stime);
   std::printf("{\"messages\": %ld, \"bytes\": %ld, \"seconds\": %.4f, \"messages_per_s\": %.1f, "
               "\"user_s\": %.3f, \"system_s\": %.3f, \"cpu_s\": %.3f, \"max_rss_mb\": %.1f}\n",
               messages, bytes, seconds, seconds > 0 ? messages / seconds : 0.0, user, system, user + system,
-              after.ru_maxrss / 1024.0);
+              PeakRssMb());
   std::fflush(stdout);
   // The reader is not finished (the call was cancelled): leave without tearing grpc down.
-  std::_Exit(messages == expected ? 0 : 1);
+  std::_Exit(0);
 }

@@ -3,8 +3,8 @@
     python -m bench.receive_floor ADDRESS EXPECTED
 
 What receiving alone costs a client outside Python (the grpc++ library Debian ships,
-`apt-get install g++ pkg-config libgrpc++-dev`): the floor under any design of the
-ingester, compiled or not. Built once into the bench cache (keyed by the source and the
+`apt-get install g++ pkg-config libgrpc++-dev`), on the gRPC core grpcio shares: the
+floor under any design of the ingester built on that core, compiled or not. Built once into the bench cache (keyed by the source and the
 library's version); `build` returns None, with the reason logged, where the compiler or
 the library is missing, and the bench reports the Python client's numbers only.
 """
@@ -59,13 +59,20 @@ def library_version() -> str:
     return _grpc_version() or ""
 
 
+class FloorError(RuntimeError):
+    """The compiled client did not measure: the bench goes on without its numbers."""
+
+
 def receive(binary: Path, address: str, expected: int, timeout: float) -> dict:
     """One run of the compiled client: messages/s, and its CPU split into user and system."""
     request = flows_request(SourceConfig(address=address), 0).SerializeToString()
-    done = subprocess.run([str(binary), address, str(expected)], input=request, capture_output=True,
-                          timeout=timeout)
+    try:
+        done = subprocess.run([str(binary), address, str(expected)], input=request, capture_output=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise FloorError(f"{binary.name} took more than {timeout:.0f} s") from None
     if done.returncode != 0:
-        raise RuntimeError(f"{binary.name} exited {done.returncode}: {done.stderr.decode(errors='replace')[-500:]}")
+        raise FloorError(f"{binary.name} exited {done.returncode}: {done.stderr.decode(errors='replace')[-500:]}")
     result = json.loads(done.stdout)
     result["us_per_message"] = round(1e6 * result["cpu_s"] / result["messages"], 1)
     return result

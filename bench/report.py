@@ -13,7 +13,7 @@ ROWS = (
     ("limit.us_per_message", "  its CPU a message", "{:.1f} µs", "", None),
     ("limit.compiled.messages_per_s", "the same, C++ client (grpc++, bench/receive_floor.cc)", "{:,.0f} msg/s", "",
      None),
-    ("limit.compiled.us_per_message", "  its CPU a message: the floor under any ingester", "{:.1f} µs", "", None),
+    ("limit.compiled.us_per_message", "  its CPU a message: the floor on gRPC's C core", "{:.1f} µs", "", None),
     ("limit.compiled.system_us_per_message", "    of it in the kernel", "{:.1f} µs", "", None),
     ("node.flows_per_s", "a node: flowlog run, the store in another process", "{:,.0f} flows/s", "", None),
     ("node.ratio_to_limit", "  ratio to the limit", "{:.2f}", ">= 0.60", lambda v: v >= 0.6),
