@@ -192,7 +192,8 @@ def test_http_errors_refuses_buckets_of_0_seconds(store):
         ask(store, "http_errors", step_seconds="0", **{"from": "2000-01-01", "until": "2000-01-02"})
 
 
-@pytest.mark.parametrize("rcode", ["NXDOMIAN", "NOERROR", "3", "RCODE", "NXDOMAIN "])
+@pytest.mark.parametrize("rcode", ["NXDOMIAN", "NOERROR", "3", "RCODE", "NXDOMAIN ", "RCODE0", "RCODE3", "rcode23",
+                                   "RCODE012", "RCODE65536", "RCODE99999999999999999999"])
 def test_dns_failures_refuses_what_names_no_failure(store, rcode):
     """A misspelt rcode must not pass for "no failures of that kind"."""
     with pytest.raises(QueryError, match=re.escape("query dns_failures: parameter rcode: not the name of a failure")):
@@ -203,9 +204,12 @@ def test_dns_failures_knows_every_failure_the_store_names(store):
     """The query's list of names is the decoder's and the views' (RCODE_NAMES), but NOERROR."""
     from ingest.store.flow_input import RCODE_NAMES
 
-    listed = re.search(r"'\^\(([A-Z|]+)\|RCODE\[0-9\]\+\)\$'", LIBRARY["dns_failures"].sql).group(1)
-    assert listed.split("|") == [name for number, name in RCODE_NAMES.items() if number]
-    for name in [*listed.split("|"), "RCODE12", "servfail", "nxdomain"]:
+    sql = LIBRARY["dns_failures"].sql
+    names = re.findall(r"'([A-Z]+)'", sql[sql.index("IN ('"):sql.index("-- RCODE<n>")])
+    assert names == [name for number, name in RCODE_NAMES.items() if number]
+    numbers = sql[sql.index("NOT IN ("):].split(")")[0][len("NOT IN ("):]
+    assert [int(n) for n in numbers.split(",")] == [number for number in RCODE_NAMES if number]
+    for name in [*names, "RCODE12", "RCODE15", "rcode24", "RCODE65535", "servfail", "nxdomain"]:
         rows = ask(store, "dns_failures", rcode=name, **DAY)  # accepted
         assert bool(rows) == (name.upper() == "NXDOMAIN"), name  # the fixtures' only failure
 

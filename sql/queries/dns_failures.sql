@@ -19,8 +19,15 @@ SELECT
     min(time) AS first_seen,
     max(time) AS last_seen
 FROM dns_flows
-WHERE (SELECT throwIf(NOT ({rcode:String} = '' OR match(upper({rcode:String}),
-         '^(FORMERR|SERVFAIL|NXDOMAIN|NOTIMP|REFUSED|YXDOMAIN|YXRRSET|NXRRSET|NOTAUTH|NOTZONE|DSOTYPENI|BADVERS|BADKEY|BADTIME|BADMODE|BADNAME|BADALG|BADTRUNC|BADCOOKIE|RCODE[0-9]+)$')),
+WHERE (SELECT throwIf(NOT ({rcode:String} = ''
+           OR upper({rcode:String}) IN ('FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED', 'YXDOMAIN', 'YXRRSET',
+                                        'NXRRSET', 'NOTAUTH', 'NOTZONE', 'DSOTYPENI', 'BADVERS', 'BADKEY', 'BADTIME',
+                                        'BADMODE', 'BADNAME', 'BADALG', 'BADTRUNC', 'BADCOOKIE')
+           -- RCODE<n>, as stored for a number with no name: 12-15 and 24-65535
+           OR (match({rcode:String}, '(?i)^RCODE[1-9][0-9]{0,4}$')
+               AND toUInt32OrZero(substring({rcode:String}, 6)) <= 65535
+               AND toUInt32OrZero(substring({rcode:String}, 6)) NOT IN (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                                        16, 17, 18, 19, 20, 21, 22, 23))),
          'parameter rcode: not the name of a failure (NXDOMAIN, SERVFAIL, ..., RCODE<n>)')) = 0
   AND l7_type = 'RESPONSE'
   AND rcode != 0
