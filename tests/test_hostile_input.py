@@ -9,6 +9,7 @@ import errno
 import gzip
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -144,6 +145,38 @@ def test_dead_letters_count_what_a_removal_by_hand_took(tmp_path):
     assert small.where_kept().endswith(f"but {6 - len(small.path.read_text().splitlines())} of them in neither any "
                                        "more (rotated out at dead_letters.max_mb, or removed)")
     assert "dead-letter.jsonl.1" not in small.where_kept()
+
+
+def _in_neither(letters: DeadLetters) -> int:
+    text = letters.where_kept()
+    return int(text.split("but ")[1].split(" of them")[0]) if "in neither" in text else 0
+
+
+def _lines(path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.parametrize("meddle", ["empty, then rotate", "empty at the end", "replace with a bigger file",
+                                    "empty the older file"])
+def test_dead_letters_count_the_files_as_they_are(tmp_path, meddle):
+    """Whatever was done to the files, the summary's kept count is what they hold."""
+    letters = DeadLetters(tmp_path, 300)  # about two entries a file
+    older = letters.path.with_name("dead-letter.jsonl.1")
+    for number in range(4):
+        letters.add(f"in:{number}", "bad", b"y" * 60)
+    if meddle == "empty, then rotate":
+        letters.path.write_bytes(b"")
+        letters.add("in:4", "bad", b"y" * 60)
+    elif meddle == "empty at the end":
+        letters.path.write_bytes(b"")
+    elif meddle == "replace with a bigger file":
+        replacement = tmp_path / "other"
+        replacement.write_bytes(b"{}\n" * 500)
+        os.replace(replacement, letters.path)
+    else:
+        older.write_bytes(b"")
+    assert letters.count - _in_neither(letters) == _lines(letters.path) + _lines(older) - (
+        500 if meddle == "replace with a bigger file" else 0)
 
 
 def _replay_cli(tmp_path, *inputs: str, stdin=None):

@@ -42,15 +42,19 @@ class DeadLetters:
         self._warn = RateLimitedLog(log)
         self.count = 0
         # This run's entries in the file and in the one before it, and those in neither
-        # any more (rotated out twice, or in a file removed or emptied by hand).
+        # any more (rotated out twice, or in a file removed, emptied or replaced by hand).
         self._in_file = self._in_older = self._gone = 0
+        # (inode, size) of each file as this object last left it; None: none of its making.
+        self._file: tuple[int, int] | None = None
+        self._older: tuple[int, int] | None = None
         self.writable = True
         metrics.STATE_DIR_WRITABLE.labels("dead_letters").set(1)
         try:
-            self._size = self.path.stat().st_size
+            status = self.path.stat()
+            self._file = (status.st_ino, status.st_size)
             os.chmod(self.path, PRIVATE_FILE_MODE)  # written by a build before files were private
         except FileNotFoundError:
-            self._size = 0
+            pass
         except PermissionError:
             pass  # not ours: the state dir around it is private
 
@@ -82,23 +86,25 @@ class DeadLetters:
         self._warn.warning("%s: %s (kept in %s)", origin, error, self.path)
 
     def _append(self, line: bytes) -> None:
-        if self._size and self._size + len(line) > self.max_bytes:
+        if not _as_left(self.path, self._file):  # removed, emptied or replaced: its entries went with it
+            self._gone += self._in_file
+            self._in_file = 0
+            self._file = None
+        size = self._file[1] if self._file else 0
+        if size and size + len(line) > self.max_bytes:
             self._rotate()
         make_private_dir(self.path.parent)
         with open_private(self.path, "ab") as handle:
-            before = os.fstat(handle.fileno()).st_size
-            if before < self._size:  # removed or emptied since: its entries went with it
-                self._gone += self._in_file
-                self._in_file = 0
+            status = os.fstat(handle.fileno())
             try:
                 handle.write(line)
                 handle.flush()
             except OSError:
                 # A write the disk refused may have left part of the line: the retry must
                 # not append the whole line after it.
-                os.ftruncate(handle.fileno(), before)
+                os.ftruncate(handle.fileno(), status.st_size)
                 raise
-            self._size = handle.tell()  # the file's size, even if someone truncated or removed it
+            self._file = (status.st_ino, handle.tell())
 
     def _unwritable(self, err: OSError) -> None:
         metrics.STATE_DIR_WRITABLE.labels("dead_letters").set(0)
@@ -117,24 +123,35 @@ class DeadLetters:
         older = self.path.with_name(self.path.name + ".1")
         try:
             os.replace(self.path, older)
-        except FileNotFoundError:  # removed by hand: a new one is started
+        except FileNotFoundError:  # removed by hand since it was looked at: a new one is started
             self._gone += self._in_file
         else:
             log.warning("%s is full (dead_letters.max_mb): moved to %s, replacing the entries that were there",
                         self.path, older)
             self._gone += self._in_older
-            self._in_older = self._in_file
+            self._in_older, self._older = self._in_file, self._file
         self._in_file = 0
-        self._size = 0
+        self._file = None
 
     def where_kept(self) -> str:
         """Where this run's entries are, for a summary: "kept in PATH", with PATH.1 when some
-        are there, and how many are in neither (rotated out, or removed by hand)."""
+        are there, and how many are in neither (rotated out, or the file removed, emptied or
+        replaced by hand since this run wrote it)."""
         older = self.path.with_name(self.path.name + ".1")
-        in_file = self._in_file if self.path.exists() else 0
-        in_older = self._in_older if older.exists() else 0
+        in_file = self._in_file if _as_left(self.path, self._file) else 0
+        in_older = self._in_older if _as_left(older, self._older) else 0
         gone = self._gone + (self._in_file - in_file) + (self._in_older - in_older)
         where = f"kept in {self.path}" + (f" and {older.name}" if in_older else "")
         if gone:
             where += f", but {gone} of them in neither any more (rotated out at dead_letters.max_mb, or removed)"
         return where
+
+
+def _as_left(path: Path, identity: tuple[int, int] | None) -> bool:
+    """Whether the file is the one this object wrote, at least as long as it left it; with
+    no identity (none made yet), whether there is none either way to lose entries from."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return identity is None
+    return identity is None or (status.st_ino == identity[0] and status.st_size >= identity[1])
