@@ -56,7 +56,8 @@ _INT_RANGES = {f"{sign}Int{bits}": ((0, 2 ** bits - 1) if sign else (-2 ** (bits
                for sign in ("U", "") for bits in (8, 16, 32, 64)}
 _DATETIME64 = re.compile(r"DateTime64\(([0-9]),'UTC'\)")
 # A value the SQL itself refuses (`throwIf`, ClickHouse's error 395) with a message that
-# starts "parameter NAME: ": a refusal like the header's, not a failure of the store.
+# starts "parameter NAME: ": a refusal like the header's, not a failure of the store. The
+# why after it holds no colon: ClickHouse appends ": while executing ..." to it.
 _REFUSED = re.compile(r"Code: 395\. DB::Exception: (parameter \w+: [^:]*)")
 _BOOL = {"true": "true", "1": "true", "yes": "true", "on": "true",
          "false": "false", "0": "false", "no": "false", "off": "false"}
