@@ -147,6 +147,18 @@ def test_dead_letters_count_what_a_removal_by_hand_took(tmp_path):
     assert "dead-letter.jsonl.1" not in small.where_kept()
 
 
+def test_a_rotation_the_system_refuses_names_both_files(tmp_path, caplog):
+    letters = DeadLetters(tmp_path, 300, stop=threading.Event())
+    older = letters.path.with_name("dead-letter.jsonl.1")
+    older.mkdir()  # the rotation cannot replace it
+    letters.add("in:0", "bad", b"y" * 200)
+    letters._stop.set()  # give up on the entry after the first try
+    with caplog.at_level(logging.ERROR):
+        letters.add("in:1", "bad", b"y" * 200)
+    [error] = [r.getMessage() for r in caplog.records if "cannot write the dead-letter file" in r.getMessage()]
+    assert f"{letters.path} -> {older}" in error and not letters.writable
+
+
 def _in_neither(letters: DeadLetters) -> int:
     text = letters.where_kept()
     return int(text.split("but ")[1].split(" of them")[0]) if "in neither" in text else 0

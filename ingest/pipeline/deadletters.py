@@ -110,8 +110,10 @@ class DeadLetters:
         metrics.STATE_DIR_WRITABLE.labels("dead_letters").set(0)
         if self.writable:
             self.writable = False
+            # The file the system named: a rotation fails on either path (.1 a directory, say).
+            where = f"{err.filename} -> {err.filename2}" if err.filename2 else (err.filename or self.path)
             log.error("cannot write the dead-letter file %s (%s): reading pauses until it can",
-                      self.path, err.strerror or err)
+                      where, err.strerror or err)
 
     def _writable_again(self) -> None:
         if not self.writable:
