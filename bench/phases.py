@@ -110,7 +110,7 @@ def limit(files: FlowFiles, runs: int, log, floor: Path | None = None) -> dict:
 def _compiled_summary(runs: list[dict]) -> dict:
     """The compiled client's median run, its CPU a message split into user and system."""
     middle = sorted(runs, key=lambda r: r["messages_per_s"])[len(runs) // 2]
-    return {"grpc_version": receive_floor.library_version(), "messages_per_s": middle["messages_per_s"],
+    return {"grpc_version": receive_floor.library_version() or "", "messages_per_s": middle["messages_per_s"],
             "us_per_message": middle["us_per_message"],
             "user_us_per_message": round(1e6 * middle["user_s"] / middle["messages"], 1),
             "system_us_per_message": round(1e6 * middle["system_s"] / middle["messages"], 1),

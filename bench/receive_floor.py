@@ -4,9 +4,10 @@
 
 What receiving alone costs a client outside Python (the grpc++ library Debian ships,
 `apt-get install g++ pkg-config libgrpc++-dev`), on the gRPC core grpcio shares: the
-floor under any design of the ingester built on that core, compiled or not. Built once into the bench cache (keyed by the source and the
-library's version); `build` returns None, with the reason logged, where the compiler or
-the library is missing, and the bench reports the Python client's numbers only.
+floor under any design of the ingester built on that core, compiled or not. Built once
+into the bench cache (keyed by the source and the library's version); `build` returns
+None, with the reason logged, where the compiler or the library is missing, and the
+bench reports the Python client's numbers only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from ingest.sources.hubble import flows_request
 SOURCE = Path(__file__).resolve().parent / "receive_floor.cc"
 
 
-def _grpc_version() -> str | None:
+def library_version() -> str | None:
+    """grpc++'s version as pkg-config reports it; None where it is not installed."""
     if shutil.which("pkg-config") is None:
         return None
     done = subprocess.run(["pkg-config", "--modversion", "grpc++"], capture_output=True, text=True)
@@ -33,7 +35,7 @@ def _grpc_version() -> str | None:
 
 def build(cache_dir: Path, log) -> Path | None:
     """The client's binary, compiled on first use; None where it cannot be built here."""
-    version = _grpc_version()
+    version = library_version()
     compiler = shutil.which("g++")
     if version is None or compiler is None:
         log("  compiled receive floor: not measured (needs g++, pkg-config and libgrpc++-dev)")
@@ -53,10 +55,6 @@ def build(cache_dir: Path, log) -> Path | None:
     partial.rename(binary)
     log(f"  compiled receive floor: built {binary.name} against grpc++ {version}")
     return binary
-
-
-def library_version() -> str:
-    return _grpc_version() or ""
 
 
 class FloorError(RuntimeError):

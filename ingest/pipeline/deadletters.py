@@ -36,6 +36,7 @@ _WRITE_RETRY_S = 1.0
 class DeadLetters:
     def __init__(self, state_dir: Path, max_bytes: int, stop: threading.Event | None = None):
         self.path = state_dir / "dead-letter.jsonl"
+        self.older_path = self.path.with_name(self.path.name + ".1")
         self.max_bytes = max_bytes
         self._stop = stop or threading.Event()
         self._lock = threading.Lock()
@@ -53,10 +54,8 @@ class DeadLetters:
             status = self.path.stat()
             self._file = (status.st_ino, status.st_size)
             os.chmod(self.path, PRIVATE_FILE_MODE)  # written by a build before files were private
-        except FileNotFoundError:
-            pass
-        except PermissionError:
-            pass  # not ours: the state dir around it is private
+        except (FileNotFoundError, PermissionError):
+            pass  # none yet, or not ours to change: the state dir around it is private
 
     def add(self, origin: str, error: str, raw: bytes | str) -> None:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "origin": origin, "error": error}
@@ -122,7 +121,7 @@ class DeadLetters:
             log.warning("the dead-letter file %s can be written again: reading goes on", self.path)
 
     def _rotate(self) -> None:
-        older = self.path.with_name(self.path.name + ".1")
+        older = self.older_path
         try:
             os.replace(self.path, older)
         except FileNotFoundError:  # removed by hand since it was looked at: a new one is started
@@ -139,7 +138,7 @@ class DeadLetters:
         """Where this run's entries are, for a summary: "kept in PATH", with PATH.1 when some
         are there, and how many are in neither (rotated out, or the file removed, emptied or
         replaced by hand since this run wrote it)."""
-        older = self.path.with_name(self.path.name + ".1")
+        older = self.older_path
         in_file = self._in_file if _as_left(self.path, self._file) else 0
         in_older = self._in_older if _as_left(older, self._older) else 0
         gone = self._gone + (self._in_file - in_file) + (self._in_older - in_older)
